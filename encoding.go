@@ -1,0 +1,255 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The log entry format.
+//
+// Every normal raft entry carries one client command. It is written to the
+// WAL, sent to every follower and decoded by every member, so the encoding is
+// a flat binary layout rather than gob or JSON: building an entry is one
+// allocation, decoding one allocates nothing (key and value are sub-slices
+// of the entry), there are no type descriptors to repeat (gob sends them per
+// encoder) and values stay raw bytes (JSON would base64 them).
+//
+//	op (1 byte) | request id (uvarint) | op-specific fields
+//
+//	opPut:     key length (uvarint) | key | value (the rest)
+//	opDelete:  key (the rest)
+//	opPublish: member id (uvarint) | client URL (the rest)
+//
+// The request id is the wait-registry key of the handler waiting for the
+// entry; it is unique across the cluster, so any member can apply the entry
+// and only the member holding that waiter wakes someone.
+
+// op says what a command does to the state machine.
+type op byte
+
+const (
+	opPut     op = 1 // set key to value
+	opDelete  op = 2 // remove key
+	opPublish op = 3 // record a member's client URL, so followers can redirect to the leader
+)
+
+// ErrCorruptEntry reports a log entry or snapshot that cannot be decoded.
+var ErrCorruptEntry = errors.New("corrupt entry")
+
+// command is a decoded log entry.
+type command struct {
+	op        op
+	requestID uint64
+	key       []byte // opPut, opDelete
+	value     []byte // opPut
+	memberID  uint64 // opPublish
+	clientURL string // opPublish
+}
+
+// encodePut returns the entry that sets key to value.
+func encodePut(requestID uint64, key string, value []byte) []byte {
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(key)+len(value))
+	b = append(b, byte(opPut))
+	b = binary.AppendUvarint(b, requestID)
+	b = appendString(b, key)
+	return append(b, value...)
+}
+
+// encodeDelete returns the entry that removes key.
+func encodeDelete(requestID uint64, key string) []byte {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(key))
+	b = append(b, byte(opDelete))
+	b = binary.AppendUvarint(b, requestID)
+	return append(b, key...)
+}
+
+// encodePublish returns the entry that records memberID's client URL.
+func encodePublish(requestID, memberID uint64, clientURL string) []byte {
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(clientURL))
+	b = append(b, byte(opPublish))
+	b = binary.AppendUvarint(b, requestID)
+	b = binary.AppendUvarint(b, memberID)
+	return append(b, clientURL...)
+}
+
+// decodeCommand parses an entry made by one of the encode functions. The
+// returned key and value alias data.
+func decodeCommand(data []byte) (command, error) {
+	if len(data) == 0 {
+		return command{}, fmt.Errorf("%w: empty", ErrCorruptEntry)
+	}
+	d := decoder{buf: data[1:]}
+	c := command{op: op(data[0]), requestID: d.uvarint()}
+	switch c.op {
+	case opPut:
+		c.key = d.bytes()
+		c.value = d.rest()
+	case opDelete:
+		c.key = d.rest()
+	case opPublish:
+		c.memberID = d.uvarint()
+		c.clientURL = string(d.rest())
+	default:
+		return command{}, fmt.Errorf("%w: unknown op %d", ErrCorruptEntry, c.op)
+	}
+	return c, d.err
+}
+
+// The snapshot format: all replicated state, members first so that the raft
+// node can learn its peers without decoding every key.
+//
+//	version (1 byte)
+//	member count (uvarint), then per member: id, peer URLs, client URLs
+//	removed id count (uvarint), then the ids
+//	key count (uvarint), then per key: key, value
+//
+// Ids are uvarints; strings, URL lists and values are length-prefixed.
+const snapshotVersion = 1
+
+// encodeSnapshot serialises the state machine's state.
+func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[string][]byte) []byte {
+	size := 64
+	for k, v := range kv {
+		size += len(k) + len(v) + 2*binary.MaxVarintLen32
+	}
+	b := make([]byte, 0, size)
+	b = append(b, snapshotVersion)
+	b = binary.AppendUvarint(b, uint64(len(members)))
+	for _, m := range members {
+		b = binary.AppendUvarint(b, m.ID)
+		b = appendStrings(b, m.PeerURLs)
+		b = appendStrings(b, m.ClientURLs)
+	}
+	b = binary.AppendUvarint(b, uint64(len(removed)))
+	for id := range removed {
+		b = binary.AppendUvarint(b, id)
+	}
+	b = binary.AppendUvarint(b, uint64(len(kv)))
+	for k, v := range kv {
+		b = appendString(b, k)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
+	}
+	return b
+}
+
+// snapshotDecoder reads a snapshot section by section; decodeMembers must be
+// called before decodeKeys.
+type snapshotDecoder struct{ decoder }
+
+// newSnapshotDecoder checks the version byte.
+func newSnapshotDecoder(data []byte) (*snapshotDecoder, error) {
+	if len(data) == 0 || data[0] != snapshotVersion {
+		return nil, fmt.Errorf("%w: unknown snapshot version", ErrCorruptEntry)
+	}
+	return &snapshotDecoder{decoder{buf: data[1:]}}, nil
+}
+
+// decodeMembers reads the member table and the removed ids.
+func (d *snapshotDecoder) decodeMembers() (map[uint64]*member, map[uint64]bool, error) {
+	members := make(map[uint64]*member)
+	for n := d.count(); n > 0 && d.err == nil; n-- {
+		m := &member{ID: d.uvarint()}
+		m.PeerURLs = d.strings()
+		m.ClientURLs = d.strings()
+		members[m.ID] = m
+	}
+	removed := make(map[uint64]bool)
+	for n := d.count(); n > 0 && d.err == nil; n-- {
+		removed[d.uvarint()] = true
+	}
+	return members, removed, d.err
+}
+
+// decodeKeys reads the key-value pairs. Values are copied out of the
+// snapshot so that the snapshot's memory can be released.
+func (d *snapshotDecoder) decodeKeys() (map[string][]byte, error) {
+	n := d.count()
+	kv := make(map[string][]byte, n)
+	for ; n > 0 && d.err == nil; n-- {
+		k := string(d.bytes())
+		kv[k] = append([]byte(nil), d.bytes()...)
+	}
+	if len(d.buf) != 0 {
+		d.fail("%d trailing bytes", len(d.buf))
+	}
+	return kv, d.err
+}
+
+// appendString appends s with its length in front.
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// appendStrings appends a counted list of length-prefixed strings.
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// decoder reads the primitives above from buf. The first error sticks and
+// every later read returns zero values, so callers check err once at the end.
+type decoder struct {
+	buf []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+// count reads a length that must not exceed the bytes left, so a corrupt
+// count cannot make the caller allocate more than the input's size.
+func (d *decoder) count() int {
+	n := d.uvarint()
+	if n > uint64(len(d.buf)) {
+		d.fail("count %d exceeds input", n)
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.count()
+	if d.err != nil {
+		return nil
+	}
+	b := d.buf[:n:n]
+	d.buf = d.buf[n:]
+	return b
+}
+
+func (d *decoder) strings() []string {
+	n := d.count()
+	ss := make([]string, 0, n)
+	for ; n > 0 && d.err == nil; n-- {
+		ss = append(ss, string(d.bytes()))
+	}
+	return ss
+}
+
+func (d *decoder) rest() []byte {
+	b := d.buf
+	d.buf = nil
+	return b
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrCorruptEntry}, args...)...)
+	}
+}

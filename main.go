@@ -1,0 +1,263 @@
+// Command raftkv is a replicated key-value server: an HTTP API in front of a
+// raft log (go.etcd.io/raft) kept in etcd's WAL and snapshot files and
+// replicated to peers over etcd's rafthttp.
+//
+// A request travels one way through the pipeline wired up in startServer:
+//
+//	handler -> proposeC / confChangeC -> raftNode -> WAL fsync + peers -> commitC -> kvstore -> waiting handler
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// config is everything a member is started with.
+type config struct {
+	id             uint64
+	cluster        []string // peer URLs; member i's is cluster[i-1]
+	clientURL      string   // advertised to the cluster and listened on
+	dataDir        string
+	join           string // client URL of a running member to ask to add us; "" when not joining
+	snapshotCount  uint64
+	requestTimeout time.Duration
+	maxValueBytes  int64
+	logLevel       zapcore.Level
+	tickInterval   time.Duration // one raft clock tick; not a flag, tests shorten it
+}
+
+// peerURL is where this member's peers reach it.
+func (c config) peerURL() string { return c.cluster[c.id-1] }
+
+// maxValueLimit keeps an entry well inside the WAL's 10 MiB record limit.
+const maxValueLimit = 8 << 20
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "raftkv: %v\n", err)
+		os.Exit(2)
+	}
+	lg := newLogger(cfg.logLevel)
+	defer lg.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, lg); err != nil {
+		lg.Sync()
+		fmt.Fprintf(os.Stderr, "raftkv: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags turns the command line into a checked config.
+func parseFlags(args []string) (config, error) {
+	fs := flag.NewFlagSet("raftkv", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // main reports a bad flag in one line; -h prints usage below
+	id := fs.Uint64("id", 1, "member id: this member's position in --cluster, from 1")
+	cluster := fs.String("cluster", "http://127.0.0.1:9021", "comma-separated peer URLs of all members, member 1's first")
+	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
+	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
+	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
+	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
+	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
+	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
+	maxValueBytes := fs.Int64("max-value-bytes", 1<<20, "largest value a PUT accepts")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fs.Usage()
+		}
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	cfg := config{
+		id:             *id,
+		cluster:        strings.Split(*cluster, ","),
+		clientURL:      *clientURL,
+		dataDir:        *dataDir,
+		join:           *join,
+		snapshotCount:  *snapshotCount,
+		requestTimeout: *requestTimeout,
+		maxValueBytes:  *maxValueBytes,
+		tickInterval:   100 * time.Millisecond,
+	}
+	if _, err := types.NewURLs(cfg.cluster); err != nil {
+		return config{}, fmt.Errorf("--cluster: %v", err)
+	}
+	seen := make(map[string]bool)
+	for _, u := range cfg.cluster {
+		if seen[u] {
+			return config{}, fmt.Errorf("--cluster: %s is listed twice", u)
+		}
+		seen[u] = true
+	}
+	if cfg.id < 1 || cfg.id > uint64(len(cfg.cluster)) || cfg.id > maxMemberID {
+		return config{}, fmt.Errorf("--id %d: must be a position in --cluster, 1 to %d", cfg.id, min(len(cfg.cluster), maxMemberID))
+	}
+	if *port < 1 || *port > 65535 {
+		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)
+	}
+	if cfg.clientURL == "" {
+		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
+	}
+	if err := validateClientURL(cfg.clientURL); err != nil {
+		return config{}, fmt.Errorf("--client-url %q: %v", cfg.clientURL, err)
+	}
+	if cfg.dataDir == "" {
+		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
+	}
+	if cfg.join != "" {
+		if err := validateClientURL(cfg.join); err != nil {
+			return config{}, fmt.Errorf("--join %q: %v", cfg.join, err)
+		}
+	}
+	if cfg.snapshotCount < 1 {
+		return config{}, errors.New("--snapshot-count must be at least 1")
+	}
+	if cfg.requestTimeout <= 0 {
+		return config{}, errors.New("--request-timeout must be positive")
+	}
+	if cfg.maxValueBytes < 1 || cfg.maxValueBytes > maxValueLimit {
+		return config{}, fmt.Errorf("--max-value-bytes must be 1 to %d", maxValueLimit)
+	}
+	if err := cfg.logLevel.Set(*logLevel); err != nil || cfg.logLevel > zapcore.ErrorLevel {
+		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	return cfg, nil
+}
+
+// newLogger logs human-readable lines to stderr, as goreman shows them.
+func newLogger(level zapcore.Level) *zap.Logger {
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Encoding = "console"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.Sampling = nil
+	lg, err := zc.Build()
+	if err != nil {
+		return zap.NewNop() // the config above is fixed and valid
+	}
+	return lg
+}
+
+// run serves until a signal arrives or the member stops on its own.
+func run(ctx context.Context, cfg config, lg *zap.Logger) error {
+	s, err := startServer(ctx, cfg, lg)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		lg.Info("shutting down on signal")
+	case <-s.raft.done():
+	case <-s.store.done:
+	}
+	err = s.stop()
+	if errors.Is(err, ErrRemoved) {
+		lg.Info("removed from the cluster; exiting")
+		return nil
+	}
+	return err
+}
+
+// server is one running member: the client API, the raft node and the
+// kvstore, and the channels between them.
+type server struct {
+	cfg   config
+	lg    *zap.Logger
+	store *kvstore
+	raft  *raftNode
+	http  *http.Server
+}
+
+// startServer wires the pipeline and starts it. It returns once the member
+// has applied everything in its WAL and serves the client API.
+func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
+	lg = lg.With(zap.Uint64("member", cfg.id))
+	u, _ := url.Parse(cfg.clientURL)
+	clientLn, err := net.Listen("tcp", u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("listen for clients: %w", err)
+	}
+
+	if cfg.join != "" && !hasWAL(cfg.dataDir) {
+		if err := requestJoin(ctx, cfg, lg); err != nil {
+			clientLn.Close()
+			return nil, err
+		}
+	}
+
+	proposeC := make(chan proposal)
+	confChangeC := make(chan *raftpb.ConfChange)
+	commitC := make(chan *commit)
+	store := newKVStore(lg, cfg.id, proposeC, confChangeC)
+	go store.applyCommits(commitC)
+	rn, err := startRaftNode(cfg, lg, store, store.waiters, proposeC, confChangeC, commitC)
+	if err != nil {
+		clientLn.Close()
+		close(commitC)
+		return nil, err
+	}
+	s := &server{cfg: cfg, lg: lg, store: store, raft: rn}
+
+	// Serve nothing until the state on disk is applied, so that even a
+	// stale read after a restart sees what this member had before.
+	if err := store.waitApplied(ctx, rn.replayIndex); err != nil {
+		clientLn.Close()
+		rn.stop()
+		return nil, fmt.Errorf("replay WAL: %w", err)
+	}
+
+	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
+	go reads.run()
+	s.http = &http.Server{
+		Handler:           newHTTPAPI(cfg, store, rn, reads),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go s.http.Serve(clientLn)
+	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
+	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()))
+	return s, nil
+}
+
+// stop shuts the member down: stop accepting requests and give those in
+// flight a request timeout to finish while raft still runs; then stop raft,
+// the transport and the WAL, which fails any waiter left. It returns why
+// the member stopped if it stopped on its own.
+func (s *server) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.requestTimeout)
+	defer cancel()
+	s.http.Shutdown(ctx)
+	err := s.raft.stop()
+	<-s.store.done
+	s.http.Close()
+	if err == nil {
+		err = s.store.err
+	}
+	return err
+}

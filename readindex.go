@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.uber.org/zap"
+)
+
+// readIndexRetry is how long to wait for a ReadIndex answer before asking
+// again: raft silently drops the request if leadership changes meanwhile.
+const readIndexRetry = 500 * time.Millisecond
+
+// readLoop serves `consistent` reads with raft's ReadIndex, as etcd's
+// linearizableReadLoop does. A linearizable read must see every write that
+// completed before it began. Rather than put each read through the log, the
+// member asks the leader for its commit index (the leader first confirms
+// with a heartbeat round that it still leads), waits until its own state
+// machine has applied that far, and then reads locally, on any member.
+//
+// Reads that arrive while a round is in flight wait for the next round, so
+// one ReadIndex serves every read that was waiting when it was sent.
+type readLoop struct {
+	lg      *zap.Logger
+	raft    *raftNode
+	store   *kvstore
+	timeout time.Duration
+
+	wakeC chan struct{} // holds one token while some reader waits for a round
+	mu    sync.Mutex
+	next  *readRound // the round the next ReadIndex will release
+}
+
+// readRound is one ReadIndex round: done closes when the state machine has
+// caught up with the confirmed index, or err says why it could not.
+type readRound struct {
+	done chan struct{}
+	err  error
+}
+
+func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration) *readLoop {
+	return &readLoop{
+		lg:      lg,
+		raft:    rn,
+		store:   store,
+		timeout: timeout,
+		wakeC:   make(chan struct{}, 1),
+		next:    &readRound{done: make(chan struct{})},
+	}
+}
+
+// wait returns once the local state is at least as new as the cluster's
+// was when wait was called: a read made after it is linearizable.
+func (r *readLoop) wait(ctx context.Context) error {
+	r.mu.Lock()
+	round := r.next
+	r.mu.Unlock()
+	select {
+	case r.wakeC <- struct{}{}:
+	default: // a round is already asked for; it will include us
+	}
+	select {
+	case <-round.done:
+		return round.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.store.done:
+		return ErrStopped
+	}
+}
+
+// run serves rounds until the store stops.
+func (r *readLoop) run() {
+	for {
+		select {
+		case <-r.wakeC:
+		case <-r.store.done:
+			return
+		}
+		// Readers that joined before this swap are served by a ReadIndex
+		// sent after it, so after they began; later ones wait for the next.
+		r.mu.Lock()
+		round := r.next
+		r.next = &readRound{done: make(chan struct{})}
+		r.mu.Unlock()
+
+		round.err = r.catchUp()
+		close(round.done)
+	}
+}
+
+// catchUp gets a read index and waits until the store has applied it.
+func (r *readLoop) catchUp() error {
+	index, err := r.requestReadIndex()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	return r.store.waitApplied(ctx, index)
+}
+
+// requestReadIndex sends a ReadIndex request tagged with a fresh id and
+// waits for raft's answer, asking again if it is slow to come.
+func (r *readLoop) requestReadIndex() (uint64, error) {
+	if r.raft.leaderID() == raft.None {
+		return 0, ErrNoLeader
+	}
+	// Ids only grow, so an answer tagged with an id below firstID belongs
+	// to an earlier round that gave up, and is ignored.
+	firstID := r.store.requestIDs.Next()
+	if err := r.sendReadIndex(firstID); err != nil {
+		return 0, err
+	}
+	deadline := time.NewTimer(r.timeout)
+	defer deadline.Stop()
+	retry := time.NewTicker(readIndexRetry)
+	defer retry.Stop()
+	for {
+		select {
+		case rs := <-r.raft.readStateC:
+			if len(rs.RequestCtx) == 8 && binary.BigEndian.Uint64(rs.RequestCtx) >= firstID {
+				return rs.Index, nil
+			}
+		case <-retry.C:
+			r.lg.Debug("no answer to ReadIndex yet; asking again")
+			if err := r.sendReadIndex(r.store.requestIDs.Next()); err != nil {
+				return 0, err
+			}
+		case <-deadline.C:
+			if r.raft.leaderID() == raft.None {
+				return 0, ErrNoLeader
+			}
+			return 0, fmt.Errorf("no read index within %s: %w", r.timeout, context.DeadlineExceeded)
+		case <-r.store.done:
+			return 0, ErrStopped
+		}
+	}
+}
+
+// sendReadIndex asks raft for a read index tagged with id.
+func (r *readLoop) sendReadIndex(id uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.raft.readIndex(ctx, binary.BigEndian.AppendUint64(nil, id)); err != nil {
+		return fmt.Errorf("%w: read index: %v", ErrNoLeader, err)
+	}
+	return nil
+}
