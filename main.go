@@ -169,6 +169,9 @@ func newLogger(level zapcore.Level) *zap.Logger {
 func run(ctx context.Context, cfg config, lg *zap.Logger) error {
 	s, err := startServer(ctx, cfg, lg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // a signal while starting up is a clean stop
+		}
 		return err
 	}
 	select {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -146,8 +147,12 @@ func (r *readLoop) requestReadIndex() (uint64, error) {
 func (r *readLoop) sendReadIndex(id uint64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
-	if err := r.raft.readIndex(ctx, binary.BigEndian.AppendUint64(nil, id)); err != nil {
+	switch err := r.raft.readIndex(ctx, binary.BigEndian.AppendUint64(nil, id)); {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrStopped):
+		return ErrStopped
+	default:
 		return fmt.Errorf("%w: read index: %v", ErrNoLeader, err)
 	}
-	return nil
 }
