@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,20 +41,35 @@ type testCluster struct {
 // newTestCluster starts n members and waits for them to agree on a leader.
 // mutate, if not nil, adjusts every member's config. All members are
 // stopped when the test ends.
+//
+// freeAddr's ports are free when chosen, but another process may take one
+// before the member listens on it; then the cluster starts over on fresh
+// ports, a few times at most.
 func newTestCluster(t testing.TB, n int, mutate func(*config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), mutate: mutate, running: make(map[uint64]*server)}
-	for range n {
-		c.allocate()
+	for attempt := 1; ; attempt++ {
+		c := &testCluster{t: t, dir: t.TempDir(), mutate: mutate, running: make(map[uint64]*server)}
+		for range n {
+			c.allocate()
+		}
+		t.Cleanup(c.stopAll)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for id := uint64(1); id <= uint64(n); id++ {
+			wg.Go(func() { errs[id-1] = c.tryStart(c.config(id, "")) })
+		}
+		wg.Wait()
+		err := errors.Join(errs...)
+		if err == nil {
+			c.waitLeader()
+			return c
+		}
+		if !portTaken(errs...) || attempt == 3 {
+			t.Fatalf("start a %d-member cluster: %v", n, err)
+		}
+		t.Logf("starting over on fresh ports: %v", err)
+		c.stopAll()
 	}
-	t.Cleanup(c.stopAll)
-	var wg sync.WaitGroup
-	for id := uint64(1); id <= uint64(n); id++ {
-		wg.Go(func() { c.start(id) })
-	}
-	wg.Wait()
-	c.waitLeader()
-	return c
 }
 
 // allocate reserves loopback ports for one more member and returns its id.
@@ -82,30 +99,74 @@ func (c *testCluster) config(id uint64, join string) config {
 	return cfg
 }
 
-// start starts (or restarts, on the same data dir) member id.
+// start restarts member id on its data dir.
 func (c *testCluster) start(id uint64) { c.startWith(c.config(id, "")) }
 
-// startWith starts a member with an explicit config.
+// startWith starts a member with an explicit config, retrying while one of
+// its ports is taken: the cluster knows its ports, they cannot change.
 func (c *testCluster) startWith(cfg config) {
 	c.t.Helper()
+	eventually(c.t, 10*time.Second, fmt.Sprintf("member %d to start", cfg.id), func() bool {
+		err := c.tryStart(cfg)
+		if err != nil && !portTaken(err) {
+			c.t.Fatalf("start member %d: %v", cfg.id, err)
+		}
+		return err == nil
+	})
+}
+
+// addMember allocates ports for a new member, adds it through member via
+// with --join and returns its id once it runs. Until it has asked to join
+// (it listens for clients first) its ports may still change.
+func (c *testCluster) addMember(via uint64) uint64 {
+	c.t.Helper()
+	id := c.allocate()
+	for attempt := 1; ; attempt++ {
+		cfg := c.config(id, c.clientURL(via))
+		err := c.tryStart(cfg)
+		switch {
+		case err == nil:
+			return id
+		case !portTaken(err):
+			c.t.Fatalf("add member %d through %d: %v", id, via, err)
+		case hasWAL(cfg.dataDir):
+			c.startWith(cfg) // joined already, with these ports
+			return id
+		case attempt == 3:
+			c.t.Fatalf("add member %d through %d: %v", id, via, err)
+		}
+		c.peerURLs[id-1] = "http://" + freeAddr(c.t)
+		c.clients[id-1] = "http://" + freeAddr(c.t)
+	}
+}
+
+// tryStart starts a member and records it as running.
+func (c *testCluster) tryStart(cfg config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := startServer(ctx, cfg, testLogger(cfg.logLevel))
 	if err != nil {
-		c.t.Fatalf("start member %d: %v", cfg.id, err)
+		return err
 	}
 	c.mu.Lock()
 	c.running[cfg.id] = s
 	c.mu.Unlock()
+	return nil
 }
 
-// addMember allocates ports for a new member, adds it through member via
-// --join and returns its id once it is running.
-func (c *testCluster) addMember(via uint64) uint64 {
-	c.t.Helper()
-	id := c.allocate()
-	c.startWith(c.config(id, c.clientURL(via)))
-	return id
+// portTaken reports whether every non-nil error in errs is a port someone
+// else took, and there is at least one.
+func portTaken(errs ...error) bool {
+	taken := false
+	for _, err := range errs {
+		if err != nil {
+			if !errors.Is(err, syscall.EADDRINUSE) {
+				return false
+			}
+			taken = true
+		}
+	}
+	return taken
 }
 
 // stop stops member id and returns why it stopped, if on its own.

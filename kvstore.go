@@ -177,33 +177,29 @@ func (s *kvstore) publishClientURL(memberID uint64, clientURL string, timeout ti
 
 // propose hands an entry to the raft node and waits for this member to apply it.
 func (s *kvstore) propose(ctx context.Context, requestID uint64, data []byte) (uint64, error) {
-	appliedC := s.waiters.Register(requestID)
-	select {
-	case s.proposeC <- proposal{requestID: requestID, data: data}:
-	case <-ctx.Done():
-		s.waiters.Trigger(requestID, nil)
-		return 0, ctx.Err()
-	case <-s.done:
-		s.waiters.Trigger(requestID, nil)
-		return 0, ErrStopped
-	}
-	return s.waitApply(ctx, requestID, appliedC)
+	return sendAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: data})
 }
 
 // proposeConfChange is propose for membership changes; the conf change's Id
 // is its request id.
 func (s *kvstore) proposeConfChange(ctx context.Context, cc *raftpb.ConfChange) (uint64, error) {
-	appliedC := s.waiters.Register(cc.GetId())
+	return sendAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
+}
+
+// sendAndWait registers a waiter for requestID, sends msg to the raft node
+// on c, and waits for the entry to apply.
+func sendAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (uint64, error) {
+	appliedC := s.waiters.Register(requestID)
 	select {
-	case s.confChangeC <- cc:
+	case c <- msg:
+		return s.waitApply(ctx, requestID, appliedC)
 	case <-ctx.Done():
-		s.waiters.Trigger(cc.GetId(), nil)
+		s.waiters.Trigger(requestID, nil)
 		return 0, ctx.Err()
 	case <-s.done:
-		s.waiters.Trigger(cc.GetId(), nil)
+		s.waiters.Trigger(requestID, nil)
 		return 0, ErrStopped
 	}
-	return s.waitApply(ctx, cc.GetId(), appliedC)
 }
 
 // waitApply waits for the apply loop (or the raft node, if raft refused the
@@ -220,8 +216,16 @@ func (s *kvstore) waitApply(ctx context.Context, requestID uint64, appliedC <-ch
 		s.waiters.Trigger(requestID, nil)
 		return 0, ctx.Err()
 	case <-s.done:
-		s.waiters.Trigger(requestID, nil)
-		return 0, ErrStopped
+		// The entry may have applied just before the store stopped (a
+		// member applying its own removal): its result wins.
+		select {
+		case x := <-appliedC:
+			r := x.(applyResult)
+			return r.index, r.err
+		default:
+			s.waiters.Trigger(requestID, nil)
+			return 0, ErrStopped
+		}
 	}
 }
 

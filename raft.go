@@ -93,6 +93,7 @@ type raftNode struct {
 	// Owned by serveReady.
 	confState      *raftpb.ConfState
 	appliedIndex   uint64           // last index published on commitC
+	forceSnapshot  bool             // a conf change was applied since the last snapshot
 	bootSnapshot   *raftpb.Snapshot // the snapshot found on disk, published first
 	snapshotIndexV atomic.Uint64    // index of the newest snapshot on disk
 
@@ -498,6 +499,7 @@ func (rc *raftNode) publishEntries(entries []*raftpb.Entry) (<-chan struct{}, er
 			return nil, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
 		}
 		rc.confState = rc.node.ApplyConfChange(cc)
+		rc.forceSnapshot = true
 		switch id := cc.GetNodeId(); cc.GetType() {
 		case raftpb.ConfChangeAddNode:
 			if m, err := memberFromConfChange(cc); err != nil {
@@ -540,8 +542,13 @@ func (rc *raftNode) publish(c *commit) error {
 // maybeSnapshot snapshots the kvstore once snapshotCount entries have been
 // applied since the last snapshot, then compacts raft's in-memory log and
 // lets the WAL release the files the snapshot covers.
+//
+// It also snapshots right after a conf change, as etcd does. A member added
+// after the leader compacted its log can only catch up by snapshot, and it
+// refuses one whose configuration does not include it: without a fresh
+// snapshot it would wait, empty, for snapshotCount more writes.
 func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
-	if applyDoneC == nil || rc.appliedIndex-rc.snapshotIndexV.Load() < rc.snapshotCount {
+	if applyDoneC == nil || (!rc.forceSnapshot && rc.appliedIndex-rc.snapshotIndexV.Load() < rc.snapshotCount) {
 		return nil
 	}
 	// The kvstore applies asynchronously; the snapshot must hold exactly
@@ -568,6 +575,7 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 		return fmt.Errorf("release WAL: %w", err)
 	}
 	rc.snapshotIndexV.Store(rc.appliedIndex)
+	rc.forceSnapshot = false
 	rc.lg.Info("saved snapshot", zap.Uint64("index", rc.appliedIndex))
 	return nil
 }
