@@ -399,22 +399,28 @@ func TestClusterAddMemberExplicitly(t *testing.T) {
 	}
 }
 
+// clusterRemove removes member id through member via, requires a 204, and
+// waits for the removed member to stop by itself with ErrRemoved.
+func clusterRemove(t testing.TB, c *testCluster, via, id uint64) {
+	t.Helper()
+	s := c.server(id)
+	r := do(t, http.MethodDelete, c.url(via, fmt.Sprintf("/members/%d", id)), "")
+	if r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /members/%d on member %d: %d %q, want 204", id, via, r.code, r.body)
+	}
+	clusterWaitClosed(t, s.raft.done(), 5*time.Second, fmt.Sprintf("removed member %d to stop", id))
+	if err := c.stop(id); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("stop removed member %d: %v, want ErrRemoved", id, err)
+	}
+}
+
 // TestClusterRemoveFollower proves DELETE /members/{id} through another member stops the removed member with ErrRemoved while the rest keep serving.
 func TestClusterRemoveFollower(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
 	leader := c.waitLeader()
 	removed := c.follower()
 	via := clusterOther(t, c, leader, removed)
-	s := c.server(removed)
-
-	r := do(t, http.MethodDelete, c.url(via, fmt.Sprintf("/members/%d", removed)), "")
-	if r.code != http.StatusNoContent {
-		t.Fatalf("DELETE /members/%d on member %d: %d %q, want 204", removed, via, r.code, r.body)
-	}
-	clusterWaitClosed(t, s.raft.done(), 5*time.Second, fmt.Sprintf("removed member %d to stop", removed))
-	if err := c.stop(removed); !errors.Is(err, ErrRemoved) {
-		t.Fatalf("stop removed member %d: %v, want ErrRemoved", removed, err)
-	}
+	clusterRemove(t, c, via, removed)
 
 	if _, ok := clusterFindMember(clusterMembers(t, c, via), removed); ok {
 		t.Fatalf("GET /members on member %d still lists removed member %d", via, removed)
@@ -431,7 +437,7 @@ func TestClusterRemoveFollower(t *testing.T) {
 		}
 	}
 
-	r = do(t, http.MethodDelete, c.url(via, fmt.Sprintf("/members/%d", removed)), "")
+	r := do(t, http.MethodDelete, c.url(via, fmt.Sprintf("/members/%d", removed)), "")
 	if r.code != http.StatusNotFound {
 		t.Fatalf("second DELETE /members/%d: %d %q, want 404", removed, r.code, r.body)
 	}
@@ -454,16 +460,7 @@ func TestClusterRemoveLeader(t *testing.T) {
 			if through == "follower" {
 				via = c.follower()
 			}
-			s := c.server(old)
-
-			r := do(t, http.MethodDelete, c.url(via, fmt.Sprintf("/members/%d", old)), "")
-			if r.code != http.StatusNoContent {
-				t.Fatalf("DELETE /members/%d (the leader) on member %d: %d %q, want 204", old, via, r.code, r.body)
-			}
-			clusterWaitClosed(t, s.raft.done(), 5*time.Second, fmt.Sprintf("removed leader %d to stop", old))
-			if err := c.stop(old); !errors.Is(err, ErrRemoved) {
-				t.Fatalf("stop removed leader %d: %v, want ErrRemoved", old, err)
-			}
+			clusterRemove(t, c, via, old)
 
 			leader := c.waitLeader()
 			if leader == old {
