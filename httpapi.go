@@ -228,8 +228,8 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad member JSON: "+oneLine(err), http.StatusBadRequest)
 		return
 	}
-	if dec.More() {
-		http.Error(w, "bad member JSON: more than one value", http.StatusBadRequest)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		http.Error(w, "bad member JSON: data after the object", http.StatusBadRequest)
 		return
 	}
 	m, err := req.validate()

@@ -306,13 +306,14 @@ func (s *kvstore) applyCommit(c *commit) error {
 		}
 	}
 	for _, e := range c.entries {
+		// Store the index first: the waiter woken below may ask /status.
+		s.appliedIndex.Store(e.GetIndex())
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			s.applyNormal(e)
 		case raftpb.EntryConfChange:
 			s.applyConfChange(e)
 		}
-		s.appliedIndex.Store(e.GetIndex())
 	}
 	return nil
 }

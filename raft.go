@@ -134,11 +134,25 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		stopC:         make(chan struct{}),
 		doneC:         make(chan struct{}),
 	}
+	// Take the peer port before touching the data dir: a first start that
+	// fails must leave no WAL behind, or a retry would take it for a restart.
+	u, err := url.Parse(cfg.peerURL())
+	if err != nil {
+		return nil, fmt.Errorf("peer URL: %w", err)
+	}
+	peerLn, err := newStoppableListener(u.Host, rc.stopC)
+	if err != nil {
+		return nil, fmt.Errorf("listen for peers on %s: %w", u.Host, err)
+	}
 	walExisted, err := rc.openStorage()
 	if err != nil {
+		peerLn.Close()
+		close(rc.stopC)
 		return nil, err
 	}
-	if err := rc.startTransport(); err != nil {
+	if err := rc.startTransport(peerLn); err != nil {
+		peerLn.Close()
+		close(rc.stopC)
 		rc.wal.Close()
 		return nil, err
 	}
@@ -176,6 +190,9 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 			peers[i] = raft.Peer{ID: uint64(i + 1), Context: ctx}
 		}
 		rc.node = raft.StartNode(c, peers)
+		// StartNode commits one conf change per initial member: wait for
+		// those too, so the API never shows a first start without members.
+		rc.replayIndex = uint64(len(peers))
 	}
 
 	go rc.purgeOldFiles()
@@ -280,9 +297,9 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 	}
 }
 
-// startTransport starts rafthttp and the peer listener, and tells the
+// startTransport starts rafthttp, serving peers on peerLn, and tells the
 // transport where the other members are.
-func (rc *raftNode) startTransport() error {
+func (rc *raftNode) startTransport(peerLn *stoppableListener) error {
 	rc.transport = &rafthttp.Transport{
 		Logger:      rc.lg,
 		ID:          types.ID(rc.id),
@@ -310,18 +327,8 @@ func (rc *raftNode) startTransport() error {
 		}
 	}
 
-	u, err := url.Parse(rc.cfg.peerURL())
-	if err != nil {
-		rc.transport.Stop()
-		return fmt.Errorf("peer URL: %w", err)
-	}
-	ln, err := newStoppableListener(u.Host, rc.stopC)
-	if err != nil {
-		rc.transport.Stop()
-		return fmt.Errorf("listen for peers on %s: %w", u.Host, err)
-	}
 	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
-	go rc.peerServer.Serve(ln)
+	go rc.peerServer.Serve(peerLn)
 	return nil
 }
 

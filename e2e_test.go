@@ -1,0 +1,508 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// End-to-end: the README flow against real raftkv processes built from this
+// package, on ephemeral loopback ports, with the default 100ms raft tick.
+
+// e2eBudget bounds the whole cluster flow; every wait is cut to fit in it.
+const e2eBudget = 50 * time.Second
+
+// e2eTransport opens a new connection per request, so that no request is
+// sent on a connection to a process that has since been stopped.
+var e2eTransport = &http.Transport{DisableKeepAlives: true}
+
+// e2eClient shows redirects; e2eFollowClient follows them, as curl -L does.
+var (
+	e2eClient = &http.Client{
+		Transport:     e2eTransport,
+		Timeout:       8 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	e2eFollowClient = &http.Client{Transport: e2eTransport, Timeout: 8 * time.Second}
+)
+
+// e2eTry sends one request with client and reads the whole answer.
+func e2eTry(client *http.Client, method, url, body string) (response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return response{}, fmt.Errorf("%s %s: read body: %w", method, url, err)
+	}
+	return response{code: resp.StatusCode, body: string(b), header: resp.Header}, nil
+}
+
+// e2eProc is one raftkv process.
+type e2eProc struct {
+	name string
+	args []string
+	log  string // its stdout and stderr
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it has exited and been waited for
+	err  error         // what Wait returned; set before done closes
+}
+
+// e2eCluster runs the raftkv processes of one test; every process it
+// started is killed when the test ends, passed or failed.
+type e2eCluster struct {
+	t        *testing.T
+	bin      string
+	dir      string
+	deadline time.Time
+	peers    []string // peer URLs by id-1
+	clients  []string // client URLs by id-1
+	running  map[uint64]*e2eProc
+	all      []*e2eProc
+}
+
+func newE2ECluster(t *testing.T, bin string) *e2eCluster {
+	c := &e2eCluster{
+		t:        t,
+		bin:      bin,
+		dir:      t.TempDir(),
+		deadline: time.Now().Add(e2eBudget),
+		running:  make(map[uint64]*e2eProc),
+	}
+	t.Cleanup(func() {
+		for _, p := range c.all {
+			select {
+			case <-p.done:
+			default:
+				p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		if t.Failed() {
+			for _, p := range c.all {
+				t.Logf("--- %s (%s): %s\n%s", p.name, strings.Join(p.args, " "), p.exitStatus(), e2eTail(p.log, 40))
+			}
+		}
+	})
+	return c
+}
+
+// allocate reserves loopback ports for one more member and returns its id.
+func (c *e2eCluster) allocate() uint64 {
+	c.peers = append(c.peers, "http://"+freeAddr(c.t))
+	c.clients = append(c.clients, "http://"+freeAddr(c.t))
+	return uint64(len(c.peers))
+}
+
+// args is the README command line of member id in a cluster of the first
+// n allocated members.
+func (c *e2eCluster) args(id uint64, n int) []string {
+	client := c.clients[id-1]
+	return []string{
+		"--id", fmt.Sprint(id),
+		"--cluster", strings.Join(c.peers[:n], ","),
+		"--port", client[strings.LastIndex(client, ":")+1:],
+		"--data-dir", filepath.Join(c.dir, fmt.Sprintf("raftkv-%d", id)),
+	}
+}
+
+// start runs member id's process with args, logging to <name>.log.
+func (c *e2eCluster) start(id uint64, name string, args ...string) *e2eProc {
+	c.t.Helper()
+	p := &e2eProc{name: name, args: args, log: filepath.Join(c.dir, name+".log"), done: make(chan struct{})}
+	f, err := os.Create(p.log)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close() // the process has its own copy
+	p.cmd = exec.Command(c.bin, args...)
+	p.cmd.Dir = c.dir
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	c.all = append(c.all, p)
+	c.running[id] = p
+	return p
+}
+
+// exitStatus describes whether and how the process exited.
+func (p *e2eProc) exitStatus() string {
+	select {
+	case <-p.done:
+		if p.err == nil {
+			return "exited 0"
+		}
+		return p.err.Error()
+	default:
+		return "running"
+	}
+}
+
+// expectExit marks member id's process as one that is to exit by itself
+// and returns it for waitExit.
+func (c *e2eCluster) expectExit(id uint64) *e2eProc {
+	p := c.running[id]
+	delete(c.running, id)
+	return p
+}
+
+// waitExit fails unless p exits with status 0 within timeout.
+func (c *e2eCluster) waitExit(p *e2eProc, timeout time.Duration, why string) {
+	c.t.Helper()
+	select {
+	case <-p.done:
+		if p.err != nil {
+			c.t.Fatalf("%s %s: %v, want exit status 0", p.name, why, p.err)
+		}
+	case <-time.After(min(timeout, time.Until(c.deadline))):
+		c.t.Fatalf("%s did not exit within %s %s", p.name, timeout, why)
+	}
+}
+
+// eventually is the harness's eventually, cut to the test's budget, and
+// failing at once if a member that should run has exited.
+func (c *e2eCluster) eventually(timeout time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	eventually(c.t, min(timeout, time.Until(c.deadline)), what, func() bool {
+		for _, p := range c.running {
+			select {
+			case <-p.done:
+				c.t.Fatalf("%s exited (%s) while waiting for %s", p.name, p.exitStatus(), what)
+			default:
+			}
+		}
+		return cond()
+	})
+}
+
+// url is member id's client URL with path appended.
+func (c *e2eCluster) url(id uint64, path string) string { return c.clients[id-1] + path }
+
+// do sends one request to member id, failing the test on a transport error.
+func (c *e2eCluster) do(method string, id uint64, path, body string) response {
+	c.t.Helper()
+	r, err := e2eTry(e2eClient, method, c.url(id, path), body)
+	if err != nil {
+		c.t.Fatalf("member %d: %v", id, err)
+	}
+	return r
+}
+
+// expect sends one request to member id and fails unless the answer has
+// the code, and for a 200 the body, wanted.
+func (c *e2eCluster) expect(method string, id uint64, path, body string, code int, want string) response {
+	c.t.Helper()
+	r := c.do(method, id, path, body)
+	if r.code != code || (code == http.StatusOK && r.body != want) {
+		c.t.Fatalf("%s %s on member %d: %d %q, want %d %q", method, path, id, r.code, r.body, code, want)
+	}
+	return r
+}
+
+// eventuallyGet polls GET path on member id until it answers 200 want.
+func (c *e2eCluster) eventuallyGet(id uint64, path, want string, timeout time.Duration) {
+	c.t.Helper()
+	var last string
+	defer func() {
+		if c.t.Failed() {
+			c.t.Logf("last answer from member %d to GET %s: %s", id, path, last)
+		}
+	}()
+	c.eventually(timeout, fmt.Sprintf("member %d to answer GET %s with %q", id, path, want), func() bool {
+		r, err := e2eTry(e2eClient, "GET", c.url(id, path), "")
+		last = fmt.Sprintf("%d %q %v", r.code, r.body, err)
+		return err == nil && r.code == http.StatusOK && r.body == want
+	})
+}
+
+// members fetches GET /members from member id.
+func (c *e2eCluster) members(id uint64) []httpTestMember {
+	c.t.Helper()
+	r := c.do("GET", id, "/members", "")
+	if r.code != http.StatusOK {
+		c.t.Fatalf("GET /members on member %d: %d %q, want 200", id, r.code, r.body)
+	}
+	var ms []httpTestMember
+	if err := json.Unmarshal([]byte(r.body), &ms); err != nil {
+		c.t.Fatalf("GET /members on member %d: %v in %q", id, err, r.body)
+	}
+	return ms
+}
+
+// status fetches GET /status from member id.
+func (c *e2eCluster) status(id uint64) httpTestStatus {
+	c.t.Helper()
+	r := c.do("GET", id, "/status", "")
+	if r.code != http.StatusOK {
+		c.t.Fatalf("GET /status on member %d: %d %q, want 200", id, r.code, r.body)
+	}
+	var st httpTestStatus
+	if err := json.Unmarshal([]byte(r.body), &st); err != nil {
+		c.t.Fatalf("GET /status on member %d: %v in %q", id, err, r.body)
+	}
+	return st
+}
+
+// e2eTail is the last n lines of a file.
+func e2eTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// e2eBuild builds the raftkv binary from this package into a temp dir.
+func e2eBuild(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "raftkv")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestE2E proves the README flow on real processes: one-line flag errors, reads and writes, SIGTERM and restart, join, removal.
+func TestE2E(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs raftkv processes")
+	}
+	bin := e2eBuild(t)
+	t.Run("BadFlag", func(t *testing.T) { e2eBadFlag(t, bin) })
+	t.Run("Cluster", func(t *testing.T) { e2eClusterFlow(t, bin) })
+}
+
+// e2eBadFlag runs the binary with bad command lines: each must exit
+// non-zero at once with exactly one line on stderr; -h prints usage.
+func e2eBadFlag(t *testing.T, bin string) {
+	for _, args := range [][]string{
+		{"--id", "0"},
+		{"--no-such-flag"},
+		{"--id", "1", "stray"},
+		{"--join", "nope"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var stdout, stderr bytes.Buffer
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Dir = t.TempDir()
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		cancel()
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() <= 0 {
+			t.Errorf("raftkv %q: %v, want a non-zero exit status", args, err)
+		}
+		line, ok := strings.CutSuffix(stderr.String(), "\n")
+		if !ok || strings.TrimSpace(line) == "" || strings.Contains(line, "\n") || !strings.HasPrefix(line, "raftkv: ") {
+			t.Errorf("raftkv %q: stderr %q, want exactly one line starting with \"raftkv: \"", args, stderr.String())
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("raftkv %q: stdout %q, want nothing", args, stdout.String())
+		}
+		if entries, _ := os.ReadDir(cmd.Dir); len(entries) != 0 {
+			t.Errorf("raftkv %q left %d entries in its working dir", args, len(entries))
+		}
+	}
+
+	var stdout bytes.Buffer
+	cmd := exec.Command(bin, "-h")
+	cmd.Stdout = &stdout
+	if err := cmd.Run(); err != nil {
+		t.Errorf("raftkv -h: %v, want exit status 0", err)
+	}
+	if !strings.Contains(stdout.String(), "-cluster") || !strings.Contains(stdout.String(), "-join") {
+		t.Errorf("raftkv -h: stdout %q does not describe the flags", stdout.String())
+	}
+}
+
+// e2eClusterFlow is the README walk-through on three, then four, members.
+func e2eClusterFlow(t *testing.T, bin string) {
+	start := time.Now()
+	c := newE2ECluster(t, bin)
+	for range 3 {
+		c.allocate()
+	}
+	for id := uint64(1); id <= 3; id++ {
+		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
+	}
+	for id := uint64(1); id <= 3; id++ {
+		c.eventually(20*time.Second, fmt.Sprintf("member %d to answer GET /health with 200", id), func() bool {
+			r, err := e2eTry(e2eClient, "GET", c.url(id, "/health"), "")
+			return err == nil && r.code == http.StatusOK && r.body == "ok\n"
+		})
+	}
+
+	t.Logf("%s: three members healthy", time.Since(start).Round(time.Millisecond))
+
+	// Writes and the three read levels.
+	r := c.expect("PUT", 1, "/keys/hello", "world", http.StatusNoContent, "")
+	if r.header.Get("X-Raft-Index") == "" {
+		t.Errorf("PUT: no X-Raft-Index header")
+	}
+	for id := uint64(1); id <= 3; id++ {
+		c.expect("GET", id, "/keys/hello?level=consistent", "", http.StatusOK, "world")
+	}
+	leader := c.status(1).Leader
+	if leader < 1 || leader > 3 {
+		t.Fatalf("member 1 reports leader %d", leader)
+	}
+	// A follower that is not member 1, which the fourth member joins through.
+	follower := uint64(2)
+	if leader == 2 {
+		follower = 3
+	}
+	// 503 until the leader's client URL is published, then 307.
+	c.eventually(10*time.Second, "a follower to redirect a default read", func() bool {
+		r, err := e2eTry(e2eClient, "GET", c.url(follower, "/keys/hello"), "")
+		return err == nil && r.code == http.StatusTemporaryRedirect
+	})
+	r = c.expect("GET", follower, "/keys/hello", "", http.StatusTemporaryRedirect, "")
+	if loc, want := r.header.Get("Location"), c.url(leader, "/keys/hello"); loc != want {
+		t.Errorf("GET on follower %d: Location %q, want %q", follower, loc, want)
+	}
+	if got, err := e2eTry(e2eClient, "GET", r.header.Get("Location"), ""); err != nil || got.code != http.StatusOK || got.body != "world" {
+		t.Errorf("GET Location %q: %d %q %v, want 200 \"world\"", r.header.Get("Location"), got.code, got.body, err)
+	}
+	if got, err := e2eTry(e2eFollowClient, "GET", c.url(follower, "/keys/hello?level=default"), ""); err != nil || got.code != http.StatusOK || got.body != "world" {
+		t.Errorf("GET on follower %d following redirects: %d %q %v, want 200 \"world\"", follower, got.code, got.body, err)
+	}
+	c.expect("GET", follower, "/keys/hello?level=stale", "", http.StatusOK, "world")
+	c.expect("DELETE", follower, "/keys/hello", "", http.StatusNoContent, "")
+	c.expect("DELETE", follower, "/keys/hello", "", http.StatusNotFound, "")
+	for id := uint64(1); id <= 3; id++ {
+		c.expect("GET", id, "/keys/hello?level=consistent", "", http.StatusNotFound, "")
+	}
+
+	// Every member shows the same three members, all published, one leading.
+	for id := uint64(1); id <= 3; id++ {
+		var got []httpTestMember
+		c.eventually(10*time.Second, fmt.Sprintf("member %d to list 3 published members", id), func() bool {
+			got = c.members(id)
+			if len(got) != 3 {
+				return false
+			}
+			for i, m := range got {
+				if len(m.ClientURLs) == 0 {
+					return false
+				}
+				if m.ID != uint64(i+1) || m.PeerURLs[0] != c.peers[i] || m.ClientURLs[0] != c.clients[i] {
+					t.Fatalf("GET /members on member %d: %+v", id, got)
+				}
+			}
+			return true
+		})
+		leaders := 0
+		for _, m := range got {
+			if m.IsLeader {
+				leaders++
+				if m.ID != leader {
+					t.Errorf("GET /members on member %d: member %d leads, member 1 said %d", id, m.ID, leader)
+				}
+			}
+		}
+		if leaders != 1 {
+			t.Errorf("GET /members on member %d: %d leaders in %+v", id, leaders, got)
+		}
+		st := c.status(id)
+		wantState := "StateFollower"
+		if id == leader {
+			wantState = "StateLeader"
+		}
+		if st.ID != id || st.Leader != leader || st.RaftState != wantState || st.Term < 2 || st.CommitIndex == 0 || st.AppliedIndex == 0 {
+			t.Errorf("GET /status on member %d: %+v, want id %d, leader %d, %s", id, st, id, leader, wantState)
+		}
+	}
+
+	t.Logf("%s: reads, writes, members and status checked; leader is member %d", time.Since(start).Round(time.Millisecond), leader)
+
+	// Fault tolerance: a follower stops on SIGTERM, misses a write, and
+	// serves it after a restart; what it had before is there at once.
+	c.expect("PUT", 1, "/keys/durable", "yes", http.StatusNoContent, "")
+	c.expect("GET", follower, "/keys/durable?level=consistent", "", http.StatusOK, "yes")
+	stopped := c.expectExit(follower)
+	if err := stopped.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	c.waitExit(stopped, 10*time.Second, "after SIGTERM")
+	c.expect("PUT", leader, "/keys/hello", "again", http.StatusNoContent, "")
+	c.start(follower, fmt.Sprintf("raftkv%d-restarted", follower), c.args(follower, 3)...)
+	var first response
+	c.eventually(10*time.Second, fmt.Sprintf("restarted member %d to accept requests", follower), func() bool {
+		var err error
+		first, err = e2eTry(e2eClient, "GET", c.url(follower, "/keys/durable?level=stale"), "")
+		return err == nil
+	})
+	if first.code != http.StatusOK || first.body != "yes" {
+		t.Errorf("first stale read on restarted member %d: %d %q, want 200 \"yes\"", follower, first.code, first.body)
+	}
+	c.eventuallyGet(follower, "/keys/hello?level=consistent", "again", 15*time.Second)
+
+	t.Logf("%s: member %d stopped, restarted and caught up", time.Since(start).Round(time.Millisecond), follower)
+
+	// Dynamic membership: a fourth member joins through member 1 and
+	// catches up; removing member 2 makes its process exit by itself.
+	id4 := c.allocate()
+	c.start(id4, "raftkv4", append(c.args(id4, 4), "--join", c.clients[0])...)
+	c.eventuallyGet(id4, "/keys/hello?level=consistent", "again", 20*time.Second)
+	c.expect("GET", id4, "/keys/durable?level=stale", "", http.StatusOK, "yes")
+	c.eventually(10*time.Second, "member 1 to list member 4 with its client URL", func() bool {
+		ms := c.members(1)
+		return len(ms) == 4 && ms[3].ID == id4 && len(ms[3].ClientURLs) == 1 && ms[3].ClientURLs[0] == c.clients[id4-1]
+	})
+
+	t.Logf("%s: member 4 joined and caught up", time.Since(start).Round(time.Millisecond))
+	removed := c.expectExit(2)
+	c.expect("DELETE", 1, "/members/2", "", http.StatusNoContent, "")
+	c.waitExit(removed, 15*time.Second, "after DELETE /members/2")
+	t.Logf("%s: member 2 removed and exited", time.Since(start).Round(time.Millisecond))
+	c.eventually(15*time.Second, "members 1, 3 and 4 to agree on a leader among them", func() bool {
+		var lead uint64
+		for _, id := range []uint64{1, 3, 4} {
+			st := c.status(id)
+			if st.Leader == 0 || st.Leader == 2 || (lead != 0 && st.Leader != lead) {
+				return false
+			}
+			lead = st.Leader
+		}
+		return true
+	})
+	for _, id := range []uint64{1, 3, 4} {
+		var ids []uint64
+		for _, m := range c.members(id) {
+			ids = append(ids, m.ID)
+		}
+		if fmt.Sprint(ids) != "[1 3 4]" {
+			t.Errorf("GET /members on member %d after removing member 2: ids %v, want [1 3 4]", id, ids)
+		}
+	}
+	c.expect("PUT", id4, "/keys/after", "removal", http.StatusNoContent, "")
+	for _, id := range []uint64{1, 3, 4} {
+		c.expect("GET", id, "/keys/after?level=consistent", "", http.StatusOK, "removal")
+	}
+}
