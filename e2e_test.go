@@ -238,13 +238,13 @@ func (c *e2eCluster) eventuallyGet(id uint64, path, want string, timeout time.Du
 }
 
 // members fetches GET /members from member id.
-func (c *e2eCluster) members(id uint64) []httpTestMember {
+func (c *e2eCluster) members(id uint64) []memberView {
 	c.t.Helper()
 	r := c.do("GET", id, "/members", "")
 	if r.code != http.StatusOK {
 		c.t.Fatalf("GET /members on member %d: %d %q, want 200", id, r.code, r.body)
 	}
-	var ms []httpTestMember
+	var ms []memberView
 	if err := json.Unmarshal([]byte(r.body), &ms); err != nil {
 		c.t.Fatalf("GET /members on member %d: %v in %q", id, err, r.body)
 	}
@@ -252,13 +252,13 @@ func (c *e2eCluster) members(id uint64) []httpTestMember {
 }
 
 // status fetches GET /status from member id.
-func (c *e2eCluster) status(id uint64) httpTestStatus {
+func (c *e2eCluster) status(id uint64) statusView {
 	c.t.Helper()
 	r := c.do("GET", id, "/status", "")
 	if r.code != http.StatusOK {
 		c.t.Fatalf("GET /status on member %d: %d %q, want 200", id, r.code, r.body)
 	}
-	var st httpTestStatus
+	var st statusView
 	if err := json.Unmarshal([]byte(r.body), &st); err != nil {
 		c.t.Fatalf("GET /status on member %d: %v in %q", id, err, r.body)
 	}
@@ -401,7 +401,7 @@ func e2eClusterFlow(t *testing.T, bin string) {
 
 	// Every member shows the same three members, all published, one leading.
 	for id := uint64(1); id <= 3; id++ {
-		var got []httpTestMember
+		var got []memberView
 		c.eventually(10*time.Second, fmt.Sprintf("member %d to list 3 published members", id), func() bool {
 			got = c.members(id)
 			if len(got) != 3 {

@@ -68,20 +68,9 @@ func httpTestRaftIndex(t *testing.T, what string, rec *httptest.ResponseRecorder
 	return index
 }
 
-// httpTestStatus is GET /status as a client sees it.
-type httpTestStatus struct {
-	ID            uint64 `json:"id"`
-	Leader        uint64 `json:"leader"`
-	Term          uint64 `json:"term"`
-	RaftState     string `json:"raftState"`
-	CommitIndex   uint64 `json:"commitIndex"`
-	AppliedIndex  uint64 `json:"appliedIndex"`
-	SnapshotIndex uint64 `json:"snapshotIndex"`
-}
-
 // httpTestGetStatus fetches GET /status and checks that it is JSON with
 // every documented field.
-func httpTestGetStatus(t *testing.T, h http.Handler) httpTestStatus {
+func httpTestGetStatus(t *testing.T, h http.Handler) statusView {
 	t.Helper()
 	rec := httpTestServe(h, http.MethodGet, "/status", "", false)
 	if rec.Code != http.StatusOK {
@@ -99,7 +88,7 @@ func httpTestGetStatus(t *testing.T, h http.Handler) httpTestStatus {
 			t.Errorf("GET /status: no %q field in %s", f, rec.Body.String())
 		}
 	}
-	var st httpTestStatus
+	var st statusView
 	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
 	}
@@ -126,16 +115,8 @@ func httpTestKeyCount(s *server) int {
 	return len(s.store.kv)
 }
 
-// httpTestMember is one entry of GET /members as a client sees it.
-type httpTestMember struct {
-	ID         uint64   `json:"id"`
-	PeerURLs   []string `json:"peerURLs"`
-	ClientURLs []string `json:"clientURLs"`
-	IsLeader   bool     `json:"isLeader"`
-}
-
 // httpTestGetMembers fetches GET /members.
-func httpTestGetMembers(t *testing.T, h http.Handler) []httpTestMember {
+func httpTestGetMembers(t *testing.T, h http.Handler) []memberView {
 	t.Helper()
 	rec := httpTestServe(h, http.MethodGet, "/members", "", false)
 	if rec.Code != http.StatusOK {
@@ -144,7 +125,7 @@ func httpTestGetMembers(t *testing.T, h http.Handler) []httpTestMember {
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("GET /members: Content-Type %q, want application/json", ct)
 	}
-	var members []httpTestMember
+	var members []memberView
 	dec := json.NewDecoder(rec.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&members); err != nil {
@@ -358,7 +339,7 @@ func TestHTTPMembers(t *testing.T) {
 	peer1, client1 := c.peerURLs[0], c.clients[0]
 
 	members := httpTestGetMembers(t, h)
-	want := []httpTestMember{{ID: 1, PeerURLs: []string{peer1}, ClientURLs: []string{client1}, IsLeader: true}}
+	want := []memberView{{member: member{ID: 1, PeerURLs: []string{peer1}, ClientURLs: []string{client1}}, IsLeader: true}}
 	if fmt.Sprint(members) != fmt.Sprint(want) {
 		t.Fatalf("GET /members: %+v, want %+v", members, want)
 	}
@@ -433,11 +414,11 @@ func TestHTTPMembers(t *testing.T) {
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("POST /members: Content-Type %q, want application/json", ct)
 	}
-	var added httpTestMember
+	var added memberView
 	if err := json.Unmarshal(rec.Body.Bytes(), &added); err != nil {
 		t.Fatalf("POST /members: %v in %q", err, rec.Body.String())
 	}
-	if wantAdded := (httpTestMember{ID: 2, PeerURLs: []string{newPeer}, ClientURLs: []string{newClient}}); fmt.Sprint(added) != fmt.Sprint(wantAdded) {
+	if wantAdded := (memberView{member: member{ID: 2, PeerURLs: []string{newPeer}, ClientURLs: []string{newClient}}}); fmt.Sprint(added) != fmt.Sprint(wantAdded) {
 		t.Errorf("POST /members: body %+v, want %+v", added, wantAdded)
 	}
 	got := httpTestGetMembers(t, h)
@@ -590,7 +571,7 @@ func TestHTTPNoLeader(t *testing.T) {
 		t.Errorf("GET /status without a quorum: %+v", st)
 	}
 	got := httpTestGetMembers(t, h)
-	if len(got) != 3 || slices.ContainsFunc(got, func(m httpTestMember) bool { return m.IsLeader }) {
+	if len(got) != 3 || slices.ContainsFunc(got, func(m memberView) bool { return m.IsLeader }) {
 		t.Fatalf("GET /members without a leader: %+v, want members 1-3, none leading", got)
 	}
 	for _, m := range got[1:] {
