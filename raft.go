@@ -91,11 +91,11 @@ type raftNode struct {
 	peerServer  *http.Server
 
 	// Owned by serveReady.
-	confState      *raftpb.ConfState
-	appliedIndex   uint64           // last index published on commitC
-	forceSnapshot  bool             // a conf change was applied since the last snapshot
-	bootSnapshot   *raftpb.Snapshot // the snapshot found on disk, published first
-	snapshotIndexV atomic.Uint64    // index of the newest snapshot on disk
+	confState         *raftpb.ConfState
+	appliedIndex      uint64           // last index published on commitC
+	forceSnapshot     bool             // a conf change was applied since the last snapshot
+	bootSnapshot      *raftpb.Snapshot // the snapshot found on disk, published first
+	lastSnapshotIndex atomic.Uint64    // index of the newest snapshot on disk
 
 	// replayIndex is the commit index found in the WAL at start: once the
 	// kvstore has applied this far it holds everything this member knew.
@@ -150,7 +150,7 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		close(rc.stopC)
 		return nil, err
 	}
-	if err := rc.startTransport(peerLn); err != nil {
+	if err := rc.startTransport(); err != nil {
 		peerLn.Close()
 		close(rc.stopC)
 		rc.wal.Close()
@@ -183,10 +183,8 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	} else {
 		peers := make([]raft.Peer, len(cfg.cluster))
 		for i, u := range cfg.cluster {
-			ctx, err := json.Marshal(member{ID: uint64(i + 1), PeerURLs: []string{u}})
-			if err != nil {
-				return nil, err
-			}
+			// Marshalling a member (numbers and strings) cannot fail.
+			ctx, _ := json.Marshal(member{ID: uint64(i + 1), PeerURLs: []string{u}})
 			peers[i] = raft.Peer{ID: uint64(i + 1), Context: ctx}
 		}
 		rc.node = raft.StartNode(c, peers)
@@ -195,6 +193,9 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		rc.replayIndex = uint64(len(peers))
 	}
 
+	// Serve peers only now: their messages go straight into rc.node.
+	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
+	go rc.peerServer.Serve(peerLn)
 	go rc.purgeOldFiles()
 	go rc.serveReady()
 	go rc.serveProposals()
@@ -240,7 +241,7 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 		}
 		rc.confState = snapshot.GetMetadata().GetConfState()
 		rc.appliedIndex = snapshot.GetMetadata().GetIndex()
-		rc.snapshotIndexV.Store(rc.appliedIndex)
+		rc.lastSnapshotIndex.Store(rc.appliedIndex)
 		rc.bootSnapshot = snapshot
 	}
 
@@ -297,9 +298,8 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 	}
 }
 
-// startTransport starts rafthttp, serving peers on peerLn, and tells the
-// transport where the other members are.
-func (rc *raftNode) startTransport(peerLn *stoppableListener) error {
+// startTransport starts rafthttp and tells it where the other members are.
+func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
 		Logger:      rc.lg,
 		ID:          types.ID(rc.id),
@@ -327,8 +327,6 @@ func (rc *raftNode) startTransport(peerLn *stoppableListener) error {
 		}
 	}
 
-	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
-	go rc.peerServer.Serve(peerLn)
 	return nil
 }
 
@@ -475,7 +473,7 @@ func (rc *raftNode) installSnapshot(snapshot *raftpb.Snapshot) error {
 	index := snapshot.GetMetadata().GetIndex()
 	rc.confState = snapshot.GetMetadata().GetConfState()
 	rc.appliedIndex = index
-	rc.snapshotIndexV.Store(index)
+	rc.lastSnapshotIndex.Store(index)
 	if err := rc.resetPeers(snapshot); err != nil {
 		return err
 	}
@@ -555,7 +553,7 @@ func (rc *raftNode) publish(c *commit) error {
 // refuses one whose configuration does not include it: without a fresh
 // snapshot it would wait, empty, for snapshotCount more writes.
 func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
-	if applyDoneC == nil || (!rc.forceSnapshot && rc.appliedIndex-rc.snapshotIndexV.Load() < rc.snapshotCount) {
+	if applyDoneC == nil || (!rc.forceSnapshot && rc.appliedIndex-rc.lastSnapshotIndex.Load() < rc.snapshotCount) {
 		return nil
 	}
 	// The kvstore applies asynchronously; the snapshot must hold exactly
@@ -581,7 +579,7 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 	if err := rc.wal.ReleaseLockTo(rc.appliedIndex); err != nil {
 		return fmt.Errorf("release WAL: %w", err)
 	}
-	rc.snapshotIndexV.Store(rc.appliedIndex)
+	rc.lastSnapshotIndex.Store(rc.appliedIndex)
 	rc.forceSnapshot = false
 	rc.lg.Info("saved snapshot", zap.Uint64("index", rc.appliedIndex))
 	return nil
@@ -650,7 +648,7 @@ func (rc *raftNode) leaderID() uint64 { return rc.leader.Load() }
 func (rc *raftNode) committedIndex() uint64 { return rc.committed.Load() }
 
 // snapshotIndex is the index of the newest snapshot on disk.
-func (rc *raftNode) snapshotIndex() uint64 { return rc.snapshotIndexV.Load() }
+func (rc *raftNode) snapshotIndex() uint64 { return rc.lastSnapshotIndex.Load() }
 
 // status is raft's own view of this node.
 func (rc *raftNode) status() raft.Status { return rc.node.Status() }
