@@ -68,17 +68,24 @@ func httpTestRaftIndex(t *testing.T, what string, rec *httptest.ResponseRecorder
 	return index
 }
 
+// httpTestGetJSON fetches path and requires a 200 with a JSON content type.
+func httpTestGetJSON(t *testing.T, h http.Handler, path string) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httpTestServe(h, http.MethodGet, path, "", false)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET %s: %d %q, want 200", path, rec.Code, rec.Body.String())
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("GET %s: Content-Type %q, want application/json", path, ct)
+	}
+	return rec
+}
+
 // httpTestGetStatus fetches GET /status and checks that it is JSON with
 // every documented field.
 func httpTestGetStatus(t *testing.T, h http.Handler) statusView {
 	t.Helper()
-	rec := httpTestServe(h, http.MethodGet, "/status", "", false)
-	if rec.Code != http.StatusOK {
-		t.Fatalf("GET /status: %d %q, want 200", rec.Code, rec.Body.String())
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-		t.Errorf("GET /status: Content-Type %q, want application/json", ct)
-	}
+	rec := httpTestGetJSON(t, h, "/status")
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(rec.Body.Bytes(), &fields); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
@@ -118,13 +125,7 @@ func httpTestKeyCount(s *server) int {
 // httpTestGetMembers fetches GET /members.
 func httpTestGetMembers(t *testing.T, h http.Handler) []memberView {
 	t.Helper()
-	rec := httpTestServe(h, http.MethodGet, "/members", "", false)
-	if rec.Code != http.StatusOK {
-		t.Fatalf("GET /members: %d %q, want 200", rec.Code, rec.Body.String())
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-		t.Errorf("GET /members: Content-Type %q, want application/json", ct)
-	}
+	rec := httpTestGetJSON(t, h, "/members")
 	var members []memberView
 	dec := json.NewDecoder(rec.Body)
 	dec.DisallowUnknownFields()
