@@ -479,19 +479,25 @@ func TestClusterRemoveLeader(t *testing.T) {
 	}
 }
 
+// clusterStopAllBut cleanly stops every running member except keep.
+func clusterStopAllBut(t testing.TB, c *testCluster, keep uint64) {
+	t.Helper()
+	for _, id := range c.runningIDs() {
+		if id != keep {
+			if err := c.stop(id); err != nil {
+				t.Fatalf("stop member %d: %v", id, err)
+			}
+		}
+	}
+}
+
 // TestClusterNoLeader proves a member without a quorum answers 503 with Retry-After, and a leader that just lost its followers fails a write with a one-line 503 or 504.
 func TestClusterNoLeader(t *testing.T) {
 	t.Run("survivor", func(t *testing.T) {
 		c := newTestCluster(t, 3, nil)
 		survivor := c.waitLeader()
 		clusterPut(t, c, survivor, "noleader/k", "v")
-		for _, id := range c.runningIDs() {
-			if id != survivor {
-				if err := c.stop(id); err != nil {
-					t.Fatalf("stop member %d: %v", id, err)
-				}
-			}
-		}
+		clusterStopAllBut(t, c, survivor)
 		// CheckQuorum makes the lone leader step down within an election timeout or two.
 		eventually(t, 5*time.Second, "the survivor to report no leader", func() bool {
 			return do(t, http.MethodGet, c.url(survivor, "/health"), "").code == http.StatusServiceUnavailable
@@ -522,13 +528,7 @@ func TestClusterNoLeader(t *testing.T) {
 		c := newTestCluster(t, 3, func(cfg *config) { cfg.requestTimeout = timeout })
 		leader := c.waitLeader()
 		clusterPut(t, c, leader, "noleader/k", "v")
-		for _, id := range c.runningIDs() {
-			if id != leader {
-				if err := c.stop(id); err != nil {
-					t.Fatalf("stop member %d: %v", id, err)
-				}
-			}
-		}
+		clusterStopAllBut(t, c, leader)
 		start := time.Now()
 		r := do(t, http.MethodPut, c.url(leader, "/keys/noleader/k"), "w")
 		if r.code != http.StatusGatewayTimeout && r.code != http.StatusServiceUnavailable {

@@ -59,6 +59,8 @@ type applyResult struct {
 	err   error  // why the entry changed nothing (ErrKeyNotFound, ...), or why it never made it into the log
 }
 
+func (r applyResult) unpack() (uint64, error) { return r.index, r.err }
+
 // commit is one batch for the state machine from the raft node, in log
 // order: a snapshot to load first, if any, then committed entries.
 type commit struct {
@@ -209,8 +211,7 @@ func sendAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c cha
 func (s *kvstore) waitApply(ctx context.Context, requestID uint64, appliedC <-chan any) (uint64, error) {
 	select {
 	case x := <-appliedC:
-		r := x.(applyResult)
-		return r.index, r.err
+		return x.(applyResult).unpack()
 	case <-ctx.Done():
 		// Unregister: the entry may still apply later, and must find no one.
 		s.waiters.Trigger(requestID, nil)
@@ -220,8 +221,7 @@ func (s *kvstore) waitApply(ctx context.Context, requestID uint64, appliedC <-ch
 		// member applying its own removal): its result wins.
 		select {
 		case x := <-appliedC:
-			r := x.(applyResult)
-			return r.index, r.err
+			return x.(applyResult).unpack()
 		default:
 			s.waiters.Trigger(requestID, nil)
 			return 0, ErrStopped
