@@ -32,6 +32,7 @@ import (
 type config struct {
 	id             uint64
 	cluster        []string // peer URLs; member i's is cluster[i-1]
+	listenPeerURL  string   // where to accept peer connections; "" means peerURL()
 	clientURL      string   // advertised to the cluster and listened on
 	dataDir        string
 	join           string // client URL of a running member to ask to add us; "" when not joining
@@ -44,6 +45,16 @@ type config struct {
 
 // peerURL is where this member's peers reach it.
 func (c config) peerURL() string { return c.cluster[c.id-1] }
+
+// peerListenURL is where this member accepts peer connections: its peer
+// URL, unless peers reach it through something in between, such as a
+// proxy (as in etcd, the URL advertised and the one listened on may differ).
+func (c config) peerListenURL() string {
+	if c.listenPeerURL != "" {
+		return c.listenPeerURL
+	}
+	return c.peerURL()
+}
 
 // maxValueLimit keeps an entry well inside the WAL's 10 MiB record limit.
 const maxValueLimit = 8 << 20
@@ -76,6 +87,7 @@ func parseFlags(args []string) (config, error) {
 	id := fs.Uint64("id", 1, "member id: this member's position in --cluster, from 1")
 	cluster := fs.String("cluster", "http://127.0.0.1:9021", "comma-separated peer URLs of all members, member 1's first")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
+	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
 	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
 	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
@@ -98,6 +110,7 @@ func parseFlags(args []string) (config, error) {
 	cfg := config{
 		id:             *id,
 		cluster:        strings.Split(*cluster, ","),
+		listenPeerURL:  *listenPeerURL,
 		clientURL:      *clientURL,
 		dataDir:        *dataDir,
 		join:           *join,
@@ -118,6 +131,11 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.id < 1 || cfg.id > uint64(len(cfg.cluster)) || cfg.id > maxMemberID {
 		return config{}, fmt.Errorf("--id %d: must be a position in --cluster, 1 to %d", cfg.id, min(len(cfg.cluster), maxMemberID))
+	}
+	if cfg.listenPeerURL != "" {
+		if _, err := types.NewURLs([]string{cfg.listenPeerURL}); err != nil {
+			return config{}, fmt.Errorf("--listen-peer-url: %v", err)
+		}
 	}
 	if *port < 1 || *port > 65535 {
 		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)

@@ -39,6 +39,7 @@ func TestFlagsDefaults(t *testing.T) {
 		{"log level", cfg.logLevel, zapcore.InfoLevel},
 		{"tick", cfg.tickInterval, 100 * time.Millisecond},
 		{"peer URL", cfg.peerURL(), "http://127.0.0.1:9021"},
+		{"peer listen URL", cfg.peerListenURL(), "http://127.0.0.1:9021"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -58,6 +59,12 @@ func TestFlagsValid(t *testing.T) {
 			if c.id != 2 || len(c.cluster) != 3 || c.peerURL() != "http://127.0.0.1:22379" ||
 				c.clientURL != "http://127.0.0.1:22380" || c.dataDir != "raftkv-2" {
 				return fmt.Errorf("id %d, cluster %v, peer URL %s, client URL %s, data dir %s", c.id, c.cluster, c.peerURL(), c.clientURL, c.dataDir)
+			}
+			return nil
+		}},
+		{"listen behind a proxy", []string{"--id", "2", "--cluster", flagTestCluster3, "--listen-peer-url", "http://127.0.0.1:22999"}, func(c config) error {
+			if c.peerURL() != "http://127.0.0.1:22379" || c.peerListenURL() != "http://127.0.0.1:22999" {
+				return fmt.Errorf("peer URL %s, peer listen URL %s", c.peerURL(), c.peerListenURL())
 			}
 			return nil
 		}},
@@ -132,6 +139,7 @@ func TestFlagsErrors(t *testing.T) {
 		{"cluster URL ftp", []string{"--cluster", "ftp://127.0.0.1:12379"}, "--cluster"},
 		{"cluster empty entry", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,"}, "--cluster"},
 		{"cluster duplicate", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:12379"}, "listed twice"},
+		{"listen peer URL without port", []string{"--listen-peer-url", "http://127.0.0.1"}, "--listen-peer-url"},
 		{"port 0", []string{"--port", "0"}, "--port 0"},
 		{"port 0 with client URL", []string{"--port", "0", "--client-url", "http://127.0.0.1:1"}, "--port 0"},
 		{"port too high", []string{"--port", "65536"}, "--port 65536"},

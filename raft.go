@@ -136,9 +136,9 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	}
 	// Take the peer port before touching the data dir: a first start that
 	// fails must leave no WAL behind, or a retry would take it for a restart.
-	u, err := url.Parse(cfg.peerURL())
+	u, err := url.Parse(cfg.peerListenURL())
 	if err != nil {
-		return nil, fmt.Errorf("peer URL: %w", err)
+		return nil, fmt.Errorf("peer listen URL: %w", err)
 	}
 	peerLn, err := newStoppableListener(u.Host, rc.stopC)
 	if err != nil {
