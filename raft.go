@@ -617,7 +617,10 @@ func (rc *raftNode) serveProposals() {
 }
 
 // propose hands one proposal to raft. A proposal raft refuses never reaches
-// the log, so no member will ever apply it: wake its waiter here.
+// the log, so no member will ever apply it: wake its waiter here with
+// ErrNoLeader, which clients may take as "not applied". Any other failure
+// (the deadline passed while raft held the proposal, or raft stopped) may
+// come after raft took it, so it must not claim the proposal was dropped.
 func (rc *raftNode) propose(requestID uint64, proposeFn func(context.Context) error) {
 	if rc.leader.Load() == raft.None {
 		rc.waiters.Trigger(requestID, applyResult{err: ErrNoLeader})
@@ -627,10 +630,12 @@ func (rc *raftNode) propose(requestID uint64, proposeFn func(context.Context) er
 	defer cancel()
 	switch err := proposeFn(ctx); {
 	case err == nil:
+	case errors.Is(err, raft.ErrProposalDropped):
+		rc.waiters.Trigger(requestID, applyResult{err: fmt.Errorf("%w: %v", ErrNoLeader, err)})
 	case errors.Is(err, raft.ErrStopped):
 		rc.waiters.Trigger(requestID, applyResult{err: ErrStopped})
 	default:
-		rc.waiters.Trigger(requestID, applyResult{err: fmt.Errorf("%w: %v", ErrNoLeader, err)})
+		rc.waiters.Trigger(requestID, applyResult{err: fmt.Errorf("propose: %w", err)})
 	}
 }
 
