@@ -1,0 +1,366 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// faultCluster runs real raftkv processes, each behind a peerProxy, and
+// injects the faults a Jepsen-style test needs: kill and restart, pause
+// and resume, network partitions, and membership changes. Only the test
+// goroutine calls its methods, except targets, which clients call.
+type faultCluster struct {
+	t             *testing.T
+	procs         *e2eCluster // starts, tracks and finally reaps the processes
+	snapshotCount int
+
+	mu      sync.Mutex
+	members []*faultMember // by id-1, every member ever created
+}
+
+// faultMember is one member and the fault it is under, if any.
+type faultMember struct {
+	id      uint64
+	args    []string
+	proxy   *peerProxy
+	starts  int  // processes started so far, to name their logs
+	paused  bool // SIGSTOPped
+	removed bool // removed from the cluster; its process has exited
+}
+
+// faultMemberTimeout bounds how long a member may take to start serving,
+// join, or leave.
+const faultMemberTimeout = 30 * time.Second
+
+// newFaultCluster starts n members with --snapshot-count snapshotCount and
+// waits until each serves.
+func newFaultCluster(t *testing.T, bin string, n, snapshotCount int) *faultCluster {
+	procs := newE2ECluster(t, bin)
+	procs.deadline = time.Now().Add(24 * time.Hour) // the caller bounds each wait itself
+	c := &faultCluster{t: t, procs: procs, snapshotCount: snapshotCount}
+	for range n {
+		c.allocate()
+	}
+	for _, m := range c.members {
+		m.args = c.args(m.id, "")
+		c.start(m)
+	}
+	for _, m := range c.members {
+		c.waitHealthy(m)
+	}
+	return c
+}
+
+// allocate reserves ports for one more member and puts a proxy in front
+// of its peer listener.
+func (c *faultCluster) allocate() *faultMember {
+	id := c.procs.allocate()
+	m := &faultMember{id: id, proxy: newPeerProxy(c.t, strings.TrimPrefix(c.procs.peers[id-1], "http://"))}
+	c.mu.Lock()
+	c.members = append(c.members, m)
+	c.mu.Unlock()
+	return m
+}
+
+// args is member id's command line: peers reach every member, itself
+// included, through the proxies, while it listens behind its own.
+func (c *faultCluster) args(id uint64, join string) []string {
+	var cluster []string
+	for _, m := range c.members {
+		cluster = append(cluster, m.proxy.url())
+	}
+	client := c.procs.clients[id-1]
+	args := []string{
+		"--id", fmt.Sprint(id),
+		"--cluster", strings.Join(cluster, ","),
+		"--listen-peer-url", c.procs.peers[id-1],
+		"--port", client[strings.LastIndex(client, ":")+1:],
+		"--data-dir", filepath.Join(c.procs.dir, fmt.Sprintf("raftkv-%d", id)),
+		"--snapshot-count", fmt.Sprint(c.snapshotCount),
+		"--request-timeout", "3s",
+	}
+	if join != "" {
+		args = append(args, "--join", join)
+	}
+	return args
+}
+
+// start runs a new process for m on its data dir.
+func (c *faultCluster) start(m *faultMember) {
+	m.starts++
+	c.procs.start(m.id, fmt.Sprintf("raftkv%d-%d", m.id, m.starts), m.args...)
+}
+
+// kill SIGKILLs m's process and waits until it is gone.
+func (c *faultCluster) kill(m *faultMember) {
+	p := c.procs.expectExit(m.id)
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// signal sends sig to m's process.
+func (c *faultCluster) signal(m *faultMember, sig syscall.Signal) {
+	if err := c.procs.running[m.id].cmd.Process.Signal(sig); err != nil {
+		c.t.Fatalf("signal member %d: %v", m.id, err)
+	}
+	m.paused = sig == syscall.SIGSTOP
+}
+
+// active is the members in the cluster, in id order.
+func (c *faultCluster) active() []*faultMember {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ms []*faultMember
+	for _, m := range c.members {
+		if !m.removed {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+// targets is the client URLs clients may send to: every member in the
+// cluster, whether or not it is down at the moment, as real clients would.
+func (c *faultCluster) targets() []string {
+	var urls []string
+	for _, m := range c.active() {
+		urls = append(urls, c.procs.clients[m.id-1])
+	}
+	return urls
+}
+
+// url is member m's client URL with path appended.
+func (c *faultCluster) url(m *faultMember, path string) string {
+	return c.procs.url(m.id, path)
+}
+
+// checkRunning fails the test if a member's process exited by itself: a
+// crash under faults is a bug whatever the history says.
+func (c *faultCluster) checkRunning() {
+	c.t.Helper()
+	for _, m := range c.active() {
+		p, ok := c.procs.running[m.id]
+		if !ok {
+			c.t.Fatalf("member %d is not running", m.id)
+		}
+		select {
+		case <-p.done:
+			c.t.Fatalf("member %d exited by itself (%s); its log is %s", m.id, p.exitStatus(), p.log)
+		default:
+		}
+	}
+}
+
+// waitHealthy waits until m answers GET /health with 200: it is up and
+// knows a leader.
+func (c *faultCluster) waitHealthy(m *faultMember) {
+	c.t.Helper()
+	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to answer GET /health with 200", m.id), func() bool {
+		r, err := e2eTry(faultProbeClient, "GET", c.url(m, "/health"), "")
+		return err == nil && r.code == http.StatusOK
+	})
+}
+
+// faultProbeClient is what the harness itself uses: short timeouts, no
+// redirects, a new connection per request.
+var faultProbeClient = &http.Client{
+	Transport:     e2eTransport,
+	Timeout:       2 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// waitWritable measures liveness: how long, from now, until every member
+// in the cluster has accepted a write. It fails the test past limit.
+func (c *faultCluster) waitWritable(limit time.Duration) time.Duration {
+	c.t.Helper()
+	c.checkRunning()
+	start := time.Now()
+	var wg sync.WaitGroup
+	late := make(chan uint64, len(c.members))
+	for _, m := range c.active() {
+		wg.Go(func() {
+			for time.Since(start) < limit {
+				r, err := e2eTry(faultProbeClient, "PUT", c.url(m, fmt.Sprintf("/keys/probe-%d", m.id)), "alive")
+				if err == nil && r.code == http.StatusNoContent {
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // a client's pause between retries
+			}
+			late <- m.id
+		})
+	}
+	wg.Wait()
+	close(late)
+	for id := range late {
+		c.checkRunning()
+		c.t.Fatalf("member %d accepted no write within %s of the faults healing", id, limit)
+	}
+	return time.Since(start)
+}
+
+// leader asks the members that are up who leads; 0 if none agree.
+func (c *faultCluster) leader() uint64 {
+	for _, m := range c.active() {
+		if m.paused {
+			continue
+		}
+		r, err := e2eTry(faultProbeClient, "GET", c.url(m, "/status"), "")
+		if err != nil || r.code != http.StatusOK {
+			continue
+		}
+		var st statusView
+		if json.Unmarshal([]byte(r.body), &st) == nil && st.Leader != 0 {
+			return st.Leader
+		}
+	}
+	return 0
+}
+
+// member returns the member with id.
+func (c *faultCluster) member(id uint64) *faultMember {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[id-1]
+}
+
+// faultKind is one kind of fault the nemesis injects.
+type faultKind string
+
+// The fault kinds; a short run injects each at least once.
+const (
+	faultKill       faultKind = "kill"        // SIGKILL a member, restart it on its data dir
+	faultPause      faultKind = "pause"       // SIGSTOP a member (a long GC pause), then SIGCONT
+	faultPartition  faultKind = "partition"   // cut a minority off from the rest, then heal
+	faultKillLeader faultKind = "kill-leader" // SIGKILL whoever leads, restart it
+	faultRestartAll faultKind = "restart-all" // SIGKILL every member, restart them all
+)
+
+// faultKinds lists every kind, in a fixed order a seed can shuffle.
+var faultKinds = []faultKind{faultKill, faultPause, faultPartition, faultKillLeader, faultRestartAll}
+
+// inject starts a fault of kind on members picked with rng and returns a
+// description and the function that undoes it.
+func (c *faultCluster) inject(kind faultKind, rng *rand.Rand) (string, func()) {
+	ms := c.active()
+	pick := ms[rng.IntN(len(ms))]
+	switch kind {
+	case faultKill, faultKillLeader:
+		what := "member"
+		if id := c.leader(); kind == faultKillLeader && id != 0 {
+			pick, what = c.member(id), "leader"
+		}
+		c.kill(pick)
+		return fmt.Sprintf("kill %s %d", what, pick.id), func() { c.start(pick) }
+	case faultPause:
+		c.signal(pick, syscall.SIGSTOP)
+		return fmt.Sprintf("pause member %d", pick.id), func() { c.signal(pick, syscall.SIGCONT) }
+	case faultPartition:
+		// A random minority, so the majority side can go on.
+		perm := rng.Perm(len(ms))
+		minority := make([]*faultMember, 1+rng.IntN((len(ms)-1)/2))
+		for i := range minority {
+			minority[i] = ms[perm[i]]
+		}
+		c.setPartition(ms, minority, true)
+		return fmt.Sprintf("cut %v off", faultIDs(minority)), func() { c.setPartition(ms, minority, false) }
+	case faultRestartAll:
+		for _, m := range ms {
+			c.kill(m)
+		}
+		return "kill every member", func() {
+			for _, m := range ms {
+				c.start(m)
+			}
+		}
+	}
+	c.t.Fatalf("unknown fault kind %q", kind)
+	return "", nil
+}
+
+// setPartition cuts (or heals) every link between minority and the rest
+// of ms, in both directions.
+func (c *faultCluster) setPartition(ms, minority []*faultMember, cut bool) {
+	for _, a := range minority {
+		for _, b := range ms {
+			if slices.Contains(minority, b) {
+				continue
+			}
+			if cut {
+				a.proxy.cut(b.id)
+				b.proxy.cut(a.id)
+			} else {
+				a.proxy.heal(b.id)
+				b.proxy.heal(a.id)
+			}
+		}
+	}
+}
+
+// faultIDs lists the ids of ms.
+func faultIDs(ms []*faultMember) []uint64 {
+	ids := make([]uint64, len(ms))
+	for i, m := range ms {
+		ids[i] = m.id
+	}
+	return ids
+}
+
+// grow adds a member under load the way an operator would: a new process
+// with --join, through a member picked with rng. It returns once the new
+// member serves and every member lists it.
+func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
+	c.t.Helper()
+	via := c.active()[rng.IntN(len(c.active()))]
+	m := c.allocate()
+	m.args = c.args(m.id, c.procs.clients[via.id-1])
+	c.start(m)
+	c.waitHealthy(m)
+	for _, other := range c.active() {
+		c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to list member %d", other.id, m.id), func() bool {
+			r, err := e2eTry(faultProbeClient, "GET", c.url(other, "/members"), "")
+			var ms []memberView
+			if err != nil || r.code != http.StatusOK || json.Unmarshal([]byte(r.body), &ms) != nil {
+				return false
+			}
+			i := slices.IndexFunc(ms, func(v memberView) bool { return v.ID == m.id })
+			return i >= 0 && len(ms[i].ClientURLs) > 0
+		})
+	}
+	return m
+}
+
+// shrink removes a member other than keep, picked with rng (perhaps the
+// leader), through another member, and waits for its process to exit 0.
+func (c *faultCluster) shrink(rng *rand.Rand, keep *faultMember) *faultMember {
+	c.t.Helper()
+	var candidates []*faultMember
+	for _, m := range c.active() {
+		if m != keep {
+			candidates = append(candidates, m)
+		}
+	}
+	victim := candidates[rng.IntN(len(candidates))]
+	via := keep
+	c.mu.Lock()
+	victim.removed = true // clients stop choosing it; requests in flight are theirs to judge
+	c.mu.Unlock()
+	proc := c.procs.expectExit(victim.id)
+	// A 504 leaves the removal's outcome unknown; retrying then answers 404
+	// if the first attempt was applied after all.
+	path := fmt.Sprintf("/members/%d", victim.id)
+	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("DELETE %s through member %d", path, via.id), func() bool {
+		r, err := e2eTry(e2eClient, "DELETE", c.url(via, path), "")
+		return err == nil && (r.code == http.StatusNoContent || r.code == http.StatusNotFound)
+	})
+	c.procs.waitExit(proc, faultMemberTimeout, "after its removal")
+	return victim
+}
