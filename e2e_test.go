@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -135,6 +136,7 @@ func (c *e2eCluster) start(id uint64, name string, args ...string) *e2eProc {
 	p.cmd = exec.Command(c.bin, args...)
 	p.cmd.Dir = c.dir
 	p.cmd.Stdout, p.cmd.Stderr = f, f
+	dieWithTest(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", name, err)
 	}
@@ -275,17 +277,43 @@ func e2eTail(path string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// e2eBuild builds the raftkv binary from this package into a temp dir.
+// builtBinary is the raftkv binary built from this package, shared by
+// every test that runs real processes; TestMain removes it.
+var builtBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// TestMain runs the tests, then removes the binary they built, if any.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBinary.dir != "" {
+		os.RemoveAll(builtBinary.dir)
+	}
+	os.Exit(code)
+}
+
+// e2eBuild builds the raftkv binary from this package, once per test run.
 func e2eBuild(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "raftkv")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	builtBinary.once.Do(func() {
+		builtBinary.dir, builtBinary.err = os.MkdirTemp("", "raftkv-test-bin-")
+		if builtBinary.err != nil {
+			return
+		}
+		builtBinary.path = filepath.Join(builtBinary.dir, "raftkv")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", builtBinary.path, ".").CombinedOutput(); err != nil {
+			builtBinary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if builtBinary.err != nil {
+		t.Fatal(builtBinary.err)
 	}
-	return bin
+	return builtBinary.path
 }
 
 // TestE2E proves the README flow on real processes: one-line flag errors, reads and writes, SIGTERM and restart, join, removal.

@@ -250,7 +250,13 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	// stale read after a restart sees what this member had before.
 	if err := store.waitApplied(ctx, rn.replayIndex); err != nil {
 		clientLn.Close()
-		rn.stop()
+		if stopErr := rn.stop(); stopErr != nil {
+			err = stopErr
+		}
+		<-store.done
+		if store.err != nil {
+			err = store.err // why the kvstore could not apply what was on disk
+		}
 		return nil, fmt.Errorf("replay WAL: %w", err)
 	}
 

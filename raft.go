@@ -150,13 +150,6 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		close(rc.stopC)
 		return nil, err
 	}
-	if err := rc.startTransport(); err != nil {
-		peerLn.Close()
-		close(rc.stopC)
-		rc.wal.Close()
-		return nil, err
-	}
-
 	c := &raft.Config{
 		ID:              rc.id,
 		ElectionTick:    electionTicks,
@@ -193,7 +186,16 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		rc.replayIndex = uint64(len(peers))
 	}
 
-	// Serve peers only now: their messages go straight into rc.node.
+	// The transport starts only now that rc.node exists: its stream readers
+	// dial the other members and hand what they receive to rc.node at once.
+	if err := rc.startTransport(); err != nil {
+		rc.node.Stop()
+		peerLn.Close()
+		close(rc.stopC)
+		rc.wal.Close()
+		return nil, err
+	}
+	// Serve peers only now too: their messages go straight into rc.node.
 	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
 	go rc.peerServer.Serve(peerLn)
 	go rc.purgeOldFiles()
@@ -247,6 +249,16 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 
 	metadata, hardState, entries, err := rc.readWAL(walDir, walSnap)
 	if err != nil {
+		var newest uint64
+		for _, ws := range walSnaps {
+			newest = max(newest, ws.GetIndex())
+		}
+		if newest > walSnap.GetIndex() {
+			// The WAL before the newest snapshot may be gone; say that the
+			// snapshot is what is missing, not only that the WAL failed.
+			return true, fmt.Errorf("no valid snapshot file in %s for the WAL's snapshot at index %d (corrupt files are renamed *.broken), and the WAL cannot be replayed from index %d without it: %w",
+				snapDir, newest, walSnap.GetIndex(), err)
+		}
 		return true, err
 	}
 	if owner, _ := binary.Uvarint(metadata); owner != rc.id {
