@@ -25,8 +25,8 @@ import (
 // operation checked afterwards with porcupine.
 
 // TestLinearizable runs the workload under faults twice: with the default
-// snapshot count, and with snapshots every 50 entries plus a member joining
-// and another leaving under load, so that snapshots, compaction, WAL
+// snapshot count, and with snapshots every 50 entries plus members joining
+// and leaving under load, so that snapshots, compaction, WAL
 // release and snapshot catch-up all happen under faults too.
 // RAFTKV_SOAK=10m runs it for ten minutes; RAFTKV_SEED replays a seed.
 func TestLinearizable(t *testing.T) {
@@ -85,6 +85,9 @@ const (
 	// porcupine however long the soak.
 	keysPerEpoch = 4
 	keyEpoch     = 5 * time.Second
+	// membershipEvery faults, a run with membership changes adds a member
+	// and removes another, so a soak goes through many configurations.
+	membershipEvery = 8
 	// linearizableClients do PUT, DELETE and consistent GET, checked
 	// by porcupine; staleReaders do stale and default GETs beside them.
 	linearizableClients = 8
@@ -122,10 +125,11 @@ func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, m
 	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	end := time.Now().Add(faultTime)
 	for i := 0; i < len(kinds) || time.Now().Before(end); i++ {
-		if membership && i == 2 {
+		if membership && i%membershipEvery == 2 {
 			joined := c.grow(rng)
 			removed := c.shrink(rng, joined)
 			t.Logf("%s: member %d joined and member %d was removed under load", w.elapsed(), joined.id, removed.id)
+			s.memberChanges++
 		}
 		kind := faultKinds[rng.IntN(len(faultKinds))]
 		if i < len(kinds) {
@@ -564,6 +568,7 @@ func acknowledgedWrite(op porcupine.Operation) bool {
 type faultSummary struct {
 	ops, unknown, staleReads int
 	faults                   map[faultKind]int
+	memberChanges            int // a member added and another removed
 	histories, violations    int
 	lost                     int
 	worstRecovery            time.Duration
@@ -589,6 +594,7 @@ func (s *faultSummary) add(o faultSummary) {
 	for kind, n := range o.faults {
 		s.faults[kind] += n
 	}
+	s.memberChanges += o.memberChanges
 	s.histories += o.histories
 	s.violations += o.violations
 	s.lost += o.lost
@@ -603,6 +609,6 @@ func (s faultSummary) String() string {
 		faults = append(faults, fmt.Sprintf("%s %d", kind, s.faults[kind]))
 		total += s.faults[kind]
 	}
-	return fmt.Sprintf("%d operations (%d of unknown outcome) + %d stale/default reads, %d faults injected (%s), %d histories checked, %d violations, %d acknowledged writes lost, worst recovery %s",
-		s.ops, s.unknown, s.staleReads, total, strings.Join(faults, ", "), s.histories, s.violations, s.lost, s.worstRecovery.Round(time.Millisecond))
+	return fmt.Sprintf("%d operations (%d of unknown outcome) + %d stale/default reads, %d faults injected (%s) and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, worst recovery %s",
+		s.ops, s.unknown, s.staleReads, total, strings.Join(faults, ", "), s.memberChanges, s.histories, s.violations, s.lost, s.worstRecovery.Round(time.Millisecond))
 }
