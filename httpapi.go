@@ -64,23 +64,20 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	return h
 }
 
-// ServeHTTP refuses key paths that ServeMux would clean and redirect with a
-// 301 (empty, "." or ".." segments), so a PUT to one fails plainly.
+// ServeHTTP refuses what ServeMux would otherwise answer without a reason:
+// key paths it would clean and redirect with a 301 (empty, "." or ".."
+// segments, a trailing slash), so a PUT to one fails plainly, and the
+// request target "*", which only OPTIONS may use.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p := r.URL.Path; strings.HasPrefix(p, "/keys/") && p != cleanPath(p) {
-		http.Error(w, "key must not contain empty, '.' or '..' path segments", http.StatusBadRequest)
+	if r.RequestURI == "*" {
+		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
+		return
+	}
+	if key, ok := strings.CutPrefix(r.URL.Path, "/keys/"); ok && key != "" && path.Clean("/"+key) != "/"+key {
+		http.Error(w, "key must not contain empty, '.' or '..' path segments, or end in '/'", http.StatusBadRequest)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
-}
-
-// cleanPath is path.Clean keeping a trailing slash, as ServeMux cleans.
-func cleanPath(p string) string {
-	c := path.Clean(p)
-	if strings.HasSuffix(p, "/") && c != "/" {
-		c += "/"
-	}
-	return c
 }
 
 // putKey handles PUT /keys/{key}: 204 once the write is committed and
@@ -126,7 +123,18 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	switch level := r.URL.Query().Get("level"); level {
+	// Parse the query strictly: r.URL.Query() drops what it cannot parse,
+	// which would quietly turn "level=consistent;" into a default read.
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("bad query: %v", err), http.StatusBadRequest)
+		return
+	}
+	if len(query["level"]) > 1 {
+		http.Error(w, "level given more than once", http.StatusBadRequest)
+		return
+	}
+	switch level := query.Get("level"); level {
 	case levelStale:
 	case levelDefault, "":
 		leader := h.raft.leaderID()
