@@ -207,9 +207,12 @@ func (c *faultCluster) waitWritable(limit time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-// leader asks the members that are up who leads; 0 if none agree.
+// leader asks the members that are up who leads; 0 if none knows of a
+// leader in the cluster. (Just after a removal, a member may still name the
+// removed one.)
 func (c *faultCluster) leader() uint64 {
-	for _, m := range c.active() {
+	ms := c.active()
+	for _, m := range ms {
 		if m.paused {
 			continue
 		}
@@ -218,7 +221,7 @@ func (c *faultCluster) leader() uint64 {
 			continue
 		}
 		var st statusView
-		if json.Unmarshal([]byte(r.body), &st) == nil && st.Leader != 0 {
+		if json.Unmarshal([]byte(r.body), &st) == nil && slices.Contains(faultIDs(ms), st.Leader) {
 			return st.Leader
 		}
 	}
