@@ -24,7 +24,9 @@ const readIndexRetry = 500 * time.Millisecond
 // machine has applied that far, and then reads locally, on any member.
 //
 // Reads that arrive while a round is in flight wait for the next round, so
-// one ReadIndex serves every read that was waiting when it was sent.
+// one ReadIndex serves every read that was waiting when it was sent. Each
+// read then waits for the apply itself, so the loop can send the next
+// ReadIndex while the state machine catches up with the last.
 type readLoop struct {
 	lg      *zap.Logger
 	raft    *raftNode
@@ -36,11 +38,13 @@ type readLoop struct {
 	next  *readRound // the round the next ReadIndex will release
 }
 
-// readRound is one ReadIndex round: done closes when the state machine has
-// caught up with the confirmed index, or err says why it could not.
+// readRound is one ReadIndex round: done closes when the leader has
+// confirmed index, the commit index reads of the round must wait to see
+// applied, or err says why it could not.
 type readRound struct {
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	index uint64
+	err   error
 }
 
 func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration) *readLoop {
@@ -66,7 +70,10 @@ func (r *readLoop) wait(ctx context.Context) error {
 	}
 	select {
 	case <-round.done:
-		return round.err
+		if round.err != nil {
+			return round.err
+		}
+		return r.store.waitApplied(ctx, round.index)
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-r.store.done:
@@ -89,20 +96,9 @@ func (r *readLoop) run() {
 		r.next = &readRound{done: make(chan struct{})}
 		r.mu.Unlock()
 
-		round.err = r.catchUp()
+		round.index, round.err = r.requestReadIndex()
 		close(round.done)
 	}
-}
-
-// catchUp gets a read index and waits until the store has applied it.
-func (r *readLoop) catchUp() error {
-	index, err := r.requestReadIndex()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-	defer cancel()
-	return r.store.waitApplied(ctx, index)
 }
 
 // requestReadIndex sends a ReadIndex request tagged with a fresh id and
