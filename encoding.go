@@ -24,6 +24,12 @@ import (
 // The request id is the wait-registry key of the handler waiting for the
 // entry; it is unique across the cluster, so any member can apply the entry
 // and only the member holding that waiter wakes someone.
+//
+// An entry may also carry a batch of the commands above, which a member
+// proposes together when many arrive at once: one entry to log, fsync,
+// replicate and commit instead of many.
+//
+//	opBatch:   count (uvarint) | per command: length (uvarint) | command
 
 // op says what a command does to the state machine.
 type op byte
@@ -32,6 +38,7 @@ const (
 	opPut     op = 1 // set key to value
 	opDelete  op = 2 // remove key
 	opPublish op = 3 // record a member's client URL, so followers can redirect to the leader
+	opBatch   op = 4 // several of the commands above, applied in order
 )
 
 // ErrCorruptEntry reports a log entry or snapshot that cannot be decoded.
@@ -71,6 +78,44 @@ func encodePublish(requestID, memberID uint64, clientURL string) []byte {
 	b = binary.AppendUvarint(b, requestID)
 	b = binary.AppendUvarint(b, memberID)
 	return append(b, clientURL...)
+}
+
+// encodeBatch returns one entry carrying commands, each made by one of the
+// encode functions above.
+func encodeBatch(commands [][]byte) []byte {
+	size := 1 + binary.MaxVarintLen64
+	for _, c := range commands {
+		size += binary.MaxVarintLen64 + len(c)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, byte(opBatch))
+	b = binary.AppendUvarint(b, uint64(len(commands)))
+	for _, c := range commands {
+		b = binary.AppendUvarint(b, uint64(len(c)))
+		b = append(b, c...)
+	}
+	return b
+}
+
+// batchCommands calls fn with each command an entry carries: the entry
+// itself, or each command of a batch, in order. It stops at the first
+// error, which is fn's or a corrupt batch's.
+func batchCommands(data []byte, fn func([]byte) error) error {
+	if len(data) == 0 || op(data[0]) != opBatch {
+		return fn(data)
+	}
+	d := decoder{buf: data[1:]}
+	for n := d.count(); n > 0 && d.err == nil; n-- {
+		if c := d.bytes(); d.err == nil {
+			if err := fn(c); err != nil {
+				return err
+			}
+		}
+	}
+	if d.err == nil && len(d.buf) > 0 {
+		d.fail("%d bytes after the batch", len(d.buf))
+	}
+	return d.err
 }
 
 // decodeCommand parses an entry made by one of the encode functions. The

@@ -244,9 +244,18 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(encodePublish(3, 1, "http://127.0.0.1:2379"))
 	f.Add([]byte{})
 	f.Add([]byte{byte(opPut), 0x80})
+	f.Add(encodeBatch([][]byte{encodePut(4, "k", []byte("v")), encodeDelete(5, "k")}))
+	f.Add([]byte{byte(opBatch), 2, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if _, err := decodeCommand(data); err != nil && !errors.Is(err, ErrCorruptEntry) {
 			t.Fatalf("decodeCommand(%x) error %v does not wrap ErrCorruptEntry", data, err)
+		}
+		err := batchCommands(data, func(c []byte) error {
+			_, err := decodeCommand(c)
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrCorruptEntry) {
+			t.Fatalf("batchCommands(%x) error %v does not wrap ErrCorruptEntry", data, err)
 		}
 		key, value := string(data[:len(data)/2]), data[len(data)/2:]
 		want := command{op: opPut, requestID: uint64(len(data)), key: []byte(key), value: value}
@@ -258,6 +267,36 @@ func FuzzDecodeCommand(f *testing.F) {
 			t.Fatalf("encodePut(%d, %q, %x) round trip: %s", want.requestID, key, value, diff)
 		}
 	})
+}
+
+// TestBatchRoundTrip proves a batch entry yields its commands in order,
+// that a plain entry is its own single command, and that a corrupt batch
+// is reported, not half-read silently.
+func TestBatchRoundTrip(t *testing.T) {
+	commands := [][]byte{encodePut(1, "a", []byte("1")), encodeDelete(2, "b"), encodePublish(3, 1, "http://127.0.0.1:1"), encodePut(4, "", nil)}
+	var got [][]byte
+	collect := func(c []byte) error { got = append(got, c); return nil }
+	if err := batchCommands(encodeBatch(commands), collect); err != nil {
+		t.Fatalf("batch: %v", err)
+	}
+	if !slices.EqualFunc(got, commands, bytes.Equal) {
+		t.Fatalf("batch gave %x, want %x", got, commands)
+	}
+	got = nil
+	if err := batchCommands(commands[0], collect); err != nil || len(got) != 1 || !bytes.Equal(got[0], commands[0]) {
+		t.Fatalf("plain entry gave %x, %v; want itself", got, err)
+	}
+	whole := encodeBatch(commands)
+	for _, bad := range [][]byte{whole[:len(whole)-1], append(slices.Clone(whole), 0), {byte(opBatch)}, {byte(opBatch), 3, 1, 0}} {
+		if err := batchCommands(bad, func([]byte) error { return nil }); !errors.Is(err, ErrCorruptEntry) {
+			t.Errorf("batchCommands(%x) = %v, want ErrCorruptEntry", bad, err)
+		}
+	}
+	stop := errors.New("stop")
+	calls := 0
+	if err := batchCommands(whole, func([]byte) error { calls++; return stop }); err != stop || calls != 1 {
+		t.Errorf("an error from fn: %v after %d calls, want it back after 1", err, calls)
+	}
 }
 
 // commandDiff describes how got differs from want, or returns "".

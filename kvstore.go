@@ -318,18 +318,31 @@ func (s *kvstore) applyCommit(c *commit) error {
 	return nil
 }
 
-// applyNormal applies a client command and wakes its waiter, if it is here.
+// applyNormal applies the client commands an entry carries, one or a batch.
 func (s *kvstore) applyNormal(e *raftpb.Entry) {
 	if len(e.GetData()) == 0 {
 		return // a new leader's empty entry, which commits everything before it
 	}
-	cmd, err := decodeCommand(e.GetData())
+	err := batchCommands(e.GetData(), func(data []byte) error {
+		s.applyCommand(e.GetIndex(), data)
+		return nil
+	})
+	if err != nil {
+		// Every member decodes the same bytes, so every member skips alike.
+		s.lg.Error("skipping the rest of an undecodable batch", zap.Uint64("index", e.GetIndex()), zap.Error(err))
+	}
+}
+
+// applyCommand applies one client command from the entry at index and
+// wakes its waiter, if it is here.
+func (s *kvstore) applyCommand(index uint64, data []byte) {
+	cmd, err := decodeCommand(data)
 	if err != nil {
 		// Every member decodes the same bytes, so every member skips it alike.
-		s.lg.Error("skipping undecodable entry", zap.Uint64("index", e.GetIndex()), zap.Error(err))
+		s.lg.Error("skipping undecodable command", zap.Uint64("index", index), zap.Error(err))
 		return
 	}
-	result := applyResult{index: e.GetIndex()}
+	result := applyResult{index: index}
 	switch cmd.op {
 	case opPut:
 		// Copy the value out of the entry so that the map does not pin the

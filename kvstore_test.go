@@ -263,6 +263,9 @@ func TestKVStoreApplyEntries(t *testing.T) {
 		{"delete", encodeDelete(4, "a"), map[string][]byte{"b/c": {}}},
 		{"delete absent key", encodeDelete(5, "a"), map[string][]byte{"b/c": {}}},
 		{"delete empty value", encodeDelete(6, "b/c"), map[string][]byte{}},
+		{"batch, in order", encodeBatch([][]byte{encodePut(7, "x", []byte("1")), encodePut(8, "y", []byte("2")), encodeDelete(9, "x")}), map[string][]byte{"y": []byte("2")}},
+		{"batch with an undecodable command", encodeBatch([][]byte{{0xff}, encodePut(10, "z", []byte("3"))}), map[string][]byte{"y": []byte("2"), "z": []byte("3")}},
+		{"corrupt batch", append(encodeBatch([][]byte{encodePut(11, "w", nil)}), 0), map[string][]byte{"y": []byte("2"), "z": []byte("3"), "w": {}}},
 	}
 	for i, step := range steps {
 		index := uint64(i + 1)

@@ -616,38 +616,89 @@ func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
 // is no leader, so it runs apart from the Ready loop, which must keep going
 // for a leader to be elected.
 func (rc *raftNode) serveProposals() {
+	var batch []proposal
 	for {
 		select {
 		case p := <-rc.proposeC:
-			rc.propose(p.requestID, func(ctx context.Context) error { return rc.node.Propose(ctx, p.data) })
+			// Handlers that arrived while raft took the last proposal are
+			// waiting to send theirs: take them all and propose one entry,
+			// which raft logs, fsyncs, replicates and commits once.
+			batch = rc.takeWaiting(append(batch[:0], p))
+			rc.proposeBatch(batch)
 		case cc := <-rc.confChangeC:
-			rc.propose(cc.GetId(), func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, cc) })
+			rc.propose([]uint64{cc.GetId()}, func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, cc) })
 		case <-rc.stopC:
 			return
 		}
 	}
 }
 
-// propose hands one proposal to raft. A proposal raft refuses never reaches
-// the log, so no member will ever apply it: wake its waiter here with
-// ErrNoLeader, which clients may take as "not applied". Any other failure
+// maxBatchBytes stops a batch from growing once it holds this much. With
+// one largest value (maxValueLimit) on top it stays inside the WAL's 10 MiB
+// record limit.
+const maxBatchBytes = 512 << 10
+
+// takeWaiting adds to batch the proposals handlers are waiting to send, if
+// any, until it holds maxBatchBytes.
+func (rc *raftNode) takeWaiting(batch []proposal) []proposal {
+	size := 0
+	for _, p := range batch {
+		size += len(p.data)
+	}
+	for size < maxBatchBytes {
+		select {
+		case p := <-rc.proposeC:
+			batch = append(batch, p)
+			size += len(p.data)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// proposeBatch proposes the commands of batch as one entry.
+func (rc *raftNode) proposeBatch(batch []proposal) {
+	ids := make([]uint64, len(batch))
+	commands := make([][]byte, len(batch))
+	for i, p := range batch {
+		ids[i], commands[i] = p.requestID, p.data
+	}
+	data := commands[0]
+	if len(batch) > 1 {
+		data = encodeBatch(commands)
+	}
+	rc.propose(ids, func(ctx context.Context) error { return rc.node.Propose(ctx, data) })
+}
+
+// propose hands one proposal, for the handlers waiting on requestIDs, to
+// raft. A proposal raft refuses never reaches the log, so no member will
+// ever apply it: wake its waiters here with ErrNoLeader, which clients may
+// take as "not applied". Any other failure
 // (the deadline passed while raft held the proposal, or raft stopped) may
 // come after raft took it, so it must not claim the proposal was dropped.
-func (rc *raftNode) propose(requestID uint64, proposeFn func(context.Context) error) {
+func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context) error) {
+	var err error
 	if rc.leader.Load() == raft.None {
-		rc.waiters.Trigger(requestID, applyResult{err: ErrNoLeader})
-		return
+		err = ErrNoLeader
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), rc.cfg.requestTimeout)
+		err = proposeFn(ctx)
+		cancel()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rc.cfg.requestTimeout)
-	defer cancel()
-	switch err := proposeFn(ctx); {
+	switch {
 	case err == nil:
+		return
+	case errors.Is(err, ErrNoLeader):
 	case errors.Is(err, raft.ErrProposalDropped):
-		rc.waiters.Trigger(requestID, applyResult{err: fmt.Errorf("%w: %v", ErrNoLeader, err)})
+		err = fmt.Errorf("%w: %v", ErrNoLeader, err)
 	case errors.Is(err, raft.ErrStopped):
-		rc.waiters.Trigger(requestID, applyResult{err: ErrStopped})
+		err = ErrStopped
 	default:
-		rc.waiters.Trigger(requestID, applyResult{err: fmt.Errorf("propose: %w", err)})
+		err = fmt.Errorf("propose: %w", err)
+	}
+	for _, id := range requestIDs {
+		rc.waiters.Trigger(id, applyResult{err: err})
 	}
 }
 
