@@ -69,7 +69,7 @@ type e2eProc struct {
 // e2eCluster runs the raftkv processes of one test; every process it
 // started is killed when the test ends, passed or failed.
 type e2eCluster struct {
-	t        *testing.T
+	t        testing.TB
 	bin      string
 	dir      string
 	deadline time.Time
@@ -79,7 +79,7 @@ type e2eCluster struct {
 	all      []*e2eProc
 }
 
-func newE2ECluster(t *testing.T, bin string) *e2eCluster {
+func newE2ECluster(t testing.TB, bin string) *e2eCluster {
 	c := &e2eCluster{
 		t:        t,
 		bin:      bin,
@@ -296,7 +296,7 @@ func TestMain(m *testing.M) {
 }
 
 // e2eBuild builds the raftkv binary from this package, once per test run.
-func e2eBuild(t *testing.T) string {
+func e2eBuild(t testing.TB) string {
 	t.Helper()
 	builtBinary.once.Do(func() {
 		builtBinary.dir, builtBinary.err = os.MkdirTemp("", "raftkv-test-bin-")

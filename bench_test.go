@@ -1,0 +1,821 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Benchmarks of real raftkv processes: a three-member cluster built from
+// this package (e2eBuild, e2eCluster), with production settings, driven
+// over HTTP by closed-loop keep-alive clients in the test binary, and
+// compared with two ceilings measured in the same run with the same client
+// code: a bare net/http server over a map, in a process of its own
+// (BenchmarkCeiling/http), and appending 64-byte records with fsync on the
+// filesystem the members' data dirs are on (BenchmarkCeiling/fsync).
+//
+//	go test -run '^$' -bench . -benchtime 10s .
+//	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
+//
+// Each benchmark does b.N requests split over its c clients and reports
+// ops/s, p50-ms and p99-ms; raftkv benchmarks also report http-ratio, their
+// ops/s over the HTTP ceiling's for the same method and c. Go runs a
+// package's benchmarks in the order of its files and, within a file, of
+// their source; this file comes first, so BenchmarkCeiling runs before the
+// others, which reuse its figures. A raftkv benchmark run without it
+// measures the ceilings it needs itself, before starting its cluster.
+
+const (
+	benchKeys      = 10_000 // PUT and GET pick their key at random out of these
+	benchValueSize = 64
+	benchTimeout   = 30 * time.Second // per request; any failed request fails the benchmark
+	benchMembers   = 3
+)
+
+// benchWorkload is what a ceiling is measured for and a raftkv benchmark
+// compared with: requests of one method from c concurrent clients.
+type benchWorkload struct {
+	method string // http.MethodPut or http.MethodGet
+	c      int
+}
+
+// String names w in logs.
+func (w benchWorkload) String() string { return fmt.Sprintf("%s c=%d", w.method, w.c) }
+
+// benchCeilingWorkloads is every workload a raftkv benchmark compares with.
+var benchCeilingWorkloads = []benchWorkload{
+	{http.MethodPut, 1},
+	{http.MethodPut, 64},
+	{http.MethodGet, 64},
+}
+
+// benchCeiling is one HTTP ceiling measurement.
+type benchCeiling struct {
+	ops       int
+	opsPerSec float64
+}
+
+// benchCeilings holds, per workload, the HTTP ceiling measured in this
+// process with the most operations: Go first calls a benchmark with small
+// b.N to size the real run, and those short runs must not set the ratio.
+// Benchmarks run one at a time, so it needs no lock.
+var benchCeilings = map[benchWorkload]benchCeiling{}
+
+// BenchmarkCeiling measures what raftkv's figures are read against: the
+// HTTP ceiling, a bare net/http handler over a mutex-guarded map in a
+// process of its own, for every workload the raftkv benchmarks run, and
+// the fsync ceiling, one 64-byte record appended and fsynced at a time.
+func BenchmarkCeiling(b *testing.B) {
+	b.Run("http", func(b *testing.B) {
+		url, _ := startBenchCeiling(b)
+		benchPreload(b, []string{url}, benchKeys)
+		for _, method := range []string{http.MethodPut, http.MethodGet} {
+			b.Run(strings.ToLower(method), func(b *testing.B) {
+				for _, wl := range benchCeilingWorkloads {
+					if wl.method == method {
+						hc := newBenchClient(b, wl.c)
+						benchWarm(b, wl.c, benchHTTPOp(hc, []string{url}, wl.method, ""))
+						b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) { benchHTTPCeiling(b, hc, url, wl) })
+					}
+				}
+			})
+		}
+	})
+	b.Run("fsync", benchFsync)
+}
+
+// benchHTTPCeiling runs workload wl against the ceiling server at url and
+// remembers the result for the raftkv benchmarks' http-ratio.
+func benchHTTPCeiling(b *testing.B, hc *http.Client, url string, wl benchWorkload) {
+	res := benchDrive(b, wl.c, benchHTTPOp(hc, []string{url}, wl.method, ""))
+	if res.ops >= benchCeilings[wl].ops {
+		benchCeilings[wl] = benchCeiling{ops: res.ops, opsPerSec: res.opsPerSec()}
+	}
+}
+
+// benchFsync is BenchmarkCeiling/fsync: the least a durable write costs on
+// this disk, since raftkv fsyncs its WAL before acknowledging. The file is
+// in a temp dir, on the filesystem the members' data dirs are on.
+func benchFsync(b *testing.B) {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "records"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	record := bytes.Repeat([]byte{'r'}, benchValueSize)
+	benchDrive(b, 1, func(int, int, *rand.Rand) error {
+		if _, err := f.Write(record); err != nil {
+			return err
+		}
+		return f.Sync()
+	})
+}
+
+// BenchmarkPut measures writes: PUT of 64-byte values on random keys out
+// of benchKeys, every client sending to each member in turn, each answered
+// once committed and applied.
+func BenchmarkPut(b *testing.B) {
+	wls := []benchWorkload{{http.MethodPut, 1}, {http.MethodPut, 64}}
+	ceilings := benchCeilingsFor(b, wls...)
+	c := startBenchCluster(b)
+	for _, wl := range wls {
+		op := benchHTTPOp(newBenchClient(b, wl.c), c.urls(), wl.method, "")
+		benchWarm(b, wl.c, op)
+		b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) {
+			res := benchDrive(b, wl.c, op)
+			b.ReportMetric(res.opsPerSec()/ceilings[wl], "http-ratio")
+		})
+	}
+}
+
+// BenchmarkGet measures reads at each level on benchKeys pre-loaded keys:
+// stale and consistent reads spread over every member, default reads sent
+// to the leader, as a client following the redirect would end up doing.
+func BenchmarkGet(b *testing.B) {
+	wl := benchWorkload{http.MethodGet, 64}
+	ceiling := benchCeilingsFor(b, wl)[wl]
+	c := startBenchCluster(b)
+	benchPreload(b, c.urls(), benchKeys)
+	c.waitApplied() // stale reads on any member must find every key
+	for _, level := range []string{levelStale, levelDefault, levelConsistent} {
+		urls := c.urls()
+		if level == levelDefault {
+			urls = []string{c.procs.url(c.waitLeader(), "")}
+		}
+		op := benchHTTPOp(newBenchClient(b, wl.c), urls, wl.method, "?level="+level)
+		benchWarm(b, wl.c, op)
+		b.Run("level="+level, func(b *testing.B) {
+			b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) {
+				res := benchDrive(b, wl.c, op)
+				b.ReportMetric(res.opsPerSec()/ceiling, "http-ratio")
+			})
+		})
+	}
+}
+
+// benchCeilingsFor returns the HTTP ceiling, in ops/s, of each of wls. Those
+// not measured yet in this process (a raftkv benchmark run without
+// BenchmarkCeiling) it measures now, as long as -benchtime asks, on a
+// ceiling process it stops again before the caller starts its cluster.
+func benchCeilingsFor(b *testing.B, wls ...benchWorkload) map[benchWorkload]float64 {
+	b.Helper()
+	var missing []benchWorkload
+	for _, wl := range wls {
+		if _, ok := benchCeilings[wl]; !ok {
+			missing = append(missing, wl)
+		}
+	}
+	if len(missing) > 0 {
+		url, stop := startBenchCeiling(b)
+		benchPreload(b, []string{url}, benchKeys)
+		for _, wl := range missing {
+			hc := newBenchClient(b, wl.c)
+			op := benchHTTPOp(hc, []string{url}, wl.method, "")
+			benchWarm(b, wl.c, op)
+			res := benchForBenchtime(b, wl.c, op)
+			hc.CloseIdleConnections()
+			benchCeilings[wl] = benchCeiling{ops: res.ops, opsPerSec: res.opsPerSec()}
+			b.Logf("HTTP ceiling for %s, measured here as BenchmarkCeiling did not run: %d ops, %.0f ops/s, p50 %.3f ms, p99 %.3f ms",
+				wl, res.ops, res.opsPerSec(), benchMillis(res.percentile(0.5)), benchMillis(res.percentile(0.99)))
+		}
+		stop()
+	}
+	out := make(map[benchWorkload]float64)
+	for _, wl := range wls {
+		out[wl] = benchCeilings[wl].opsPerSec
+	}
+	return out
+}
+
+// benchForBenchtime runs op over c workers as a benchmark would for the
+// -benchtime given: Nx operations, or a duration, reached by growing the
+// operation count as the testing package does. It cannot simply call
+// testing.Benchmark: that waits for the lock the running benchmark holds.
+func benchForBenchtime(b *testing.B, c int, op benchOp) benchResult {
+	b.Helper()
+	bt := flag.Lookup("test.benchtime").Value.String() // "1s" or "2000x"
+	if s, ok := strings.CutSuffix(bt, "x"); ok {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatalf("-benchtime %q: %v", bt, err)
+		}
+		res, err := runLoad(n, c, op)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return res
+	}
+	d, err := time.ParseDuration(bt)
+	if err != nil {
+		b.Fatalf("-benchtime %q: %v", bt, err)
+	}
+	for n := 1; ; {
+		res, err := runLoad(n, c, op)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.elapsed >= d {
+			return res
+		}
+		// Aim 20% past d, growing at least by one and at most 100-fold.
+		want := 1.2 * float64(n) * float64(d) / float64(max(res.elapsed, time.Microsecond))
+		n = int(min(100*float64(n), max(float64(n+1), want)))
+	}
+}
+
+// benchOp is one operation of a load run: worker w's i-th, with rng the
+// worker's own random source.
+type benchOp func(w, i int, rng *rand.Rand) error
+
+// benchResult is what one load run measured.
+type benchResult struct {
+	ops     int
+	elapsed time.Duration
+	lat     []time.Duration // every operation's latency, sorted
+}
+
+// opsPerSec is the run's throughput over wall time.
+func (r benchResult) opsPerSec() float64 { return float64(r.ops) / r.elapsed.Seconds() }
+
+// percentile is the latency that a fraction p of operations did not
+// exceed (nearest rank).
+func (r benchResult) percentile(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[max(0, int(math.Ceil(p*float64(len(r.lat))))-1)]
+}
+
+// runLoad does n operations split over c workers, each doing its share
+// one after another, waiting for each answer as a client does (a closed
+// loop). Latencies go into a slice per worker allocated before the clock
+// starts, so the hot path takes no lock. The run stops at the first error,
+// which it returns.
+func runLoad(n, c int, op benchOp) (benchResult, error) {
+	lats := make([][]time.Duration, c)
+	for w := range lats {
+		share := n / c
+		if w < n%c {
+			share++
+		}
+		lats[w] = make([]time.Duration, share)
+	}
+	errs := make([]error, c)
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range c {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), uint64(n)))
+			lat := lats[w]
+			for i := range lat {
+				if failed.Load() {
+					return
+				}
+				t0 := time.Now()
+				if err := op(w, i, rng); err != nil {
+					errs[w] = err
+					failed.Store(true)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for _, err := range errs {
+		if err != nil {
+			return benchResult{}, err
+		}
+	}
+	all := slices.Concat(lats...)
+	slices.Sort(all)
+	return benchResult{ops: n, elapsed: elapsed, lat: all}, nil
+}
+
+// benchDrive runs b.N operations of op over c workers as b's timed part
+// and reports ops/s and p50 and p99 latency in milliseconds.
+func benchDrive(b *testing.B, c int, op benchOp) benchResult {
+	b.Helper()
+	b.ResetTimer()
+	res, err := runLoad(b.N, c, op)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(res.opsPerSec(), "ops/s")
+	b.ReportMetric(benchMillis(res.percentile(0.50)), "p50-ms")
+	b.ReportMetric(benchMillis(res.percentile(0.99)), "p99-ms")
+	return res
+}
+
+// benchWarm runs a few rounds of op over c workers, untimed, so that the
+// client's connections are open before the first measurement: otherwise a
+// short run (-benchtime 2000x) at c=64 mostly measures connection setup.
+func benchWarm(b *testing.B, c int, op benchOp) {
+	b.Helper()
+	if _, err := runLoad(4*c, c, op); err != nil {
+		b.Fatalf("warm up: %v", err)
+	}
+}
+
+// benchMillis is d in (fractional) milliseconds, the unit latencies are
+// reported in.
+func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// newBenchClient is the HTTP client c goroutines share: it keeps up to c
+// idle connections per server, so once warm no request opens one, and it
+// shows redirects rather than following them, so a default read that is
+// redirected fails the benchmark instead of costing a hidden second
+// request.
+func newBenchClient(b testing.TB, c int) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}
+	b.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{
+		Transport:     tr,
+		Timeout:       benchTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// benchKeyPath is the request path of key number i.
+func benchKeyPath(i int) string { return "/keys/bench-" + strconv.Itoa(i) }
+
+// benchValue is the 64-byte value every PUT writes.
+var benchValue = bytes.Repeat([]byte{'v'}, benchValueSize)
+
+// benchHTTPOp sends method on a random key out of benchKeys, with query
+// appended, to urls[(w+i)%len(urls)]: each client takes the servers in
+// turn, so even a single client spreads over every member.
+func benchHTTPOp(hc *http.Client, urls []string, method, query string) benchOp {
+	return func(w, i int, rng *rand.Rand) error {
+		return benchRequest(hc, method, urls[(w+i)%len(urls)]+benchKeyPath(rng.IntN(benchKeys))+query)
+	}
+}
+
+// benchRequest sends one PUT of benchValue or one GET, reads the whole
+// answer so that the connection is reused, and fails on anything but a
+// 204 to a PUT or a 200 with a 64-byte value to a GET.
+func benchRequest(hc *http.Client, method, url string) error {
+	var body io.Reader
+	want := http.StatusOK
+	if method == http.MethodPut {
+		body, want = bytes.NewReader(benchValue), http.StatusNoContent
+	}
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("%s %s: read body: %w", method, url, err)
+	}
+	if resp.StatusCode != want || (want == http.StatusOK && len(got) != benchValueSize) {
+		return fmt.Errorf("%s %s: %d %q, want %d", method, url, resp.StatusCode, got, want)
+	}
+	return nil
+}
+
+// benchLoadAttempts bounds how often a loading PUT is sent before the
+// load fails.
+const benchLoadAttempts = 10
+
+// benchLoadOp PUTs key w+i*c: the c workers of a run of n operations
+// together write keys 0 to n-1, each once. Loading is not what is measured,
+// so a failed PUT (a 504 while a slow fsync holds the WAL up, say) is sent
+// again after a client's pause, which writing the same value makes
+// harmless; retries counts how many were.
+func benchLoadOp(hc *http.Client, urls []string, c int, retries *atomic.Int64) benchOp {
+	return func(w, i int, _ *rand.Rand) error {
+		url := urls[(w+i)%len(urls)] + benchKeyPath(w+i*c)
+		for attempt := 1; ; attempt++ {
+			err := benchRequest(hc, http.MethodPut, url)
+			if err == nil || attempt == benchLoadAttempts {
+				return err
+			}
+			retries.Add(1)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// benchPreloadClients is how many clients pre-load keys.
+const benchPreloadClients = 64
+
+// benchPreload writes keys 0 to n-1 through urls, untimed.
+func benchPreload(b *testing.B, urls []string, n int) {
+	b.Helper()
+	hc := newBenchClient(b, benchPreloadClients)
+	defer hc.CloseIdleConnections()
+	var retries atomic.Int64
+	if _, err := runLoad(n, benchPreloadClients, benchLoadOp(hc, urls, benchPreloadClients, &retries)); err != nil {
+		b.Fatalf("pre-load %d keys: %v", n, err)
+	}
+	if retries.Load() > 0 {
+		b.Logf("pre-loading %d keys took %d retries", n, retries.Load())
+	}
+}
+
+// benchCeilingEnv, set to 1, makes the test binary the HTTP ceiling's
+// process (see TestBenchCeilingServer).
+const benchCeilingEnv = "RAFTKV_BENCH_CEILING"
+
+// benchCeilingReady starts the line on which the ceiling process tells its
+// parent its address.
+const benchCeilingReady = "bench ceiling listening on "
+
+// TestBenchCeilingServer is not a test: it is how the HTTP ceiling runs in
+// a process of its own, so that it competes with its client for the CPUs
+// the way raftkv's processes do. startBenchCeiling re-executes the test
+// binary with -test.run selecting only this function and benchCeilingEnv
+// set (the os/exec helper-process pattern: no TestMain or init hook
+// needed); it listens on an ephemeral loopback port, prints its address,
+// and serves until killed. Under go test it skips.
+func TestBenchCeilingServer(t *testing.T) {
+	if os.Getenv(benchCeilingEnv) != "1" {
+		t.Skip("the HTTP ceiling process of the benchmarks; runs only when they start it")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("%s%s\n", benchCeilingReady, ln.Addr())
+	t.Fatal(http.Serve(ln, &ceilingStore{m: make(map[string][]byte)}))
+}
+
+// ceilingStore is the HTTP ceiling's handler: raftkv's key API with
+// nothing behind it but a map under a mutex (no raft, no disk), the most
+// any handler can do on this machine.
+type ceilingStore struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+// ServeHTTP answers PUT with 204 and GET with the value or 404.
+func (s *ceilingStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	key, ok := strings.CutPrefix(r.URL.Path, "/keys/")
+	if !ok || key == "" {
+		http.NotFound(w, r)
+		return
+	}
+	switch r.Method {
+	case http.MethodPut:
+		value, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		s.m[key] = value
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	case http.MethodGet:
+		s.mu.Lock()
+		value, ok := s.m[key]
+		s.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(value)
+	default:
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+// startBenchCeiling starts the HTTP ceiling process and returns its URL
+// and a function that kills and reaps it, which also runs when b ends.
+func startBenchCeiling(b *testing.B) (url string, stop func()) {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestBenchCeilingServer$", "-test.count=1")
+	cmd.Env = append(os.Environ(), benchCeilingEnv+"=1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dieWithTest(cmd)
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start the HTTP ceiling process: %v", err)
+	}
+
+	// The line it prints first is its address; anything else is why not.
+	// The pipe is read to its end, which comes when the process exits.
+	found := make(chan string, 1)
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		var seen []string
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if addr, ok := strings.CutPrefix(sc.Text(), benchCeilingReady); ok {
+				found <- addr
+				io.Copy(io.Discard, out)
+				return
+			}
+			seen = append(seen, sc.Text())
+		}
+		found <- "failed: " + strings.Join(seen, "\n")
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-read // Wait closes the pipe, so only once it has been read
+			cmd.Wait()
+		})
+	}
+	b.Cleanup(stop)
+
+	select {
+	case addr := <-found:
+		if rest, failed := strings.CutPrefix(addr, "failed: "); failed {
+			b.Fatalf("the HTTP ceiling process exited without serving: %s", rest)
+		}
+		return "http://" + addr, stop
+	case <-time.After(30 * time.Second):
+		b.Fatal("the HTTP ceiling process did not start serving within 30s")
+		return "", nil
+	}
+}
+
+// benchCluster is a three-member raftkv cluster of real processes with
+// production settings (the default raft tick and --snapshot-count), data
+// dirs in a temp dir, and warnings-only logs.
+type benchCluster struct {
+	procs *e2eCluster
+}
+
+// startBenchCluster builds raftkv, starts a cluster for the rest of b and
+// returns once every member knows the same leader.
+func startBenchCluster(b *testing.B) *benchCluster {
+	b.Helper()
+	procs := newE2ECluster(b, e2eBuild(b))
+	procs.deadline = time.Now().Add(24 * time.Hour) // every wait here bounds itself
+	for range benchMembers {
+		procs.allocate()
+	}
+	c := &benchCluster{procs: procs}
+	for id := uint64(1); id <= benchMembers; id++ {
+		procs.start(id, fmt.Sprintf("raftkv%d", id), c.args(id)...)
+	}
+	c.waitLeader()
+	return c
+}
+
+// args is member id's command line.
+func (c *benchCluster) args(id uint64) []string {
+	return append(c.procs.args(id, benchMembers), "--log-level", "warn")
+}
+
+// urls is every member's client URL.
+func (c *benchCluster) urls() []string { return slices.Clone(c.procs.clients) }
+
+// status is member id's GET /status, if it answers.
+func (c *benchCluster) status(id uint64) (statusView, bool) {
+	r, err := e2eTry(e2eClient, "GET", c.procs.url(id, "/status"), "")
+	var st statusView
+	return st, err == nil && r.code == http.StatusOK && json.Unmarshal([]byte(r.body), &st) == nil
+}
+
+// waitLeader waits until every member names the same leader and returns it.
+func (c *benchCluster) waitLeader() uint64 {
+	b := c.procs.t
+	b.Helper()
+	var leader uint64
+	c.procs.eventually(30*time.Second, "the members to agree on a leader", func() bool {
+		leader = 0
+		for id := uint64(1); id <= benchMembers; id++ {
+			st, ok := c.status(id)
+			if !ok || st.Leader == 0 || (leader != 0 && st.Leader != leader) {
+				return false
+			}
+			leader = st.Leader
+		}
+		return true
+	})
+	return leader
+}
+
+// waitApplied waits until every member has applied everything the leader
+// had committed when it was called.
+func (c *benchCluster) waitApplied() {
+	b := c.procs.t
+	b.Helper()
+	leader := c.waitLeader()
+	st, ok := c.status(leader)
+	if !ok {
+		b.Fatalf("leader %d does not answer GET /status", leader)
+	}
+	for id := uint64(1); id <= benchMembers; id++ {
+		c.procs.eventually(2*time.Minute, fmt.Sprintf("member %d to apply index %d", id, st.CommitIndex), func() bool {
+			got, ok := c.status(id)
+			return ok && got.AppliedIndex >= st.CommitIndex
+		})
+	}
+}
+
+// benchMemoryEnv, set to 1, lets BenchmarkMemory run; it takes minutes.
+const benchMemoryEnv = "RAFTKV_BENCH_MEMORY"
+
+// benchMemoryKeysEnv overrides how many keys BenchmarkMemory loads, for a
+// quick try of the benchmark itself; figures to compare need the default.
+const benchMemoryKeysEnv = "RAFTKV_BENCH_MEMORY_KEYS"
+
+// benchMemoryClients is how many clients load BenchmarkMemory's keys.
+const benchMemoryClients = 128
+
+// benchMetric is one figure ReportMetric reports.
+type benchMetric struct {
+	value float64
+	unit  string
+}
+
+// benchMemoryLast is what BenchmarkMemory measured when Go last called it
+// with b.N == 1.
+var benchMemoryLast []benchMetric
+
+// BenchmarkMemory loads 1 000 000 keys of 64 bytes and reports how long
+// that took, the largest member RSS, a follower's data dir size, and how
+// long the follower takes from restart until it serves consistent reads.
+//
+// It is one long measurement, not b.N operations: it measures when Go
+// calls it with b.N == 1 (its first call, and the first of each -count)
+// and only re-reports that when Go, sizing a run for -benchtime, asks for
+// more. Loading takes minutes, which under `-bench .` would push go test
+// past its default 10-minute timeout, so it runs only with
+// RAFTKV_BENCH_MEMORY=1 and is skipped otherwise.
+func BenchmarkMemory(b *testing.B) {
+	if os.Getenv(benchMemoryEnv) != "1" {
+		b.Skipf("takes minutes; set %s=1 and -timeout 30m to run it", benchMemoryEnv)
+	}
+	if runtime.GOOS != "linux" {
+		b.Skip("reads member RSS from /proc")
+	}
+	keys := 1_000_000
+	if s := os.Getenv(benchMemoryKeysEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want a positive number of keys", benchMemoryKeysEnv, s)
+		}
+		keys = n
+	}
+	b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+		if b.N == 1 {
+			benchMemoryLast = measureMemory(b, keys)
+		}
+		for _, m := range benchMemoryLast {
+			b.ReportMetric(m.value, m.unit)
+		}
+		b.ReportMetric(0, "ns/op") // the time per b.N means nothing here; 0 hides it
+	})
+}
+
+// measureMemory is one BenchmarkMemory measurement on a new cluster.
+func measureMemory(b *testing.B, keys int) []benchMetric {
+	c := startBenchCluster(b)
+	hc := newBenchClient(b, benchMemoryClients)
+	var retries atomic.Int64
+	res, err := runLoad(keys, benchMemoryClients, benchLoadOp(hc, c.urls(), benchMemoryClients, &retries))
+	if err != nil {
+		b.Fatalf("load %d keys (%d retries): %v", keys, retries.Load(), err)
+	}
+	hc.CloseIdleConnections()
+	b.Logf("loaded %d keys in %s: %.0f ops/s, p50 %.1f ms, p99 %.1f ms, %d retries", keys, res.elapsed.Round(time.Millisecond),
+		res.opsPerSec(), benchMillis(res.percentile(0.5)), benchMillis(res.percentile(0.99)), retries.Load())
+	c.waitApplied()
+
+	maxRSS := 0.0
+	for id := uint64(1); id <= benchMembers; id++ {
+		rss := c.rssMiB(id)
+		maxRSS = max(maxRSS, rss)
+		dir, parts := c.dataDirMiB(id)
+		b.Logf("member %d: RSS %.0f MiB, data dir %.0f MiB (%s)", id, rss, dir, parts)
+	}
+
+	// Restart a follower, so that no election muddies the figure.
+	leader := c.waitLeader()
+	id := uint64(1)
+	if leader == 1 {
+		id = 2
+	}
+	dataDir, _ := c.dataDirMiB(id)
+	p := c.procs.expectExit(id)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		b.Fatal(err)
+	}
+	c.procs.waitExit(p, time.Minute, "after SIGTERM")
+	start := time.Now()
+	c.procs.start(id, fmt.Sprintf("raftkv%d-restarted", id), c.args(id)...)
+	path := benchKeyPath(keys-1) + "?level=consistent"
+	c.procs.eventually(5*time.Minute, fmt.Sprintf("restarted member %d to serve consistent reads", id), func() bool {
+		r, err := e2eTry(e2eClient, "GET", c.procs.url(id, path), "")
+		return err == nil && r.code == http.StatusOK && r.body == string(benchValue)
+	})
+	restart := time.Since(start)
+	rssRestarted := c.rssMiB(id)
+	b.Logf("member %d (a follower, data dir %.0f MiB) served consistent reads %s after restarting; RSS %.0f MiB",
+		id, dataDir, restart.Round(time.Millisecond), rssRestarted)
+
+	return []benchMetric{
+		{res.elapsed.Seconds(), "s-load"},
+		{res.opsPerSec(), "load-ops/s"},
+		{float64(retries.Load()), "load-retries"},
+		{maxRSS, "MiB-rss"},
+		{dataDir, "MiB-datadir"},
+		{restart.Seconds(), "s-restart"},
+		{rssRestarted, "MiB-rss-restarted"},
+	}
+}
+
+// rssMiB is member id's resident set size, from /proc/<pid>/status.
+func (c *benchCluster) rssMiB(id uint64) float64 {
+	b := c.procs.t
+	b.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.procs.running[id].cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			fields := strings.Fields(rest) // "123456 kB"
+			if len(fields) != 2 || fields[1] != "kB" {
+				b.Fatalf("member %d: VmRSS line %q", id, line)
+			}
+			kb, err := strconv.ParseFloat(fields[0], 64)
+			if err != nil {
+				b.Fatalf("member %d: VmRSS line %q: %v", id, line, err)
+			}
+			return kb / 1024
+		}
+	}
+	b.Fatalf("member %d: no VmRSS in /proc status", id)
+	return 0
+}
+
+// dataDirMiB is the total size of the files in member id's data dir, and
+// how much of it each subdirectory (wal, snap) holds, for the log.
+func (c *benchCluster) dataDirMiB(id uint64) (float64, string) {
+	b := c.procs.t
+	b.Helper()
+	root := filepath.Join(c.procs.dir, fmt.Sprintf("raftkv-%d", id))
+	var total int64
+	parts := make(map[string]int64)
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // purged while we walked
+		}
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		total += info.Size()
+		parts[strings.Split(filepath.ToSlash(rel), "/")[0]] += info.Size()
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var desc []string
+	for _, name := range slices.Sorted(maps.Keys(parts)) {
+		desc = append(desc, fmt.Sprintf("%s %.0f MiB", name, float64(parts[name])/(1<<20)))
+	}
+	return float64(total) / (1 << 20), strings.Join(desc, ", ")
+}
