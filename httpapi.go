@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -73,7 +72,7 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
 		return
 	}
-	if key, ok := strings.CutPrefix(r.URL.Path, "/keys/"); ok && key != "" && path.Clean("/"+key) != "/"+key {
+	if key, ok := strings.CutPrefix(r.URL.Path, "/keys/"); ok && key != "" && !cleanKey(key) {
 		http.Error(w, "key must not contain empty, '.' or '..' path segments, or end in '/'", http.StatusBadRequest)
 		return
 	}
@@ -115,28 +114,55 @@ func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
 	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
 }
 
+// cleanKey reports whether key has no empty, "." or ".." segments (so no
+// trailing slash either): the paths ServeMux leaves as they are. It is
+// path.Clean's test without building the cleaned path on every request.
+func cleanKey(key string) bool {
+	for seg := range strings.SplitSeq(key, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// readLevel returns the level a GET's query asks for. It parses strictly:
+// r.URL.Query() drops what it cannot parse, which would quietly turn
+// "level=consistent;" into a default read. The queries clients send are
+// recognised before anything is parsed, so a read allocates nothing here.
+func readLevel(rawQuery string) (string, error) {
+	switch rawQuery {
+	case "":
+		return "", nil
+	case "level=" + levelStale, "level=" + levelDefault, "level=" + levelConsistent:
+		return rawQuery[len("level="):], nil
+	}
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return "", fmt.Errorf("bad query: %w", err)
+	}
+	if len(query["level"]) > 1 {
+		return "", errors.New("level given more than once")
+	}
+	return query.Get("level"), nil
+}
+
 // getKey handles GET /keys/{key}?level=stale|default|consistent.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	// Parse the query strictly: r.URL.Query() drops what it cannot parse,
-	// which would quietly turn "level=consistent;" into a default read.
-	query, err := url.ParseQuery(r.URL.RawQuery)
+	level, err := readLevel(r.URL.RawQuery)
 	if err != nil {
-		http.Error(w, fmt.Sprintf("bad query: %v", err), http.StatusBadRequest)
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if len(query["level"]) > 1 {
-		http.Error(w, "level given more than once", http.StatusBadRequest)
-		return
-	}
-	switch level := query.Get("level"); level {
+	switch level {
 	case levelStale:
 	case levelDefault, "":
+		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+		defer cancel()
 		leader := h.raft.leaderID()
 		if leader == raft.None {
 			h.writeError(w, ErrNoLeader)
@@ -153,6 +179,8 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case levelConsistent:
+		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+		defer cancel()
 		if err := h.reads.wait(ctx); err != nil {
 			h.writeError(w, err)
 			return
