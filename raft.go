@@ -154,7 +154,7 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		ID:              rc.id,
 		ElectionTick:    electionTicks,
 		HeartbeatTick:   heartbeatTicks,
-		Storage:         rc.raftStorage,
+		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, snapshotter: rc.snapshotter},
 		Applied:         rc.appliedIndex,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
@@ -238,7 +238,7 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 	if snapshot != nil {
 		walSnap.Index = new(snapshot.GetMetadata().GetIndex())
 		walSnap.Term = new(snapshot.GetMetadata().GetTerm())
-		if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
+		if err := rc.raftStorage.ApplySnapshot(withoutData(snapshot)); err != nil {
 			return true, fmt.Errorf("apply snapshot: %w", err)
 		}
 		rc.confState = snapshot.GetMetadata().GetConfState()
@@ -476,7 +476,7 @@ func (rc *raftNode) installSnapshot(snapshot *raftpb.Snapshot) error {
 	if err := rc.wal.Sync(); err != nil {
 		return fmt.Errorf("sync WAL: %w", err)
 	}
-	if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
+	if err := rc.raftStorage.ApplySnapshot(withoutData(snapshot)); err != nil {
 		return fmt.Errorf("apply snapshot to raft log: %w", err)
 	}
 	if err := rc.publish(&commit{snapshot: snapshot, applyDoneC: make(chan struct{})}); err != nil {
@@ -575,10 +575,12 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 	case <-rc.stopC:
 		return ErrStopped
 	}
-	snapshot, err := rc.raftStorage.CreateSnapshot(rc.appliedIndex, rc.confState, rc.sm.snapshot())
+	data := rc.sm.snapshot()
+	snapshot, err := rc.raftStorage.CreateSnapshot(rc.appliedIndex, rc.confState, nil)
 	if err != nil {
 		return fmt.Errorf("create snapshot: %w", err)
 	}
+	snapshot.Data = data // a copy of raft's; only the file on disk keeps the data (see diskSnapshots)
 	if err := rc.saveSnapshot(snapshot); err != nil {
 		return err
 	}
@@ -599,6 +601,37 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 
 // saveSnapshot writes the snapshot file, then the WAL record that points
 // at it: a crash in between leaves an unused file, never a WAL record
+
+// diskSnapshots is raft's in-memory log with snapshots kept on disk only:
+// the MemoryStorage holds each snapshot's metadata, and Snapshot reads the
+// data back from the newest snapshot file. Raft asks for it only to send a
+// follower that has fallen behind the log; keeping the whole state machine
+// in memory a second time for that would double a member's footprint.
+type diskSnapshots struct {
+	*raft.MemoryStorage
+	snapshotter *snap.Snapshotter
+}
+
+// Snapshot returns the newest snapshot, data included.
+func (s diskSnapshots) Snapshot() (*raftpb.Snapshot, error) {
+	meta, err := s.MemoryStorage.Snapshot()
+	if err != nil || meta.GetMetadata().GetIndex() == 0 {
+		return meta, err
+	}
+	snapshot, err := s.snapshotter.Load()
+	if err != nil || snapshot.GetMetadata().GetIndex() != meta.GetMetadata().GetIndex() {
+		// Made in memory but not yet saved to disk, or the other way round;
+		// raft asks again later.
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return snapshot, nil
+}
+
+// withoutData is snapshot with its metadata only, for the MemoryStorage.
+func withoutData(snapshot *raftpb.Snapshot) *raftpb.Snapshot {
+	return &raftpb.Snapshot{Metadata: snapshot.GetMetadata()}
+}
+
 // without its snapshot.
 func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
 	if err := rc.snapshotter.SaveSnap(snapshot); err != nil {
