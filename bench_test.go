@@ -598,7 +598,7 @@ func startBenchCluster(b *testing.B) *benchCluster {
 
 // args is member id's command line.
 func (c *benchCluster) args(id uint64) []string {
-	return append(c.procs.args(id, benchMembers), "--log-level", "warn")
+	return append(c.procs.args(id, benchMembers), "--log-level", "warn", "--enable-pprof")
 }
 
 // urls is every member's client URL.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"strconv"
 	"strings"
@@ -60,6 +61,11 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	h.mux.HandleFunc("DELETE /members/{id}", h.removeMember)
 	h.mux.HandleFunc("GET /status", h.getStatus)
 	h.mux.HandleFunc("GET /health", h.getHealth)
+	if cfg.enablePprof {
+		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
+		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
 	return h
 }
 

@@ -40,6 +40,7 @@ type config struct {
 	requestTimeout time.Duration
 	maxValueBytes  int64
 	logLevel       zapcore.Level
+	enablePprof    bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	tickInterval   time.Duration // one raft clock tick; not a flag, tests shorten it
 }
 
@@ -95,6 +96,7 @@ func parseFlags(args []string) (config, error) {
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
 	maxValueBytes := fs.Int64("max-value-bytes", 1<<20, "largest value a PUT accepts")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -118,6 +120,7 @@ func parseFlags(args []string) (config, error) {
 		requestTimeout: *requestTimeout,
 		maxValueBytes:  *maxValueBytes,
 		tickInterval:   100 * time.Millisecond,
+		enablePprof:    *enablePprof,
 	}
 	if _, err := types.NewURLs(cfg.cluster); err != nil {
 		return config{}, fmt.Errorf("--cluster: %v", err)

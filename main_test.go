@@ -98,6 +98,12 @@ func TestFlagsValid(t *testing.T) {
 			}
 			return nil
 		}},
+		{"pprof", []string{"--enable-pprof"}, func(c config) error {
+			if !c.enablePprof {
+				return errors.New("enable pprof false")
+			}
+			return nil
+		}},
 		{"largest max value", []string{"--max-value-bytes", fmt.Sprint(maxValueLimit)}, func(c config) error {
 			if c.maxValueBytes != maxValueLimit {
 				return fmt.Errorf("max value %d", c.maxValueBytes)
