@@ -304,6 +304,7 @@ func (s *kvstore) applyCommit(c *commit) error {
 		if err := s.loadSnapshot(c.snapshot); err != nil {
 			return err
 		}
+		go releaseSnapshotMemory()
 	}
 	for _, e := range c.entries {
 		// Store the index first: the waiter woken below may ask /status.

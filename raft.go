@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -596,11 +597,19 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 	rc.lastSnapshotIndex.Store(rc.appliedIndex)
 	rc.forceSnapshot = false
 	rc.lg.Info("saved snapshot", zap.Uint64("index", rc.appliedIndex))
+	go releaseSnapshotMemory()
 	return nil
 }
 
 // saveSnapshot writes the snapshot file, then the WAL record that points
 // at it: a crash in between leaves an unused file, never a WAL record
+
+// releaseSnapshotMemory returns freed memory to the OS at once. Making or
+// loading a snapshot takes several copies of the whole state (the encoding,
+// then the snap package's two protobuf layers); without this the process
+// keeps that high-water mark as its size. It runs a garbage collection, so
+// callers run it on a goroutine of its own.
+func releaseSnapshotMemory() { debug.FreeOSMemory() }
 
 // diskSnapshots is raft's in-memory log with snapshots kept on disk only:
 // the MemoryStorage holds each snapshot's metadata, and Snapshot reads the
