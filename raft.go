@@ -603,12 +603,24 @@ func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
 
 // saveSnapshot writes the snapshot file, then the WAL record that points
 // at it: a crash in between leaves an unused file, never a WAL record
+// without its snapshot.
+func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
+	if err := rc.snapshotter.SaveSnap(snapshot); err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	md := snapshot.GetMetadata()
+	walSnap := &walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}
+	if err := rc.wal.SaveSnapshot(walSnap); err != nil {
+		return fmt.Errorf("save snapshot record to WAL: %w", err)
+	}
+	return nil
+}
 
 // releaseSnapshotMemory returns freed memory to the OS at once. Making or
 // loading a snapshot takes several copies of the whole state (the encoding,
 // then the snap package's two protobuf layers); without this the process
 // keeps that high-water mark as its size. It runs a garbage collection, so
-// callers run it on a goroutine of its own.
+// a caller that must not pause runs it on a goroutine of its own.
 func releaseSnapshotMemory() { debug.FreeOSMemory() }
 
 // diskSnapshots is raft's in-memory log with snapshots kept on disk only:
@@ -639,19 +651,6 @@ func (s diskSnapshots) Snapshot() (*raftpb.Snapshot, error) {
 // withoutData is snapshot with its metadata only, for the MemoryStorage.
 func withoutData(snapshot *raftpb.Snapshot) *raftpb.Snapshot {
 	return &raftpb.Snapshot{Metadata: snapshot.GetMetadata()}
-}
-
-// without its snapshot.
-func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
-	if err := rc.snapshotter.SaveSnap(snapshot); err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	md := snapshot.GetMetadata()
-	walSnap := &walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}
-	if err := rc.wal.SaveSnapshot(walSnap); err != nil {
-		return fmt.Errorf("save snapshot record to WAL: %w", err)
-	}
-	return nil
 }
 
 // serveProposals feeds proposals into raft. node.Propose blocks while there
@@ -716,9 +715,9 @@ func (rc *raftNode) proposeBatch(batch []proposal) {
 // propose hands one proposal, for the handlers waiting on requestIDs, to
 // raft. A proposal raft refuses never reaches the log, so no member will
 // ever apply it: wake its waiters here with ErrNoLeader, which clients may
-// take as "not applied". Any other failure
-// (the deadline passed while raft held the proposal, or raft stopped) may
-// come after raft took it, so it must not claim the proposal was dropped.
+// take as "not applied". Any other failure (the deadline passed while raft
+// held the proposal, or raft stopped) may come after raft took it, so it
+// must not claim the proposal was dropped.
 func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context) error) {
 	var err error
 	if rc.leader.Load() == raft.None {
