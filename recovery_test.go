@@ -493,6 +493,25 @@ func recoveryWALIndex(t testing.TB, path string) uint64 {
 	return index
 }
 
+// recoveryRestartAround starts member 1 past its corrupt snapshots and
+// checks it has exactly want, has set each of corrupt aside as .broken, and
+// keeps working: a new write, then a second restart.
+func recoveryRestartAround(t *testing.T, c *testCluster, want map[string]string, gone []string, corrupt ...string) {
+	t.Helper()
+	c.start(1)
+	recoveryCheckKV(t, c, 1, want, gone...)
+	for _, s := range corrupt {
+		if _, err := os.Stat(s + ".broken"); err != nil {
+			t.Fatalf("corrupt snapshot %s was not set aside as .broken: %v", filepath.Base(s), err)
+		}
+	}
+	clusterPut(t, c, 1, "snap/after", "new")
+	want["snap/after"] = "new"
+	recoveryStop(t, c, 1)
+	c.start(1)
+	recoveryCheckKV(t, c, 1, want, gone...)
+}
+
 // TestRecoveryCorruptSnapshot proves that a member whose snapshot files are
 // corrupt either comes back with exactly the state it had, or refuses to
 // start with an error that names the problem, and never serves a state
@@ -506,16 +525,7 @@ func TestRecoveryCorruptSnapshot(t *testing.T) {
 		newest := snaps[len(snaps)-1]
 		recoveryCorruptSnap(t, newest)
 
-		c.start(1)
-		recoveryCheckKV(t, c, 1, want, gone...)
-		if _, err := os.Stat(newest + ".broken"); err != nil {
-			t.Fatalf("the corrupt snapshot was not set aside as .broken: %v", err)
-		}
-		clusterPut(t, c, 1, "snap/after", "new")
-		want["snap/after"] = "new"
-		recoveryStop(t, c, 1)
-		c.start(1)
-		recoveryCheckKV(t, c, 1, want, gone...)
+		recoveryRestartAround(t, c, want, gone, newest)
 	})
 
 	// Every snapshot is corrupt, but the WAL still reaches back to the start
@@ -530,18 +540,7 @@ func TestRecoveryCorruptSnapshot(t *testing.T) {
 			t.Fatalf("the WAL does not start at index 0: %s", first)
 		}
 
-		c.start(1)
-		recoveryCheckKV(t, c, 1, want, gone...)
-		for _, s := range snaps {
-			if _, err := os.Stat(s + ".broken"); err != nil {
-				t.Fatalf("corrupt snapshot %s was not set aside as .broken: %v", filepath.Base(s), err)
-			}
-		}
-		clusterPut(t, c, 1, "snap/after", "new")
-		want["snap/after"] = "new"
-		recoveryStop(t, c, 1)
-		c.start(1)
-		recoveryCheckKV(t, c, 1, want, gone...)
+		recoveryRestartAround(t, c, want, gone, snaps...)
 	})
 
 	// The newest snapshot's checksum is right but what it holds does not
