@@ -346,12 +346,7 @@ func TestRecoveryTornWAL(t *testing.T) {
 			t.Logf("writes missing after the repair: %v", missing)
 			recoveryCheckKV(t, c, 1, want, missing...)
 
-			// It keeps working: a new write commits and survives another restart.
-			clusterPut(t, c, 1, "torn/after", "new")
-			want["torn/after"] = "new"
-			recoveryStop(t, c, 1)
-			c.start(1)
-			recoveryCheckKV(t, c, 1, want, missing...)
+			recoveryKeepsWorking(t, c, "torn/after", want, missing...)
 		})
 	}
 }
@@ -505,8 +500,16 @@ func recoveryRestartAround(t *testing.T, c *testCluster, want map[string]string,
 			t.Fatalf("corrupt snapshot %s was not set aside as .broken: %v", filepath.Base(s), err)
 		}
 	}
-	clusterPut(t, c, 1, "snap/after", "new")
-	want["snap/after"] = "new"
+	recoveryKeepsWorking(t, c, "snap/after", want, gone...)
+}
+
+// recoveryKeepsWorking proves member 1 keeps working after a recovery: a
+// new write to key commits, and it and everything in want survive another
+// restart, with gone still absent.
+func recoveryKeepsWorking(t *testing.T, c *testCluster, key string, want map[string]string, gone ...string) {
+	t.Helper()
+	clusterPut(t, c, 1, key, "new")
+	want[key] = "new"
 	recoveryStop(t, c, 1)
 	c.start(1)
 	recoveryCheckKV(t, c, 1, want, gone...)
