@@ -104,7 +104,6 @@ type raftNode struct {
 
 	// Updated from each Ready, read by the HTTP API.
 	leader    atomic.Uint64
-	raftState atomic.Uint32
 	committed atomic.Uint64
 
 	stopOnce sync.Once
@@ -410,11 +409,21 @@ func (rc *raftNode) serveReady() {
 }
 
 // handleReady does what raft asks, in the order raft requires: save the
-// snapshot, save entries and hard state, send messages, apply, advance.
+// snapshot, save entries and hard state, send messages, apply, advance. Two
+// steps may come early, as etcd takes them, because neither waits on what
+// this member has yet to write:
+//
+//   - Messages go out before the disk write, except the ones that promise
+//     it: a vote, and an acknowledgement of appended entries (see
+//     mustPersistFirst). So the leader sends its entries to followers while
+//     it writes them itself (raft thesis §10.2.1), and a follower forwards a
+//     proposal or a read-index request without waiting for its fsync.
+//   - Committed entries are applied while the disk write runs: committed
+//     means a majority already has them on disk, whatever this member's
+//     write then does.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		rc.leader.Store(rd.SoftState.Lead)
-		rc.raftState.Store(uint32(rd.SoftState.RaftState))
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
 		rc.committed.Store(rd.HardState.GetCommit())
@@ -427,13 +436,14 @@ func (rc *raftNode) handleReady(rd raft.Ready) error {
 		}
 	}
 
-	// The leader may send to followers before its own disk write (raft
-	// thesis §10.2.1): an entry commits only on a majority's acks, and the
-	// leader counts its own ack only from its next Ready, after this save.
-	// Followers must persist first: their acks promise the entries are safe.
-	isLeader := raft.StateType(rc.raftState.Load()) == raft.StateLeader
-	if isLeader {
-		rc.transport.Send(rd.Messages)
+	afterSave := rc.sendBeforeSave(rd.Messages)
+
+	// Raft never hands over committed entries in the Ready that carries a
+	// snapshot, so the kvstore cannot get entries before the snapshot they
+	// follow.
+	applyDoneC, err := rc.publishEntries(rd.CommittedEntries)
+	if err != nil {
+		return err
 	}
 
 	if !raft.IsEmptySnap(rd.Snapshot) {
@@ -452,20 +462,40 @@ func (rc *raftNode) handleReady(rd raft.Ready) error {
 	if err := rc.raftStorage.Append(rd.Entries); err != nil {
 		return fmt.Errorf("append to raft log: %w", err)
 	}
+	rc.transport.Send(afterSave)
 
-	if !isLeader {
-		rc.transport.Send(rd.Messages)
-	}
-
-	applyDoneC, err := rc.publishEntries(rd.CommittedEntries)
-	if err != nil {
-		return err
-	}
 	if err := rc.maybeSnapshot(applyDoneC); err != nil {
 		return err
 	}
 	rc.node.Advance()
 	return nil
+}
+
+// mustPersistFirst reports whether m may only be sent once this Ready is on
+// disk: a vote must not be forgotten by a restart, nor an acknowledged entry
+// lost, or the leader would count on what this member no longer has. These
+// are the messages raft itself holds back in its asynchronous-write mode.
+func mustPersistFirst(m *raftpb.Message) bool {
+	switch m.GetType() {
+	case raftpb.MsgAppResp, raftpb.MsgVoteResp, raftpb.MsgPreVoteResp:
+		return true
+	}
+	return false
+}
+
+// sendBeforeSave sends the messages that need not wait for this Ready's
+// disk write and returns, in their order, those that must.
+func (rc *raftNode) sendBeforeSave(msgs []*raftpb.Message) (afterSave []*raftpb.Message) {
+	var now []*raftpb.Message
+	for _, m := range msgs {
+		if mustPersistFirst(m) {
+			afterSave = append(afterSave, m)
+		} else {
+			now = append(now, m)
+		}
+	}
+	rc.transport.Send(now)
+	return afterSave
 }
 
 // installSnapshot takes a snapshot the leader sent: raft's log restarts at
