@@ -30,6 +30,7 @@ type faultCluster struct {
 // faultMember is one member and the fault it is under, if any.
 type faultMember struct {
 	id      uint64
+	client  string // client URL; read by workload goroutines while the cluster grows
 	args    []string
 	proxy   *peerProxy
 	starts  int  // processes started so far, to name their logs
@@ -64,7 +65,7 @@ func newFaultCluster(t *testing.T, bin string, n, snapshotCount int) *faultClust
 // of its peer listener.
 func (c *faultCluster) allocate() *faultMember {
 	id := c.procs.allocate()
-	m := &faultMember{id: id, proxy: newPeerProxy(c.t, strings.TrimPrefix(c.procs.peers[id-1], "http://"))}
+	m := &faultMember{id: id, client: c.procs.clients[id-1], proxy: newPeerProxy(c.t, strings.TrimPrefix(c.procs.peers[id-1], "http://"))}
 	c.mu.Lock()
 	c.members = append(c.members, m)
 	c.mu.Unlock()
@@ -133,7 +134,7 @@ func (c *faultCluster) active() []*faultMember {
 func (c *faultCluster) targets() []string {
 	var urls []string
 	for _, m := range c.active() {
-		urls = append(urls, c.procs.clients[m.id-1])
+		urls = append(urls, m.client)
 	}
 	return urls
 }
