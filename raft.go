@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +25,6 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 )
 
 // Errors from the raft node.
@@ -67,10 +65,11 @@ type stateMachine interface {
 }
 
 // raftNode owns the raft state machine. One goroutine (serveReady) drives
-// it: it persists what raft hands it to etcd's WAL and snapshot files, sends
-// raft's messages to peers with etcd's rafthttp, and publishes committed
-// entries on commitC for the kvstore to apply. A second goroutine
-// (serveProposals) feeds proposals from proposeC and confChangeC into raft.
+// it: it sends raft's messages to peers with etcd's rafthttp and hands the
+// disk work to two more, in storage.go: serveAppends persists the log to
+// etcd's WAL and snapshot files, and serveApplies publishes committed
+// entries on commitC for the kvstore to apply. A fourth (serveProposals)
+// feeds proposals from proposeC and confChangeC into raft.
 type raftNode struct {
 	id            uint64
 	cfg           config
@@ -82,7 +81,10 @@ type raftNode struct {
 	proposeC    <-chan proposal
 	confChangeC <-chan *raftpb.ConfChange
 	commitC     chan<- *commit
-	readStateC  chan raft.ReadState // answers to ReadIndex requests, for the read loop
+	readStateC  chan raft.ReadState  // answers to ReadIndex requests, for the read loop
+	appendC     chan *raftpb.Message // MsgStorageAppend, in raft's order, for serveAppends
+	applyC      chan applyTask       // committed entries and leader snapshots, in log order, for serveApplies
+	storage     sync.WaitGroup       // serveAppends and serveApplies, which use the WAL and commitC
 
 	node        raft.Node
 	raftStorage *raft.MemoryStorage // raft's view of the log; the WAL is its durable copy
@@ -91,7 +93,7 @@ type raftNode struct {
 	transport   *rafthttp.Transport
 	peerServer  *http.Server
 
-	// Owned by serveReady.
+	// Owned by serveApplies.
 	confState         *raftpb.ConfState
 	appliedIndex      uint64           // last index published on commitC
 	forceSnapshot     bool             // a conf change was applied since the last snapshot
@@ -107,9 +109,10 @@ type raftNode struct {
 	committed atomic.Uint64
 
 	stopOnce sync.Once
+	failOnce sync.Once
 	stopC    chan struct{} // closed to stop; also stops the purge and listener goroutines
 	doneC    chan struct{} // closed when serveReady has shut everything down
-	err      error         // why serveReady stopped, if not asked to; set before doneC closes
+	err      error         // why the node stopped, if not asked to: the first error given to fail
 }
 
 // startRaftNode opens (or creates) the member's WAL and snapshots, starts
@@ -129,6 +132,8 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		confChangeC:   confChangeC,
 		commitC:       commitC,
 		readStateC:    make(chan raft.ReadState, 64),
+		appendC:       make(chan *raftpb.Message, storageQueue),
+		applyC:        make(chan applyTask, storageQueue),
 		raftStorage:   raft.NewMemoryStorage(),
 		confState:     &raftpb.ConfState{},
 		stopC:         make(chan struct{}),
@@ -158,6 +163,8 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		Applied:         rc.appliedIndex,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
+		// See handleReady and storage.go.
+		AsyncStorageWrites: true,
 		// Bound the log a leader without quorum accumulates; proposals
 		// beyond it are dropped and their handlers told so.
 		MaxUncommittedEntriesSize: 1 << 30,
@@ -199,6 +206,8 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
 	go rc.peerServer.Serve(peerLn)
 	go rc.purgeOldFiles()
+	rc.storage.Go(rc.serveAppends)
+	rc.storage.Go(rc.serveApplies)
 	go rc.serveReady()
 	go rc.serveProposals()
 	return rc, nil
@@ -371,18 +380,10 @@ func (rc *raftNode) addPeer(id uint64, peerURLs []string) {
 	rc.transport.AddPeer(types.ID(id), peerURLs)
 }
 
-// serveReady is the raft goroutine: it ticks raft's clock and handles each
-// Ready, and on the way out shuts everything down.
+// serveReady is the raft goroutine: it ticks raft's clock and hands each
+// Ready on, and on the way out shuts everything down.
 func (rc *raftNode) serveReady() {
 	defer rc.shutdown()
-
-	if rc.bootSnapshot != nil {
-		// The kvstore learns everything through commitC, the state on disk too.
-		if err := rc.publish(&commit{snapshot: rc.bootSnapshot, applyDoneC: make(chan struct{})}); err != nil {
-			return
-		}
-		rc.bootSnapshot = nil
-	}
 
 	ticker := time.NewTicker(rc.cfg.tickInterval)
 	defer ticker.Stop()
@@ -392,15 +393,12 @@ func (rc *raftNode) serveReady() {
 			rc.node.Tick()
 		case rd := <-rc.node.Ready():
 			if err := rc.handleReady(rd); err != nil {
-				if !errors.Is(err, ErrStopped) {
-					rc.err = err
-				}
-				return
+				return // stopping
 			}
 		case err := <-rc.transport.ErrorC:
 			// The only critical error rafthttp reports is a peer telling us
 			// we were removed: our own removal entry may never reach us.
-			rc.err = fmt.Errorf("%w: %v", ErrRemoved, err)
+			rc.fail(fmt.Errorf("%w: %v", ErrRemoved, err))
 			return
 		case <-rc.stopC:
 			return
@@ -408,19 +406,16 @@ func (rc *raftNode) serveReady() {
 	}
 }
 
-// handleReady does what raft asks, in the order raft requires: save the
-// snapshot, save entries and hard state, send messages, apply, advance. Two
-// steps may come early, as etcd takes them, because neither waits on what
-// this member has yet to write:
-//
-//   - Messages go out before the disk write, except the ones that promise
-//     it: a vote, and an acknowledgement of appended entries (see
-//     mustPersistFirst). So the leader sends its entries to followers while
-//     it writes them itself (raft thesis §10.2.1), and a follower forwards a
-//     proposal or a read-index request without waiting for its fsync.
-//   - Committed entries are applied while the disk write runs: committed
-//     means a majority already has them on disk, whatever this member's
-//     write then does.
+// handleReady hands on what raft asks for. Raft runs with asynchronous
+// storage writes: the disk work a Ready asks for comes as two messages,
+// MsgStorageAppend for the append goroutine and MsgStorageApply for the
+// apply goroutine (storage.go), and this goroutine never waits for a disk.
+// Raft itself holds back every message that promises something about this
+// member's disk (an append acknowledgement, a vote) and attaches it to the
+// MsgStorageAppend, to be sent once the write is durable. Everything else
+// goes out at once: the leader sends new entries to followers while it
+// writes them itself (raft thesis §10.2.1), and a follower forwards
+// proposals and read-index requests while its own fsync runs.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		rc.leader.Store(rd.SoftState.Lead)
@@ -436,259 +431,27 @@ func (rc *raftNode) handleReady(rd raft.Ready) error {
 		}
 	}
 
-	afterSave := rc.sendBeforeSave(rd.Messages)
-
-	// Raft never hands over committed entries in the Ready that carries a
-	// snapshot, so the kvstore cannot get entries before the snapshot they
-	// follow.
-	applyDoneC, err := rc.publishEntries(rd.CommittedEntries)
-	if err != nil {
-		return err
-	}
-
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := rc.saveSnapshot(rd.Snapshot); err != nil {
-			return err
-		}
-	}
-	if err := rc.wal.Save(rd.HardState, rd.Entries); err != nil {
-		return fmt.Errorf("save to WAL: %w", err)
-	}
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := rc.installSnapshot(rd.Snapshot); err != nil {
-			return err
-		}
-	}
-	if err := rc.raftStorage.Append(rd.Entries); err != nil {
-		return fmt.Errorf("append to raft log: %w", err)
-	}
-	rc.transport.Send(afterSave)
-
-	if err := rc.maybeSnapshot(applyDoneC); err != nil {
-		return err
-	}
-	rc.node.Advance()
-	return nil
-}
-
-// mustPersistFirst reports whether m may only be sent once this Ready is on
-// disk: a vote must not be forgotten by a restart, nor an acknowledged entry
-// lost, or the leader would count on what this member no longer has. These
-// are the messages raft itself holds back in its asynchronous-write mode.
-func mustPersistFirst(m *raftpb.Message) bool {
-	switch m.GetType() {
-	case raftpb.MsgAppResp, raftpb.MsgVoteResp, raftpb.MsgPreVoteResp:
-		return true
-	}
-	return false
-}
-
-// sendBeforeSave sends the messages that need not wait for this Ready's
-// disk write and returns, in their order, those that must.
-func (rc *raftNode) sendBeforeSave(msgs []*raftpb.Message) (afterSave []*raftpb.Message) {
-	var now []*raftpb.Message
-	for _, m := range msgs {
-		if mustPersistFirst(m) {
-			afterSave = append(afterSave, m)
-		} else {
-			now = append(now, m)
-		}
-	}
-	rc.transport.Send(now)
-	return afterSave
-}
-
-// installSnapshot takes a snapshot the leader sent: raft's log restarts at
-// it, the kvstore loads it, and the transport learns its members.
-func (rc *raftNode) installSnapshot(snapshot *raftpb.Snapshot) error {
-	// The hard state saved with the snapshot must be on disk before WAL
-	// files are released, or a crash could leave a commit index beyond the
-	// log (etcd issue 10219).
-	if err := rc.wal.Sync(); err != nil {
-		return fmt.Errorf("sync WAL: %w", err)
-	}
-	if err := rc.raftStorage.ApplySnapshot(withoutData(snapshot)); err != nil {
-		return fmt.Errorf("apply snapshot to raft log: %w", err)
-	}
-	if err := rc.publish(&commit{snapshot: snapshot, applyDoneC: make(chan struct{})}); err != nil {
-		return err
-	}
-	index := snapshot.GetMetadata().GetIndex()
-	rc.confState = snapshot.GetMetadata().GetConfState()
-	rc.appliedIndex = index
-	rc.lastSnapshotIndex.Store(index)
-	if err := rc.resetPeers(snapshot); err != nil {
-		return err
-	}
-	if err := rc.wal.ReleaseLockTo(index); err != nil {
-		return fmt.Errorf("release WAL: %w", err)
-	}
-	rc.lg.Info("installed snapshot from leader", zap.Uint64("index", index))
-	return nil
-}
-
-// publishEntries applies conf changes to raft and the transport, then hands
-// the whole batch to the kvstore. It returns the batch's applyDoneC, and
-// ErrRemoved once this member's own removal is published.
-func (rc *raftNode) publishEntries(entries []*raftpb.Entry) (<-chan struct{}, error) {
-	if len(entries) == 0 {
-		return nil, nil
-	}
-	if first := entries[0].GetIndex(); first > rc.appliedIndex+1 {
-		return nil, fmt.Errorf("first committed entry %d is past applied index %d + 1", first, rc.appliedIndex)
-	}
-	removedSelf := false
-	for _, e := range entries {
-		if e.GetType() != raftpb.EntryConfChange {
-			continue
-		}
-		cc := &raftpb.ConfChange{}
-		if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-			return nil, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
-		}
-		rc.confState = rc.node.ApplyConfChange(cc)
-		rc.forceSnapshot = true
-		switch id := cc.GetNodeId(); cc.GetType() {
-		case raftpb.ConfChangeAddNode:
-			if m, err := memberFromConfChange(cc); err != nil {
-				rc.lg.Error("conf change without a member", zap.Uint64("index", e.GetIndex()), zap.Error(err))
-			} else if id != rc.id {
-				rc.addPeer(id, m.PeerURLs)
+	var toPeers []*raftpb.Message
+	for _, m := range rd.Messages {
+		switch m.GetTo() {
+		case raft.LocalAppendThread:
+			select {
+			case rc.appendC <- m:
+			case <-rc.stopC:
+				return ErrStopped
 			}
-		case raftpb.ConfChangeRemoveNode:
-			if id == rc.id {
-				removedSelf = true
-			} else {
-				rc.transport.RemovePeer(types.ID(id))
+		case raft.LocalApplyThread:
+			select {
+			case rc.applyC <- applyTask{entries: m.GetEntries(), responses: m.GetResponses()}:
+			case <-rc.stopC:
+				return ErrStopped
 			}
+		default:
+			toPeers = append(toPeers, m)
 		}
 	}
-
-	c := &commit{entries: entries, applyDoneC: make(chan struct{})}
-	if err := rc.publish(c); err != nil {
-		return nil, err
-	}
-	rc.appliedIndex = entries[len(entries)-1].GetIndex()
-	if removedSelf {
-		// Published first, so the kvstore still wakes the handler of
-		// the removal if it is waiting on this member.
-		return c.applyDoneC, ErrRemoved
-	}
-	return c.applyDoneC, nil
-}
-
-// publish sends a batch to the kvstore, unless the node is stopping.
-func (rc *raftNode) publish(c *commit) error {
-	select {
-	case rc.commitC <- c:
-		return nil
-	case <-rc.stopC:
-		return ErrStopped
-	}
-}
-
-// maybeSnapshot snapshots the kvstore once snapshotCount entries have been
-// applied since the last snapshot, then compacts raft's in-memory log and
-// lets the WAL release the files the snapshot covers.
-//
-// It also snapshots right after a conf change, as etcd does. A member added
-// after the leader compacted its log can only catch up by snapshot, and it
-// refuses one whose configuration does not include it: without a fresh
-// snapshot it would wait, empty, for snapshotCount more writes.
-func (rc *raftNode) maybeSnapshot(applyDoneC <-chan struct{}) error {
-	if applyDoneC == nil || (!rc.forceSnapshot && rc.appliedIndex-rc.lastSnapshotIndex.Load() < rc.snapshotCount) {
-		return nil
-	}
-	// The kvstore applies asynchronously; the snapshot must hold exactly
-	// the state at appliedIndex, so wait for it to get there.
-	select {
-	case <-applyDoneC:
-	case <-rc.stopC:
-		return ErrStopped
-	}
-	data := rc.sm.snapshot()
-	snapshot, err := rc.raftStorage.CreateSnapshot(rc.appliedIndex, rc.confState, nil)
-	if err != nil {
-		return fmt.Errorf("create snapshot: %w", err)
-	}
-	snapshot.Data = data // a copy of raft's; only the file on disk keeps the data (see diskSnapshots)
-	if err := rc.saveSnapshot(snapshot); err != nil {
-		return err
-	}
-	keep := min(rc.snapshotCount, maxCatchUpEntries)
-	if rc.appliedIndex > keep {
-		if err := rc.raftStorage.Compact(rc.appliedIndex - keep); err != nil && !errors.Is(err, raft.ErrCompacted) {
-			return fmt.Errorf("compact raft log: %w", err)
-		}
-	}
-	if err := rc.wal.ReleaseLockTo(rc.appliedIndex); err != nil {
-		return fmt.Errorf("release WAL: %w", err)
-	}
-	rc.lastSnapshotIndex.Store(rc.appliedIndex)
-	rc.forceSnapshot = false
-	rc.lg.Info("saved snapshot", zap.Uint64("index", rc.appliedIndex))
-	if len(data) >= releaseMemoryAbove {
-		go releaseSnapshotMemory()
-	}
+	rc.transport.Send(toPeers)
 	return nil
-}
-
-// saveSnapshot writes the snapshot file, then the WAL record that points
-// at it: a crash in between leaves an unused file, never a WAL record
-// without its snapshot.
-func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
-	if err := rc.snapshotter.SaveSnap(snapshot); err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	md := snapshot.GetMetadata()
-	walSnap := &walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}
-	if err := rc.wal.SaveSnapshot(walSnap); err != nil {
-		return fmt.Errorf("save snapshot record to WAL: %w", err)
-	}
-	return nil
-}
-
-// releaseSnapshotMemory returns freed memory to the OS at once. Making or
-// loading a snapshot takes several copies of the whole state (the encoding,
-// then the snap package's two protobuf layers); without this the process
-// keeps that high-water mark as its size. It runs a garbage collection, so
-// a caller that must not pause runs it on a goroutine of its own.
-func releaseSnapshotMemory() { debug.FreeOSMemory() }
-
-// releaseMemoryAbove is the snapshot size from which making one is followed
-// by releaseSnapshotMemory. Below it the copies are too small to matter, and
-// a forced collection every few seconds under load costs more CPU (8% of a
-// member's, measured at 10 000-key snapshots) than it gives back memory.
-const releaseMemoryAbove = 32 << 20
-
-// diskSnapshots is raft's in-memory log with snapshots kept on disk only:
-// the MemoryStorage holds each snapshot's metadata, and Snapshot reads the
-// data back from the newest snapshot file. Raft asks for it only to send a
-// follower that has fallen behind the log; keeping the whole state machine
-// in memory a second time for that would double a member's footprint.
-type diskSnapshots struct {
-	*raft.MemoryStorage
-	snapshotter *snap.Snapshotter
-}
-
-// Snapshot returns the newest snapshot, data included.
-func (s diskSnapshots) Snapshot() (*raftpb.Snapshot, error) {
-	meta, err := s.MemoryStorage.Snapshot()
-	if err != nil || meta.GetMetadata().GetIndex() == 0 {
-		return meta, err
-	}
-	snapshot, err := s.snapshotter.Load()
-	if err != nil || snapshot.GetMetadata().GetIndex() != meta.GetMetadata().GetIndex() {
-		// Made in memory but not yet saved to disk, or the other way round;
-		// raft asks again later.
-		return nil, raft.ErrSnapshotTemporarilyUnavailable
-	}
-	return snapshot, nil
-}
-
-// withoutData is snapshot with its metadata only, for the MemoryStorage.
-func withoutData(snapshot *raftpb.Snapshot) *raftpb.Snapshot {
-	return &raftpb.Snapshot{Metadata: snapshot.GetMetadata()}
 }
 
 // serveProposals feeds proposals into raft. node.Propose blocks while there
@@ -804,6 +567,17 @@ func (rc *raftNode) status() raft.Status { return rc.node.Status() }
 // from the cluster, or a storage error): see stop for why.
 func (rc *raftNode) done() <-chan struct{} { return rc.doneC }
 
+// fail stops the node because of err, which stop then reports, unless an
+// earlier error already stopped it. ErrStopped only says the node was
+// already stopping, and stops nothing.
+func (rc *raftNode) fail(err error) {
+	if errors.Is(err, ErrStopped) {
+		return
+	}
+	rc.failOnce.Do(func() { rc.err = err })
+	rc.stopOnce.Do(func() { close(rc.stopC) })
+}
+
 // stop stops the node and waits for it. It returns why the node stopped if
 // it stopped on its own; ErrRemoved when this member was removed.
 func (rc *raftNode) stop() error {
@@ -812,15 +586,18 @@ func (rc *raftNode) stop() error {
 	return rc.err
 }
 
-// shutdown releases everything serveReady owned: the transport, raft, the
-// WAL and commitC, which tells the kvstore that nothing more will come.
+// shutdown releases everything the node's goroutines used: the transport,
+// raft, the WAL and commitC, which tells the kvstore that nothing more will
+// come. The storage goroutines go first, while raft still takes the
+// responses they deliver.
 func (rc *raftNode) shutdown() {
 	rc.stopOnce.Do(func() { close(rc.stopC) })
+	rc.storage.Wait()
 	rc.transport.Stop()
 	rc.peerServer.Close()
 	rc.node.Stop()
-	if err := rc.wal.Close(); err != nil && rc.err == nil {
-		rc.err = fmt.Errorf("close WAL: %w", err)
+	if err := rc.wal.Close(); err != nil {
+		rc.fail(fmt.Errorf("close WAL: %w", err))
 	}
 	close(rc.commitC)
 	close(rc.doneC)
