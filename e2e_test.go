@@ -295,9 +295,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// e2eBuild builds the raftkv binary from this package, once per test run.
+// binaryEnv names a prebuilt raftkv binary to run instead of building this
+// package: benchmarking an older build against the current one in the same
+// session is the only comparison this shared, noisy machine allows.
+const binaryEnv = "RAFTKV_BIN"
+
+// e2eBuild builds the raftkv binary from this package, once per test run,
+// unless binaryEnv names one.
 func e2eBuild(t testing.TB) string {
 	t.Helper()
+	if bin := os.Getenv(binaryEnv); bin != "" {
+		return bin
+	}
 	builtBinary.once.Do(func() {
 		builtBinary.dir, builtBinary.err = os.MkdirTemp("", "raftkv-test-bin-")
 		if builtBinary.err != nil {
