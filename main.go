@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +61,14 @@ func (c config) peerListenURL() string {
 // maxValueLimit keeps an entry well inside the WAL's 10 MiB record limit.
 const maxValueLimit = 8 << 20
 
+// gcPercent is raftkv's default GOGC. A member's heap is mostly its state
+// machine, which lives as long as the process; Go's default of 100 lets the
+// heap grow to twice that before a collection, so a member holding 1M keys
+// (about 190 MiB of map) would sit anywhere up to 380 MiB. At 50 it stays
+// within one and a half times, for more frequent collections of a mostly
+// live heap. The GOGC environment variable, when set, still wins.
+const gcPercent = 50
+
 func main() {
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
@@ -71,6 +80,9 @@ func main() {
 	}
 	lg := newLogger(cfg.logLevel)
 	defer lg.Sync()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
