@@ -60,8 +60,8 @@ func (rc *raftNode) serveAppends() {
 				return
 			}
 			var responses []*raftpb.Message
-			for _, m := range batch {
-				responses = append(responses, m.GetResponses()...)
+			for _, saved := range batch {
+				responses = append(responses, saved.GetResponses()...)
 			}
 			rc.deliver(responses)
 		case <-rc.stopC:
