@@ -87,6 +87,10 @@ var benchCeilings = map[benchWorkload]benchCeiling{}
 // HTTP ceiling, a bare net/http handler over a mutex-guarded map in a
 // process of its own, for every workload the raftkv benchmarks run, and
 // the fsync ceiling, one 64-byte record appended and fsynced at a time.
+// It also runs the GET ceiling over benchMembers such processes, clients
+// spread over them as over raftkv's members (http-3procs): what splitting
+// the same work over more processes than there are cores costs by itself.
+// The http-ratio stays against the one process.
 func BenchmarkCeiling(b *testing.B) {
 	b.Run("http", func(b *testing.B) {
 		url, _ := startBenchCeiling(b)
@@ -102,6 +106,17 @@ func BenchmarkCeiling(b *testing.B) {
 				}
 			})
 		}
+	})
+	b.Run(fmt.Sprintf("http-%dprocs", benchMembers), func(b *testing.B) {
+		urls := make([]string, benchMembers)
+		for i := range urls {
+			urls[i], _ = startBenchCeiling(b)
+			benchPreload(b, urls[i:i+1], benchKeys)
+		}
+		wl := benchWorkload{http.MethodGet, 64}
+		op := benchHTTPOp(newBenchClient(b, wl.c), urls, wl.method, "")
+		benchWarm(b, wl.c, op)
+		b.Run(fmt.Sprintf("get/c=%d", wl.c), func(b *testing.B) { benchDrive(b, wl.c, op) })
 	})
 	b.Run("fsync", benchFsync)
 }
