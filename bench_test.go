@@ -31,10 +31,11 @@ import (
 // Benchmarks of real raftkv processes: a three-member cluster built from
 // this package (e2eBuild, e2eCluster), with production settings, driven
 // over HTTP by closed-loop keep-alive clients in the test binary, and
-// compared with two ceilings measured in the same run with the same client
+// compared with ceilings measured in the same run with the same client
 // code: a bare net/http server over a map, in a process of its own
-// (BenchmarkCeiling/http), and appending 64-byte records with fsync on the
-// filesystem the members' data dirs are on (BenchmarkCeiling/fsync).
+// (BenchmarkCeiling/http) and in three (BenchmarkCeiling/http-3procs), and
+// appending 64-byte records with fsync on the filesystem the members' data
+// dirs are on (BenchmarkCeiling/fsync).
 //
 //	go test -run '^$' -bench . -benchtime 10s .
 //	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
