@@ -65,6 +65,28 @@ func (rc *raftNode) serveAppends() {
 			}
 			rc.deliver(responses)
 		case <-rc.stopC:
+			rc.saveQueuedAppends()
+			return
+		}
+	}
+}
+
+// saveQueuedAppends writes the appends still queued when the node stops,
+// without sending their responses. Raft hands a new commit index to this
+// goroutine and the entries it commits to serveApplies side by side, so the
+// kvstore may have applied, and a client been told of, entries whose commit
+// index still waits here. A restart serves only once it has applied the
+// commit index on disk; saving it keeps a clean restart from serving before
+// it has caught up with what it acknowledged.
+func (rc *raftNode) saveQueuedAppends() {
+	for {
+		select {
+		case m := <-rc.appendC:
+			if err := rc.saveAppends(rc.takeAppends(m)); err != nil {
+				rc.fail(err)
+				return
+			}
+		default:
 			return
 		}
 	}
