@@ -180,7 +180,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		}
 		// The leader applies asynchronously: catch up with everything it
 		// knows committed, so a write acknowledged by a follower is seen.
-		if err := h.store.waitApplied(ctx, h.raft.committedIndex()); err != nil {
+		if err := h.store.waitApplied(ctx, h.raft.leaderReadIndex()); err != nil {
 			h.writeError(w, err)
 			return
 		}

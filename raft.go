@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,9 +118,10 @@ type raftNode struct {
 	// kvstore has applied this far it holds everything this member knew.
 	replayIndex uint64
 
-	// Updated from each Ready, read by the HTTP API.
+	// Updated from each Ready, read by the HTTP API and the read loop.
 	leader    atomic.Uint64
 	committed atomic.Uint64
+	termStart atomic.Uint64 // see trackLeader
 
 	stopOnce sync.Once
 	failOnce sync.Once
@@ -429,9 +432,7 @@ func (rc *raftNode) serveReady() {
 // writes them itself (raft thesis §10.2.1), and a follower forwards
 // proposals and read-index requests while its own fsync runs.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
-	if rd.SoftState != nil {
-		rc.leader.Store(rd.SoftState.Lead)
-	}
+	rc.trackLeader(rd)
 	if !raft.IsEmptyHardState(rd.HardState) {
 		rc.committed.Store(rd.HardState.GetCommit())
 	}
@@ -561,6 +562,43 @@ func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context)
 // on readStateC tagged with requestCtx.
 func (rc *raftNode) readIndex(ctx context.Context, requestCtx []byte) error {
 	return rc.node.ReadIndex(ctx, requestCtx)
+}
+
+// trackLeader records who leads, as rd reports it, and, in the Ready that
+// makes this node leader, the index of the empty entry raft appends at the
+// start of every leader's term. A new leader's commit index can lag entries
+// its predecessor committed and acknowledged; it knows everything committed
+// before it only once its own first entry has committed (raft thesis §6.4).
+// Raft holds ReadIndex back until then, except on a lone voter, which it
+// answers at once (etcd-io/raft PR #105), and a `default` read asks no one:
+// so every read this leader serves also waits to apply that entry.
+func (rc *raftNode) trackLeader(rd raft.Ready) {
+	if rd.SoftState == nil {
+		return
+	}
+	var start uint64
+	if rd.SoftState.RaftState == raft.StateLeader && len(rd.Entries) > 0 {
+		// The empty entry has the new term, the highest in the log, and
+		// comes before any proposal of that term.
+		term := rd.Entries[len(rd.Entries)-1].GetTerm()
+		i, _ := slices.BinarySearchFunc(rd.Entries, term, func(e *raftpb.Entry, t uint64) int { return cmp.Compare(e.GetTerm(), t) })
+		start = rd.Entries[i].GetIndex()
+	}
+	// Stored before the leader, so a reader that sees this node lead sees
+	// the start of its term.
+	rc.termStart.Store(start)
+	rc.leader.Store(rd.SoftState.Lead)
+}
+
+// termStartIndex is, while this node leads, the index of its first entry of
+// the term, which every read it serves must see applied; otherwise 0.
+func (rc *raftNode) termStartIndex() uint64 { return rc.termStart.Load() }
+
+// leaderReadIndex is what a read served by this node as leader, without a
+// ReadIndex round, must see applied: everything it knows is committed, which
+// includes writes other members acknowledged, and its own first entry.
+func (rc *raftNode) leaderReadIndex() uint64 {
+	return max(rc.committed.Load(), rc.termStart.Load())
 }
 
 // leaderID is the member this node believes leads, or raft.None.

@@ -121,7 +121,9 @@ func (r *readLoop) requestReadIndex() (uint64, error) {
 		select {
 		case rs := <-r.raft.readStateC:
 			if len(rs.RequestCtx) == 8 && binary.BigEndian.Uint64(rs.RequestCtx) >= firstID {
-				return rs.Index, nil
+				// On a leader, also wait for its first entry of the
+				// term: see trackLeader.
+				return max(rs.Index, r.raft.termStartIndex()), nil
 			}
 		case <-retry.C:
 			r.lg.Debug("no answer to ReadIndex yet; asking again")
