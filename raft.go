@@ -578,8 +578,9 @@ func (rc *raftNode) trackLeader(rd raft.Ready) {
 	}
 	var start uint64
 	if rd.SoftState.RaftState == raft.StateLeader && len(rd.Entries) > 0 {
-		// The empty entry has the new term, the highest in the log, and
-		// comes before any proposal of that term.
+		// Raft appends the empty entry in the step that makes this node
+		// leader, so it is among this Ready's entries: the first with the
+		// new term, the highest in the log.
 		term := rd.Entries[len(rd.Entries)-1].GetTerm()
 		i, _ := slices.BinarySearchFunc(rd.Entries, term, func(e *raftpb.Entry, t uint64) int { return cmp.Compare(e.GetTerm(), t) })
 		start = rd.Entries[i].GetIndex()
