@@ -173,6 +173,9 @@ func (l *loneLeaderThreads) apply(m *raftpb.Message) {
 	l.respond(m)
 }
 
+// respond steps into raft the messages m asks to be delivered once its
+// work is done: with asynchronous storage writes, raft learns that way what
+// is durable or applied.
 func (l *loneLeaderThreads) respond(m *raftpb.Message) {
 	for _, resp := range m.GetResponses() {
 		if err := l.node.Step(context.Background(), resp); err != nil {
