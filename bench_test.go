@@ -94,7 +94,7 @@ var benchCeilings = map[benchWorkload]benchCeiling{}
 // The http-ratio stays against the one process.
 func BenchmarkCeiling(b *testing.B) {
 	b.Run("http", func(b *testing.B) {
-		url, _ := startBenchCeiling(b)
+		url, pid, _ := startBenchCeiling(b)
 		benchPreload(b, []string{url}, benchKeys)
 		for _, method := range []string{http.MethodPut, http.MethodGet} {
 			b.Run(strings.ToLower(method), func(b *testing.B) {
@@ -102,30 +102,31 @@ func BenchmarkCeiling(b *testing.B) {
 					if wl.method == method {
 						hc := newBenchClient(b, wl.c)
 						benchWarm(b, wl.c, benchHTTPOp(hc, []string{url}, wl.method, ""))
-						b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) { benchHTTPCeiling(b, hc, url, wl) })
+						b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) { benchHTTPCeiling(b, hc, url, pid, wl) })
 					}
 				}
 			})
 		}
 	})
 	b.Run(fmt.Sprintf("http-%dprocs", benchMembers), func(b *testing.B) {
-		urls := make([]string, benchMembers)
+		urls, pids := make([]string, benchMembers), make([]int, benchMembers)
 		for i := range urls {
-			urls[i], _ = startBenchCeiling(b)
+			urls[i], pids[i], _ = startBenchCeiling(b)
 			benchPreload(b, urls[i:i+1], benchKeys)
 		}
 		wl := benchWorkload{http.MethodGet, 64}
 		op := benchHTTPOp(newBenchClient(b, wl.c), urls, wl.method, "")
 		benchWarm(b, wl.c, op)
-		b.Run(fmt.Sprintf("get/c=%d", wl.c), func(b *testing.B) { benchDrive(b, wl.c, op) })
+		b.Run(fmt.Sprintf("get/c=%d", wl.c), func(b *testing.B) { benchDrive(b, wl.c, op, pids...) })
 	})
 	b.Run("fsync", benchFsync)
 }
 
-// benchHTTPCeiling runs workload wl against the ceiling server at url and
-// remembers the result for the raftkv benchmarks' http-ratio.
-func benchHTTPCeiling(b *testing.B, hc *http.Client, url string, wl benchWorkload) {
-	res := benchDrive(b, wl.c, benchHTTPOp(hc, []string{url}, wl.method, ""))
+// benchHTTPCeiling runs workload wl against the ceiling server at url,
+// process pid, and remembers the result for the raftkv benchmarks'
+// http-ratio.
+func benchHTTPCeiling(b *testing.B, hc *http.Client, url string, pid int, wl benchWorkload) {
+	res := benchDrive(b, wl.c, benchHTTPOp(hc, []string{url}, wl.method, ""), pid)
 	if res.ops >= benchCeilings[wl].ops {
 		benchCeilings[wl] = benchCeiling{ops: res.ops, opsPerSec: res.opsPerSec()}
 	}
@@ -160,7 +161,7 @@ func BenchmarkPut(b *testing.B) {
 		op := benchHTTPOp(newBenchClient(b, wl.c), c.urls(), wl.method, "")
 		benchWarm(b, wl.c, op)
 		b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) {
-			res := benchDrive(b, wl.c, op)
+			res := benchDrive(b, wl.c, op, c.procs.pids()...)
 			b.ReportMetric(res.opsPerSec()/ceilings[wl], "http-ratio")
 		})
 	}
@@ -184,7 +185,7 @@ func BenchmarkGet(b *testing.B) {
 		benchWarm(b, wl.c, op)
 		b.Run("level="+level, func(b *testing.B) {
 			b.Run(fmt.Sprintf("c=%d", wl.c), func(b *testing.B) {
-				res := benchDrive(b, wl.c, op)
+				res := benchDrive(b, wl.c, op, c.procs.pids()...)
 				b.ReportMetric(res.opsPerSec()/ceiling, "http-ratio")
 			})
 		})
@@ -204,7 +205,7 @@ func benchCeilingsFor(b *testing.B, wls ...benchWorkload) map[benchWorkload]floa
 		}
 	}
 	if len(missing) > 0 {
-		url, stop := startBenchCeiling(b)
+		url, _, stop := startBenchCeiling(b)
 		benchPreload(b, []string{url}, benchKeys)
 		for _, wl := range missing {
 			hc := newBenchClient(b, wl.c)
@@ -333,19 +334,59 @@ func runLoad(n, c int, op benchOp) (benchResult, error) {
 }
 
 // benchDrive runs b.N operations of op over c workers as b's timed part
-// and reports ops/s and p50 and p99 latency in milliseconds.
-func benchDrive(b *testing.B, c int, op benchOp) benchResult {
+// and reports ops/s, p50 and p99 latency in milliseconds, and the CPU time
+// each operation cost the client (this process) and the servers (the
+// processes servers) in microseconds. On two shared cores, CPU per
+// operation is the steadier figure: it says what a throughput is bound by
+// and barely moves with what else the machine is doing.
+func benchDrive(b *testing.B, c int, op benchOp, servers ...int) benchResult {
 	b.Helper()
+	client0, servers0 := benchCPU(b, os.Getpid()), benchCPU(b, servers...)
 	b.ResetTimer()
 	res, err := runLoad(b.N, c, op)
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)
 	}
+	client, server := benchCPU(b, os.Getpid())-client0, benchCPU(b, servers...)-servers0
 	b.ReportMetric(res.opsPerSec(), "ops/s")
 	b.ReportMetric(benchMillis(res.percentile(0.50)), "p50-ms")
 	b.ReportMetric(benchMillis(res.percentile(0.99)), "p99-ms")
+	b.ReportMetric(benchMicros(client)/float64(res.ops), "client-cpu-us/op")
+	if len(servers) > 0 {
+		b.ReportMetric(benchMicros(server)/float64(res.ops), "server-cpu-us/op")
+	}
 	return res
+}
+
+// benchClockTick is the unit of the CPU times in /proc/<pid>/stat: USER_HZ,
+// which Linux fixes at 100 for user space whatever the kernel's own tick.
+const benchClockTick = 10 * time.Millisecond
+
+// benchCPU is the CPU time, user and system, that the processes pids have
+// used so far, from /proc/<pid>/stat: that counts every thread, and a
+// member's fsyncs and network writes are system time.
+func benchCPU(b *testing.B, pids ...int) time.Duration {
+	b.Helper()
+	var total time.Duration
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The command name, in parentheses, may hold spaces; the fields
+		// after it start with the state, field 3, so utime and stime
+		// (fields 14 and 15) are the 12th and 13th.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		for _, f := range fields[11:13] {
+			ticks, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/stat: %v", pid, err)
+			}
+			total += time.Duration(ticks) * benchClockTick
+		}
+	}
+	return total
 }
 
 // benchWarm runs a few rounds of op over c workers, untimed, so that the
@@ -361,6 +402,10 @@ func benchWarm(b *testing.B, c int, op benchOp) {
 // benchMillis is d in (fractional) milliseconds, the unit latencies are
 // reported in.
 func benchMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// benchMicros is d in (fractional) microseconds, the unit CPU time per
+// operation is reported in.
+func benchMicros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // newBenchClient is the HTTP client c goroutines share: it keeps up to c
 // idle connections per server, so once warm no request opens one, and it
@@ -528,9 +573,10 @@ func (s *ceilingStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// startBenchCeiling starts the HTTP ceiling process and returns its URL
-// and a function that kills and reaps it, which also runs when b ends.
-func startBenchCeiling(b *testing.B) (url string, stop func()) {
+// startBenchCeiling starts the HTTP ceiling process and returns its URL,
+// its pid and a function that kills and reaps it, which also runs when b
+// ends.
+func startBenchCeiling(b *testing.B) (url string, pid int, stop func()) {
 	b.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -581,10 +627,10 @@ func startBenchCeiling(b *testing.B) (url string, stop func()) {
 		if rest, failed := strings.CutPrefix(addr, "failed: "); failed {
 			b.Fatalf("the HTTP ceiling process exited without serving: %s", rest)
 		}
-		return "http://" + addr, stop
+		return "http://" + addr, cmd.Process.Pid, stop
 	case <-time.After(30 * time.Second):
 		b.Fatal("the HTTP ceiling process did not start serving within 30s")
-		return "", nil
+		return "", 0, nil
 	}
 }
 

@@ -199,6 +199,15 @@ func (c *e2eCluster) eventually(timeout time.Duration, what string, cond func() 
 	})
 }
 
+// pids are the process ids of the running members, in no order.
+func (c *e2eCluster) pids() []int {
+	var pids []int
+	for _, p := range c.running {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
+	return pids
+}
+
 // url is member id's client URL with path appended.
 func (c *e2eCluster) url(id uint64, path string) string { return c.clients[id-1] + path }
 
