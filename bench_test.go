@@ -336,9 +336,9 @@ func runLoad(n, c int, op benchOp) (benchResult, error) {
 // benchDrive runs b.N operations of op over c workers as b's timed part
 // and reports ops/s, p50 and p99 latency in milliseconds, and the CPU time
 // each operation cost the client (this process) and the servers (the
-// processes servers) in microseconds. On two shared cores, CPU per
-// operation is the steadier figure: it says what a throughput is bound by
-// and barely moves with what else the machine is doing.
+// processes servers) in microseconds. When the clients keep every core
+// busy, as at c=64, the two together say what the throughput is bound by:
+// cores / (client + server CPU per operation).
 func benchDrive(b *testing.B, c int, op benchOp, servers ...int) benchResult {
 	b.Helper()
 	client0, servers0 := benchCPU(b, os.Getpid()), benchCPU(b, servers...)
