@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -107,9 +108,21 @@ func newE2ECluster(t testing.TB, bin string) *e2eCluster {
 
 // allocate reserves loopback ports for one more member and returns its id.
 func (c *e2eCluster) allocate() uint64 {
-	c.peers = append(c.peers, "http://"+freeAddr(c.t))
-	c.clients = append(c.clients, "http://"+freeAddr(c.t))
+	c.peers = append(c.peers, c.unusedURL())
+	c.clients = append(c.clients, c.unusedURL())
 	return uint64(len(c.peers))
+}
+
+// unusedURL is a loopback URL on a free port that no member of c has been
+// given yet: once freeAddr's listener closes, the kernel may hand the same
+// port out again, and two members on one port cannot both start.
+func (c *e2eCluster) unusedURL() string {
+	for {
+		u := "http://" + freeAddr(c.t)
+		if !slices.Contains(c.peers, u) && !slices.Contains(c.clients, u) {
+			return u
+		}
+	}
 }
 
 // args is the README command line of member id in a cluster of the first
