@@ -41,8 +41,10 @@ import (
 //	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
 //
 // Each benchmark does b.N requests split over its c clients and reports
-// ops/s, p50-ms and p99-ms; raftkv benchmarks also report http-ratio, their
-// ops/s over the HTTP ceiling's for the same method and c. Go runs a
+// ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
+// processes, server-cpu-us/op; raftkv benchmarks (and BenchmarkRaftexample,
+// in raftexample_test.go) also report http-ratio, their ops/s over the HTTP
+// ceiling's for the same method and c. Go runs a
 // package's benchmarks in the order of its files and, within a file, of
 // their source; this file comes first, so BenchmarkCeiling runs before the
 // others, which reuse its figures. A raftkv benchmark run without it
