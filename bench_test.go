@@ -44,11 +44,11 @@ import (
 // ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
 // processes, server-cpu-us/op; raftkv benchmarks (and BenchmarkRaftexample,
 // in raftexample_test.go) also report http-ratio, their ops/s over the HTTP
-// ceiling's for the same method and c. Go runs a
-// package's benchmarks in the order of its files and, within a file, of
-// their source; this file comes first, so BenchmarkCeiling runs before the
-// others, which reuse its figures. A raftkv benchmark run without it
-// measures the ceilings it needs itself, before starting its cluster.
+// ceiling's for the same method and c. Go runs a package's benchmarks in
+// the order of its files and, within a file, of their source; this file
+// comes first, so BenchmarkCeiling runs before the others, which reuse its
+// figures. A raftkv benchmark run without it measures the ceilings it needs
+// itself, before starting its cluster.
 
 const (
 	benchKeys      = 10_000 // PUT and GET pick their key at random out of these
