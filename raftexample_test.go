@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +29,7 @@ func BenchmarkRaftexample(b *testing.B) {
 	put, get := benchWorkload{http.MethodPut, 64}, benchWorkload{http.MethodGet, 64}
 	ceilings := benchCeilingsFor(b, put, get)
 	procs := startRaftexample(b, bin)
-	urls := slices.Clone(procs.clients)
+	urls := procs.clients
 	drive := func(wl benchWorkload) {
 		op := benchHTTPOp(newBenchClient(b, wl.c), urls, wl.method, "")
 		benchWarm(b, wl.c, op)
@@ -41,15 +40,15 @@ func BenchmarkRaftexample(b *testing.B) {
 	}
 	drive(put)
 	benchPreload(b, urls, benchKeys)
-	waitRaftexampleKeys(b, urls)
+	waitRaftexampleKeys(procs)
 	drive(get)
 }
 
 // startRaftexample starts a three-member raftexample cluster on loopback
 // ports, its data dirs in a temp dir (raftexample writes them in its
 // working directory), and returns it once a write made on one member can
-// be read on all of them. raftexample has no status
-// endpoint, so that is how a leader is known to exist.
+// be read on all of them: raftexample has no status endpoint, so that is
+// how a leader is known to exist.
 func startRaftexample(b *testing.B, bin string) *e2eCluster {
 	b.Helper()
 	procs := newE2ECluster(b, bin)
@@ -64,7 +63,7 @@ func startRaftexample(b *testing.B, bin string) *e2eCluster {
 			"--cluster", strings.Join(procs.peers, ","),
 			"--port", client[strings.LastIndex(client, ":")+1:])
 	}
-	urls := slices.Clone(procs.clients)
+	urls := procs.clients
 	procs.eventually(time.Minute, "a write to raftexample to be readable on every member", func() bool {
 		// A PUT is answered 204 even with no leader, and then dropped: send
 		// it until it shows up everywhere.
@@ -84,21 +83,17 @@ func startRaftexample(b *testing.B, bin string) *e2eCluster {
 // waitRaftexampleKeys waits until every member serves every pre-loaded
 // key: raftexample answered those PUTs before committing them, and a
 // benchmark GET of a key not there yet would fail with a 404.
-func waitRaftexampleKeys(b *testing.B, urls []string) {
-	b.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for _, u := range urls {
-		for i := range benchKeys {
-			for {
-				r, err := e2eTry(e2eClient, http.MethodGet, u+benchKeyPath(i), "")
-				if err == nil && r.code == http.StatusOK {
-					break
+func waitRaftexampleKeys(procs *e2eCluster) {
+	procs.t.Helper()
+	next := 0 // every member serves the keys below next
+	procs.eventually(2*time.Minute, "every raftexample member to serve every pre-loaded key", func() bool {
+		for ; next < benchKeys; next++ {
+			for _, u := range procs.clients {
+				if r, err := e2eTry(e2eClient, http.MethodGet, u+benchKeyPath(next), ""); err != nil || r.code != http.StatusOK {
+					return false
 				}
-				if time.Now().After(deadline) {
-					b.Fatalf("raftexample at %s does not serve key %d within 2m: %v %d", u, i, err, r.code)
-				}
-				time.Sleep(10 * time.Millisecond)
 			}
 		}
-	}
+		return true
+	})
 }
