@@ -9,11 +9,11 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
 )
 
@@ -267,6 +267,10 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			http.Error(w, fmt.Sprintf("member JSON exceeds %d bytes", maxMemberBodyBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
 		http.Error(w, "bad member JSON: "+oneLine(err), http.StatusBadRequest)
 		return
 	}
@@ -300,22 +304,27 @@ func (req addMemberRequest) validate() (member, error) {
 	if req.ID < 1 || req.ID > maxMemberID {
 		return member{}, fmt.Errorf("id must be between 1 and %d", maxMemberID)
 	}
-	if _, err := types.NewURLs([]string{req.PeerURL}); err != nil {
-		return member{}, fmt.Errorf("bad peerURL %q: %v", req.PeerURL, err)
+	peerURL, err := normalizeURL(req.PeerURL)
+	if err != nil {
+		return member{}, fmt.Errorf("peerURL: %w", err)
 	}
-	m := member{ID: req.ID, PeerURLs: []string{req.PeerURL}}
+	m := member{ID: req.ID, PeerURLs: []string{peerURL}}
 	if req.ClientURL != "" {
-		if err := validateClientURL(req.ClientURL); err != nil {
-			return member{}, fmt.Errorf("bad clientURL %q: %v", req.ClientURL, err)
+		clientURL, err := normalizeURL(req.ClientURL)
+		if err != nil {
+			return member{}, fmt.Errorf("clientURL: %w", err)
 		}
-		m.ClientURLs = []string{req.ClientURL}
+		if clientURL == peerURL {
+			return member{}, fmt.Errorf("clientURL and peerURL are both %s", peerURL)
+		}
+		m.ClientURLs = []string{clientURL}
 	}
 	return m, nil
 }
 
-// checkNewMember refuses, before anything is proposed, an id or peer URL
-// the cluster already uses, and ids of removed members: their old process
-// may still be running, and peers turn their messages away.
+// checkNewMember refuses, before anything is proposed, an id or a URL the
+// cluster already uses, and ids of removed members: their old process may
+// still be running, and peers turn their messages away.
 func (h *httpAPI) checkNewMember(m member) error {
 	if _, ok := h.store.lookupMember(m.ID); ok {
 		return fmt.Errorf("member %d: %w", m.ID, ErrMemberExists)
@@ -324,9 +333,11 @@ func (h *httpAPI) checkNewMember(m member) error {
 		return fmt.Errorf("member %d was removed; member ids cannot be reused", m.ID)
 	}
 	for _, other := range h.store.memberList() {
-		for _, u := range other.PeerURLs {
-			if u == m.PeerURLs[0] {
-				return fmt.Errorf("peer URL %s is used by member %d", u, other.ID)
+		for _, u := range slices.Concat(other.PeerURLs, other.ClientURLs) {
+			for _, mine := range slices.Concat(m.PeerURLs, m.ClientURLs) {
+				if sameURL(u, mine) {
+					return fmt.Errorf("URL %s is used by member %d", mine, other.ID)
+				}
 			}
 		}
 	}
@@ -424,22 +435,6 @@ func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 		return "", false
 	}
 	return key, true
-}
-
-// validateClientURL checks a URL clients can be redirected to.
-func validateClientURL(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
-		return err
-	case u.Scheme != "http" && u.Scheme != "https":
-		return errors.New("scheme must be http or https")
-	case u.Port() == "":
-		return errors.New("must have a host and a port")
-	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.Fragment != "":
-		return errors.New("must have no path, query or fragment")
-	}
-	return nil
 }
 
 // withLists turns nil URL lists into empty ones, so JSON shows [] not null.

@@ -81,7 +81,7 @@ func checkAlreadyMember(ctx context.Context, client *http.Client, membersURL str
 		return fmt.Errorf("join via %s: %s, and the member list is unreadable: %w", cfg.join, conflict, err)
 	}
 	for _, m := range members {
-		if m.ID == cfg.id && len(m.PeerURLs) == 1 && m.PeerURLs[0] == cfg.peerURL() {
+		if m.ID == cfg.id && len(m.PeerURLs) == 1 && sameURL(m.PeerURLs[0], cfg.peerURL()) {
 			return nil
 		}
 	}

@@ -23,7 +23,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -110,7 +109,8 @@ func parseFlags(args []string) (config, error) {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
 			fs.Usage()
@@ -134,22 +134,24 @@ func parseFlags(args []string) (config, error) {
 		tickInterval:   100 * time.Millisecond,
 		enablePprof:    *enablePprof,
 	}
-	if _, err := types.NewURLs(cfg.cluster); err != nil {
-		return config{}, fmt.Errorf("--cluster: %v", err)
-	}
 	seen := make(map[string]bool)
-	for _, u := range cfg.cluster {
-		if seen[u] {
-			return config{}, fmt.Errorf("--cluster: %s is listed twice", u)
+	for i, u := range cfg.cluster {
+		n, err := normalizeURL(u)
+		if err != nil {
+			return config{}, fmt.Errorf("--cluster: %w", err)
 		}
-		seen[u] = true
+		if seen[n] {
+			return config{}, fmt.Errorf("--cluster: %s is listed twice", n)
+		}
+		seen[n] = true
+		cfg.cluster[i] = n
 	}
 	if cfg.id < 1 || cfg.id > uint64(len(cfg.cluster)) || cfg.id > maxMemberID {
 		return config{}, fmt.Errorf("--id %d: must be a position in --cluster, 1 to %d", cfg.id, min(len(cfg.cluster), maxMemberID))
 	}
 	if cfg.listenPeerURL != "" {
-		if _, err := types.NewURLs([]string{cfg.listenPeerURL}); err != nil {
-			return config{}, fmt.Errorf("--listen-peer-url: %v", err)
+		if cfg.listenPeerURL, err = normalizeURL(cfg.listenPeerURL); err != nil {
+			return config{}, fmt.Errorf("--listen-peer-url: %w", err)
 		}
 	}
 	if *port < 1 || *port > 65535 {
@@ -158,15 +160,18 @@ func parseFlags(args []string) (config, error) {
 	if cfg.clientURL == "" {
 		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
 	}
-	if err := validateClientURL(cfg.clientURL); err != nil {
-		return config{}, fmt.Errorf("--client-url %q: %v", cfg.clientURL, err)
+	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
+		return config{}, fmt.Errorf("--client-url: %w", err)
+	}
+	if seen[cfg.clientURL] {
+		return config{}, fmt.Errorf("--client-url %s is also a peer URL in --cluster", cfg.clientURL)
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
 	}
 	if cfg.join != "" {
-		if err := validateClientURL(cfg.join); err != nil {
-			return config{}, fmt.Errorf("--join %q: %v", cfg.join, err)
+		if cfg.join, err = normalizeURL(cfg.join); err != nil {
+			return config{}, fmt.Errorf("--join: %w", err)
 		}
 	}
 	if cfg.snapshotCount < 1 {

@@ -74,9 +74,15 @@ func TestFlagsValid(t *testing.T) {
 			}
 			return nil
 		}},
-		{"client URL wins over port", []string{"--port", "1234", "--client-url", "https://kv.example:8443"}, func(c config) error {
-			if c.clientURL != "https://kv.example:8443" {
+		{"client URL wins over port", []string{"--port", "1234", "--client-url", "http://kv.example:8443"}, func(c config) error {
+			if c.clientURL != "http://kv.example:8443" {
 				return fmt.Errorf("client URL %s", c.clientURL)
+			}
+			return nil
+		}},
+		{"URLs normalised", []string{"--id", "2", "--cluster", "HTTP://127.0.0.1:12379/,http://LocalHost:022379", "--client-url", "Http://KV.example:08443/", "--join", "http://127.0.0.1:12380/"}, func(c config) error {
+			if c.cluster[0] != "http://127.0.0.1:12379" || c.peerURL() != "http://localhost:22379" || c.clientURL != "http://kv.example:8443" || c.join != "http://127.0.0.1:12380" {
+				return fmt.Errorf("cluster %v, client URL %s, join %s", c.cluster, c.clientURL, c.join)
 			}
 			return nil
 		}},
@@ -145,6 +151,19 @@ func TestFlagsErrors(t *testing.T) {
 		{"cluster URL ftp", []string{"--cluster", "ftp://127.0.0.1:12379"}, "--cluster"},
 		{"cluster empty entry", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,"}, "--cluster"},
 		{"cluster duplicate", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:12379"}, "listed twice"},
+		{"cluster duplicate after normalising", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,HTTP://127.0.0.1:012379/"}, "listed twice"},
+		{"cluster https", []string{"--cluster", "https://127.0.0.1:12379"}, "TLS"},
+		{"cluster unix", []string{"--cluster", "unix://127.0.0.1:12379"}, "scheme must be http"},
+		{"cluster leading space", []string{"--cluster", " http://127.0.0.1:12379"}, "white space"},
+		{"cluster port 99999", []string{"--cluster", "http://127.0.0.1:99999"}, "port from 1 to 65535"},
+		{"cluster port 0", []string{"--cluster", "http://127.0.0.1:0"}, "port from 1 to 65535"},
+		{"cluster long host", []string{"--cluster", "http://" + strings.Repeat("a", 10000) + ":1"}, "longer than"},
+		{"cluster bad host", []string{"--cluster", "http://a_b:1"}, "not a DNS name"},
+		{"cluster user info", []string{"--cluster", "http://u:p@127.0.0.1:1"}, "user info"},
+		{"cluster query", []string{"--cluster", "http://127.0.0.1:1?x"}, "no path, query"},
+		{"cluster fragment", []string{"--cluster", "http://127.0.0.1:1#x"}, "no path, query"},
+		{"client URL https", []string{"--client-url", "https://127.0.0.1:12380"}, "TLS"},
+		{"client URL is a peer URL", []string{"--cluster", "http://127.0.0.1:12379", "--client-url", "http://127.0.0.1:12379"}, "also a peer URL"},
 		{"listen peer URL without port", []string{"--listen-peer-url", "http://127.0.0.1"}, "--listen-peer-url"},
 		{"port 0", []string{"--port", "0"}, "--port 0"},
 		{"port 0 with client URL", []string{"--port", "0", "--client-url", "http://127.0.0.1:1"}, "--port 0"},
