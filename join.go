@@ -23,13 +23,20 @@ const joinTimeout = 30 * time.Second
 var ErrJoinRefused = errors.New("join refused")
 
 // joinedCluster is what a joining member learns from the cluster it joins,
-// because its own flags cannot tell it: the cluster ID, which rafthttp
-// checks on every peer request. The cluster derived it from its initial
-// members when it first started; the joiner's --cluster does not describe
-// them.
+// because its own flags cannot tell it, and what it must know before raft
+// starts:
+//   - the cluster ID, which rafthttp checks on every peer request. The
+//     cluster derived it from its initial members when it first started;
+//     the joiner's --cluster does not describe them.
+//   - the current members' peer URLs. The leader starts sending the new
+//     member appends at once, and rafthttp drops the answers to a member it
+//     has not been told of; the new member would learn the members from the
+//     log, but it receives no log until it answers. (etcd's joining member
+//     likewise fetches the cluster's members and adds them to its
+//     transport, with rafthttp's AddRemote.)
 type joinedCluster struct {
 	id    uint64
-	peers map[uint64]string // peer URL by member id
+	peers map[uint64]string // peer URL by member id, this member's included
 }
 
 // requestJoin asks the cluster, through the member at cfg.join, to add this

@@ -31,7 +31,7 @@ import (
 // config is everything a member is started with.
 type config struct {
 	id             uint64
-	cluster        map[uint64]string // peer URL by member id, from --cluster
+	cluster        map[uint64]string // peer URL by member id, from --cluster; after a join, the members of the cluster joined
 	clusterID      uint64            // what a first start records in its WAL: derived from cluster and --cluster-token, or learned by joining
 	listenPeerURL  string            // where to accept peer connections; "" means peerURL()
 	clientURL      string            // advertised to the cluster and listened on
@@ -256,7 +256,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 			clientLn.Close()
 			return nil, err
 		}
-		cfg.clusterID = joined.id
+		cfg.cluster, cfg.clusterID = joined.peers, joined.id
 	}
 
 	proposeC := make(chan proposal)

@@ -339,6 +339,14 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 }
 
 // startTransport starts rafthttp and tells it where the other members are.
+// rafthttp talks only to members it has been told of: it drops messages to
+// any other and refuses their connections. A member restarting from a
+// snapshot takes the members from it; otherwise it starts from cfg.cluster,
+// and the conf changes it applies add and remove members from there. For a
+// member that joins, cfg.cluster is the cluster's member list as it was when
+// the member was added (joinedCluster): without it, the new member could not
+// answer the leader's first append, so it would never receive the log it
+// would learn the members from.
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
 		Logger:      rc.lg,
