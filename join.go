@@ -67,7 +67,7 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 			case resp.StatusCode == http.StatusCreated:
 				joined, err := fetchCluster(ctx, client, membersURL, cfg, lg)
 				if err != nil {
-					return joinedCluster{}, fmt.Errorf("joined via %s, but: %w", cfg.join, err)
+					return joinedCluster{}, fmt.Errorf("added to the cluster via %s, but %w; run the same command again to finish joining", cfg.join, err)
 				}
 				// The member that answered has applied this member, but
 				// one the GET was redirected to may not have yet.
