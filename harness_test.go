@@ -83,7 +83,7 @@ func (c *testCluster) allocate() uint64 {
 func (c *testCluster) config(id uint64, join string) config {
 	cfg := config{
 		id:             id,
-		cluster:        append([]string(nil), c.peerURLs...),
+		cluster:        positionalCluster(c.peerURLs),
 		clientURL:      c.clients[id-1],
 		dataDir:        filepath.Join(c.dir, fmt.Sprintf("member-%d", id)),
 		join:           join,
@@ -92,6 +92,9 @@ func (c *testCluster) config(id uint64, join string) config {
 		maxValueBytes:  1 << 20,
 		logLevel:       zapcore.InfoLevel,
 		tickInterval:   testTick,
+	}
+	if join == "" {
+		cfg.clusterID = deriveClusterID(cfg.cluster, defaultClusterToken)
 	}
 	if c.mutate != nil {
 		c.mutate(&cfg)

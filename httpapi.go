@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
 )
 
@@ -72,8 +73,10 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 // ServeHTTP refuses what ServeMux would otherwise answer without a reason:
 // key paths it would clean and redirect with a 301 (empty, "." or ".."
 // segments, a trailing slash), so a PUT to one fails plainly, and the
-// request target "*", which only OPTIONS may use.
+// request target "*", which only OPTIONS may use. Every answer names the
+// cluster, for a member joining through this one.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(clusterIDHeader, types.ID(h.raft.clusterID).String())
 	if r.RequestURI == "*" {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
 		return
@@ -374,6 +377,7 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 // statusView is the body of GET /status.
 type statusView struct {
 	ID            uint64 `json:"id"`
+	ClusterID     string `json:"clusterID"` // hex, as etcd prints it
 	Leader        uint64 `json:"leader"`
 	Term          uint64 `json:"term"`
 	RaftState     string `json:"raftState"`
@@ -387,6 +391,7 @@ func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
 	st := h.raft.status()
 	writeJSON(w, http.StatusOK, statusView{
 		ID:            h.id,
+		ClusterID:     types.ID(h.raft.clusterID).String(),
 		Leader:        st.Lead,
 		Term:          st.GetTerm(),
 		RaftState:     st.RaftState.String(),

@@ -19,10 +19,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -31,9 +31,10 @@ import (
 // config is everything a member is started with.
 type config struct {
 	id             uint64
-	cluster        []string // peer URLs; member i's is cluster[i-1]
-	listenPeerURL  string   // where to accept peer connections; "" means peerURL()
-	clientURL      string   // advertised to the cluster and listened on
+	cluster        map[uint64]string // peer URL by member id, from --cluster; after a join, the members of the cluster joined
+	clusterID      uint64            // what a first start records in its WAL: derived from cluster and --cluster-token, or learned by joining
+	listenPeerURL  string            // where to accept peer connections; "" means peerURL()
+	clientURL      string            // advertised to the cluster and listened on
 	dataDir        string
 	join           string // client URL of a running member to ask to add us; "" when not joining
 	snapshotCount  uint64
@@ -45,7 +46,7 @@ type config struct {
 }
 
 // peerURL is where this member's peers reach it.
-func (c config) peerURL() string { return c.cluster[c.id-1] }
+func (c config) peerURL() string { return c.cluster[c.id] }
 
 // peerListenURL is where this member accepts peer connections: its peer
 // URL, unless peers reach it through something in between, such as a
@@ -96,8 +97,9 @@ func main() {
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("raftkv", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // main reports a bad flag in one line; -h prints usage below
-	id := fs.Uint64("id", 1, "member id: this member's position in --cluster, from 1")
-	cluster := fs.String("cluster", "http://127.0.0.1:9021", "comma-separated peer URLs of all members, member 1's first")
+	id := fs.Uint64("id", 1, "member id, from 1: this member's position in a positional --cluster, or its id=URL entry")
+	cluster := fs.String("cluster", "http://127.0.0.1:9021", "the initial members, comma-separated: peer URLs by position, member 1's first, or id=URL entries; with --join, this member's entry is enough")
+	clusterToken := fs.String("cluster-token", defaultClusterToken, "with --cluster, derives the cluster ID at a first start without --join; give each cluster its own")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
 	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
@@ -123,7 +125,6 @@ func parseFlags(args []string) (config, error) {
 
 	cfg := config{
 		id:             *id,
-		cluster:        strings.Split(*cluster, ","),
 		listenPeerURL:  *listenPeerURL,
 		clientURL:      *clientURL,
 		dataDir:        *dataDir,
@@ -134,20 +135,21 @@ func parseFlags(args []string) (config, error) {
 		tickInterval:   100 * time.Millisecond,
 		enablePprof:    *enablePprof,
 	}
-	seen := make(map[string]bool)
-	for i, u := range cfg.cluster {
-		n, err := normalizeURL(u)
-		if err != nil {
-			return config{}, fmt.Errorf("--cluster: %w", err)
-		}
-		if seen[n] {
-			return config{}, fmt.Errorf("--cluster: %s is listed twice", n)
-		}
-		seen[n] = true
-		cfg.cluster[i] = n
+	if cfg.cluster, err = parseCluster(*cluster); err != nil {
+		return config{}, err
 	}
-	if cfg.id < 1 || cfg.id > uint64(len(cfg.cluster)) || cfg.id > maxMemberID {
-		return config{}, fmt.Errorf("--id %d: must be a position in --cluster, 1 to %d", cfg.id, min(len(cfg.cluster), maxMemberID))
+	if cfg.id < 1 || cfg.id > maxMemberID {
+		return config{}, fmt.Errorf("--id %d: must be 1 to %d", cfg.id, maxMemberID)
+	}
+	if _, ok := cfg.cluster[cfg.id]; !ok {
+		return config{}, fmt.Errorf("--id %d: --cluster has no peer URL for member %d (give it as %d=URL)", cfg.id, cfg.id, cfg.id)
+	}
+	if err := checkClusterToken(*clusterToken); err != nil {
+		return config{}, err
+	}
+	if cfg.join == "" {
+		// A joining member learns the ID from the cluster it joins.
+		cfg.clusterID = deriveClusterID(cfg.cluster, *clusterToken)
 	}
 	if cfg.listenPeerURL != "" {
 		if cfg.listenPeerURL, err = normalizeURL(cfg.listenPeerURL); err != nil {
@@ -163,8 +165,10 @@ func parseFlags(args []string) (config, error) {
 	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
 		return config{}, fmt.Errorf("--client-url: %w", err)
 	}
-	if seen[cfg.clientURL] {
-		return config{}, fmt.Errorf("--client-url %s is also a peer URL in --cluster", cfg.clientURL)
+	for id, u := range cfg.cluster {
+		if u == cfg.clientURL {
+			return config{}, fmt.Errorf("--client-url %s is also a peer URL in --cluster, member %d's", cfg.clientURL, id)
+		}
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
@@ -247,10 +251,12 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	}
 
 	if cfg.join != "" && !hasWAL(cfg.dataDir) {
-		if err := requestJoin(ctx, cfg, lg); err != nil {
+		joined, err := requestJoin(ctx, cfg, lg)
+		if err != nil {
 			clientLn.Close()
 			return nil, err
 		}
+		cfg.cluster, cfg.clusterID = joined.peers, joined.id
 	}
 
 	proposeC := make(chan proposal)
@@ -289,7 +295,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	}
 	go s.http.Serve(clientLn)
 	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
-	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()))
+	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,7 +30,8 @@ func TestFlagsDefaults(t *testing.T) {
 		got, want any
 	}{
 		{"id", cfg.id, uint64(1)},
-		{"cluster", strings.Join(cfg.cluster, ","), "http://127.0.0.1:9021"},
+		{"cluster", fmt.Sprint(cfg.cluster), "map[1:http://127.0.0.1:9021]"},
+		{"cluster ID", cfg.clusterID, deriveClusterID(map[uint64]string{1: "http://127.0.0.1:9021"}, "raftkv-cluster")},
 		{"client URL", cfg.clientURL, "http://127.0.0.1:9121"},
 		{"data dir", cfg.dataDir, "raftkv-1"},
 		{"join", cfg.join, ""},
@@ -56,7 +58,7 @@ func TestFlagsValid(t *testing.T) {
 		check func(config) error
 	}{
 		{"procfile member 2", []string{"--id", "2", "--cluster", flagTestCluster3, "--port", "22380"}, func(c config) error {
-			if c.id != 2 || len(c.cluster) != 3 || c.peerURL() != "http://127.0.0.1:22379" ||
+			if c.id != 2 || len(c.cluster) != 3 || c.cluster[3] != "http://127.0.0.1:32379" || c.peerURL() != "http://127.0.0.1:22379" ||
 				c.clientURL != "http://127.0.0.1:22380" || c.dataDir != "raftkv-2" {
 				return fmt.Errorf("id %d, cluster %v, peer URL %s, client URL %s, data dir %s", c.id, c.cluster, c.peerURL(), c.clientURL, c.dataDir)
 			}
@@ -81,7 +83,7 @@ func TestFlagsValid(t *testing.T) {
 			return nil
 		}},
 		{"URLs normalised", []string{"--id", "2", "--cluster", "HTTP://127.0.0.1:12379/,http://LocalHost:022379", "--client-url", "Http://KV.example:08443/", "--join", "http://127.0.0.1:12380/"}, func(c config) error {
-			if c.cluster[0] != "http://127.0.0.1:12379" || c.peerURL() != "http://localhost:22379" || c.clientURL != "http://kv.example:8443" || c.join != "http://127.0.0.1:12380" {
+			if c.cluster[1] != "http://127.0.0.1:12379" || c.peerURL() != "http://localhost:22379" || c.clientURL != "http://kv.example:8443" || c.join != "http://127.0.0.1:12380" {
 				return fmt.Errorf("cluster %v, client URL %s, join %s", c.cluster, c.clientURL, c.join)
 			}
 			return nil
@@ -93,8 +95,39 @@ func TestFlagsValid(t *testing.T) {
 			return nil
 		}},
 		{"join", []string{"--id", "4", "--cluster", flagTestCluster3 + ",http://127.0.0.1:42379", "--join", "http://127.0.0.1:12380"}, func(c config) error {
-			if c.join != "http://127.0.0.1:12380" || c.peerURL() != "http://127.0.0.1:42379" {
-				return fmt.Errorf("join %q, peer URL %s", c.join, c.peerURL())
+			if c.join != "http://127.0.0.1:12380" || c.peerURL() != "http://127.0.0.1:42379" || c.clusterID != 0 {
+				return fmt.Errorf("join %q, peer URL %s, cluster ID %x (want 0: learned by joining)", c.join, c.peerURL(), c.clusterID)
+			}
+			return nil
+		}},
+		{"join listing only itself", []string{"--id", "4", "--cluster", "4=http://127.0.0.1:22379", "--port", "22380", "--join", "http://127.0.0.1:12380", "--data-dir", "raftkv-4"}, func(c config) error {
+			if len(c.cluster) != 1 || c.peerURL() != "http://127.0.0.1:22379" || c.clientURL != "http://127.0.0.1:22380" || c.dataDir != "raftkv-4" {
+				return fmt.Errorf("cluster %v, peer URL %s, client URL %s, data dir %s", c.cluster, c.peerURL(), c.clientURL, c.dataDir)
+			}
+			return nil
+		}},
+		{"id=URL entries", []string{"--id", "3", "--cluster", "1=http://127.0.0.1:12379,3=http://127.0.0.1:32379,4=HTTP://127.0.0.1:042379/"}, func(c config) error {
+			want := map[uint64]string{1: "http://127.0.0.1:12379", 3: "http://127.0.0.1:32379", 4: "http://127.0.0.1:42379"}
+			if !maps.Equal(c.cluster, want) || c.peerURL() != "http://127.0.0.1:32379" || c.dataDir != "raftkv-3" {
+				return fmt.Errorf("cluster %v, peer URL %s, data dir %s", c.cluster, c.peerURL(), c.dataDir)
+			}
+			return nil
+		}},
+		{"id=URL and positional give one cluster ID", []string{"--id", "2", "--cluster", "3=http://127.0.0.1:32379,2=http://127.0.0.1:22379,1=http://127.0.0.1:12379"}, func(c config) error {
+			if want := deriveClusterID(positionalCluster(strings.Split(flagTestCluster3, ",")), defaultClusterToken); c.clusterID != want {
+				return fmt.Errorf("cluster ID %x, want %x as from the positional form", c.clusterID, want)
+			}
+			return nil
+		}},
+		{"largest id", []string{"--id", fmt.Sprint(maxMemberID), "--cluster", fmt.Sprintf("%d=http://127.0.0.1:12379", maxMemberID)}, func(c config) error {
+			if c.id != maxMemberID || c.peerURL() != "http://127.0.0.1:12379" {
+				return fmt.Errorf("id %d, peer URL %s", c.id, c.peerURL())
+			}
+			return nil
+		}},
+		{"cluster token", []string{"--id", "2", "--cluster", flagTestCluster3, "--cluster-token", "orders-eu"}, func(c config) error {
+			if want := deriveClusterID(c.cluster, "orders-eu"); c.clusterID != want || c.clusterID == deriveClusterID(c.cluster, defaultClusterToken) {
+				return fmt.Errorf("cluster ID %x, want %x, not the default token's", c.clusterID, want)
 			}
 			return nil
 		}},
@@ -145,6 +178,25 @@ func TestFlagsErrors(t *testing.T) {
 	}{
 		{"id 0", []string{"--id", "0"}, "--id 0"},
 		{"id past cluster", []string{"--id", "4", "--cluster", flagTestCluster3}, "--id 4"},
+		{"id past max", []string{"--id", fmt.Sprint(maxMemberID + 1), "--cluster", fmt.Sprintf("%d=http://127.0.0.1:12379", maxMemberID+1)}, "member id must be 1 to 65535"},
+		{"id=URL without own entry", []string{"--id", "2", "--cluster", "1=http://127.0.0.1:12379,3=http://127.0.0.1:32379"}, "no peer URL for member 2"},
+		{"id=URL mixed with positional", []string{"--id", "1", "--cluster", "1=http://127.0.0.1:12379,http://127.0.0.1:22379"}, "mixes id=URL entries with positional ones"},
+		{"positional mixed with id=URL", []string{"--id", "1", "--cluster", "http://127.0.0.1:12379,2=http://127.0.0.1:22379"}, "mixes id=URL entries with positional ones"},
+		{"id=URL duplicate id", []string{"--id", "1", "--cluster", "1=http://127.0.0.1:12379,1=http://127.0.0.1:22379"}, "member id 1 is listed twice"},
+		{"id=URL duplicate id with zeros", []string{"--id", "1", "--cluster", "1=http://127.0.0.1:12379,01=http://127.0.0.1:22379"}, "member id 1 is listed twice"},
+		{"id=URL duplicate URL", []string{"--id", "1", "--cluster", "1=http://127.0.0.1:12379,4=http://127.0.0.1:012379"}, "listed twice, for members 1 and 4"},
+		{"id=URL id 0", []string{"--id", "1", "--cluster", "0=http://127.0.0.1:12379"}, "member id must be 1 to"},
+		{"id=URL id not a number", []string{"--id", "1", "--cluster", "one=http://127.0.0.1:12379"}, `entry "one=http://127.0.0.1:12379"`},
+		{"id=URL id negative", []string{"--id", "1", "--cluster", "-1=http://127.0.0.1:12379"}, "member id must be 1 to"},
+		{"id=URL empty URL", []string{"--id", "1", "--cluster", "1="}, "--cluster"},
+		{"id=URL bad URL", []string{"--id", "1", "--cluster", "1=ftp://127.0.0.1:12379"}, "scheme must be http"},
+		{"id=URL no id", []string{"--id", "1", "--cluster", "=http://127.0.0.1:12379"}, "member id must be 1 to"},
+		{"token empty", []string{"--cluster-token", ""}, "--cluster-token"},
+		{"token with a space", []string{"--cluster-token", "my cluster"}, "no white space"},
+		{"token with a newline", []string{"--cluster-token", "a\nb"}, "--cluster-token"},
+		{"token with a control character", []string{"--cluster-token", "a\x00b"}, "only printable"},
+		{"token not UTF-8", []string{"--cluster-token", "a\xffb"}, "not UTF-8"},
+		{"token too long", []string{"--cluster-token", strings.Repeat("t", maxClusterTokenBytes+1)}, "1 to 256 bytes"},
 		{"id negative", []string{"--id", "-1"}, "-id"},
 		{"cluster URL without port", []string{"--cluster", "http://127.0.0.1"}, "--cluster"},
 		{"cluster URL without scheme", []string{"--cluster", "127.0.0.1:12379"}, "--cluster"},
@@ -211,9 +263,11 @@ func TestFlagsErrors(t *testing.T) {
 // flagTestConfig is a valid one-member config on fresh loopback ports,
 // keeping its data in dataDir.
 func flagTestConfig(t *testing.T, dataDir string) config {
+	cluster := map[uint64]string{1: "http://" + freeAddr(t)}
 	return config{
 		id:             1,
-		cluster:        []string{"http://" + freeAddr(t)},
+		cluster:        cluster,
+		clusterID:      deriveClusterID(cluster, defaultClusterToken),
 		clientURL:      "http://" + freeAddr(t),
 		dataDir:        dataDir,
 		snapshotCount:  10000,

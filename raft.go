@@ -3,11 +3,11 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -63,10 +63,6 @@ const (
 	// to keep on disk; older ones are deleted once raft no longer needs them.
 	maxSnapFiles = 5
 	maxWALFiles  = 5
-
-	// clusterID is checked by rafthttp on every peer request. All raftkv
-	// clusters share it; peers are told apart by member id.
-	clusterID = 0x1000
 )
 
 // stateMachine is what the raft node needs from the kvstore, besides
@@ -91,6 +87,7 @@ type raftNode struct {
 	sm            stateMachine
 	waiters       wait.Wait // to fail proposals raft refused; nothing else will ever wake them
 	snapshotCount uint64
+	clusterID     uint64 // checked by rafthttp on every peer request; from the WAL, see openStorage
 
 	proposeC    <-chan proposal
 	confChangeC <-chan *raftpb.ConfChange
@@ -196,11 +193,11 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		// empty and learns the cluster from the leader's log or snapshot.
 		rc.node = raft.RestartNode(c)
 	} else {
-		peers := make([]raft.Peer, len(cfg.cluster))
-		for i, u := range cfg.cluster {
+		var peers []raft.Peer
+		for _, id := range slices.Sorted(maps.Keys(cfg.cluster)) {
 			// Marshalling a member (numbers and strings) cannot fail.
-			ctx, _ := json.Marshal(member{ID: uint64(i + 1), PeerURLs: []string{u}})
-			peers[i] = raft.Peer{ID: uint64(i + 1), Context: ctx}
+			ctx, _ := json.Marshal(member{ID: id, PeerURLs: []string{cfg.cluster[id]}})
+			peers = append(peers, raft.Peer{ID: id, Context: ctx})
 		}
 		rc.node = raft.StartNode(c, peers)
 		// StartNode commits one conf change per initial member: wait for
@@ -228,8 +225,10 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	return rc, nil
 }
 
-// openStorage creates the data dir on first start; on a restart it loads the
-// newest valid snapshot and replays the WAL after it into raftStorage.
+// openStorage creates the data dir on first start, recording in the WAL whose
+// log it is (walMetadata); on a restart it loads the newest valid snapshot,
+// replays the WAL after it into raftStorage and takes the cluster ID the
+// WAL recorded.
 func (rc *raftNode) openStorage() (walExisted bool, err error) {
 	walDir, snapDir := rc.walDir(), rc.snapDir()
 	if err := fileutil.TouchDirAll(rc.lg, snapDir); err != nil {
@@ -238,9 +237,8 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 	rc.snapshotter = snap.New(rc.lg, snapDir)
 
 	if !wal.Exist(walDir) {
-		// The WAL's metadata records whose log this is, so that a data
-		// dir is never replayed as another member's.
-		rc.wal, err = wal.Create(rc.lg, walDir, binary.AppendUvarint(nil, rc.id))
+		rc.clusterID = rc.cfg.clusterID
+		rc.wal, err = wal.Create(rc.lg, walDir, walMetadata{memberID: rc.id, clusterID: rc.clusterID}.encode())
 		if err != nil {
 			return false, fmt.Errorf("create WAL in %s: %w", walDir, err)
 		}
@@ -285,10 +283,16 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 		}
 		return true, err
 	}
-	if owner, _ := binary.Uvarint(metadata); owner != rc.id {
+	owner, err := decodeWALMetadata(metadata)
+	if err != nil {
 		rc.wal.Close()
-		return true, fmt.Errorf("data dir %s belongs to member %d, not %d", rc.cfg.dataDir, owner, rc.id)
+		return true, fmt.Errorf("data dir %s: %w", rc.cfg.dataDir, err)
 	}
+	if owner.memberID != rc.id {
+		rc.wal.Close()
+		return true, fmt.Errorf("data dir %s belongs to member %d, not %d", rc.cfg.dataDir, owner.memberID, rc.id)
+	}
+	rc.clusterID = owner.clusterID
 	if hardState != nil {
 		if err := rc.raftStorage.SetHardState(hardState); err != nil {
 			rc.wal.Close()
@@ -335,11 +339,19 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 }
 
 // startTransport starts rafthttp and tells it where the other members are.
+// rafthttp talks only to members it has been told of: it drops messages to
+// any other and refuses their connections. A member restarting from a
+// snapshot takes the members from it; otherwise it starts from cfg.cluster,
+// and the conf changes it applies add and remove members from there. For a
+// member that joins, cfg.cluster is the cluster's member list as it was when
+// the member was added (joinedCluster): without it, the new member could not
+// answer the leader's first append, so it would never receive the log it
+// would learn the members from.
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
 		Logger:      rc.lg,
 		ID:          types.ID(rc.id),
-		ClusterID:   clusterID,
+		ClusterID:   types.ID(rc.clusterID),
 		Raft:        rc,
 		ServerStats: stats.NewServerStats("", ""),
 		LeaderStats: stats.NewLeaderStats(rc.lg, types.ID(rc.id).String()),
@@ -356,8 +368,8 @@ func (rc *raftNode) startTransport() error {
 			return err
 		}
 	} else {
-		for i, u := range rc.cfg.cluster {
-			if id := uint64(i + 1); id != rc.id {
+		for id, u := range rc.cfg.cluster {
+			if id != rc.id {
 				rc.transport.AddPeer(types.ID(id), []string{u})
 			}
 		}
