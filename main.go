@@ -280,6 +280,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, fmt.Errorf("replay WAL: %w", err)
 	}
 	releaseSnapshotMemory() // what reading the snapshot and the WAL took
+	rn.servePeerAPI(store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
 	go reads.run()

@@ -105,6 +105,7 @@ type raftNode struct {
 	wal         *wal.WAL
 	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
+	peers       *peerHandler // what peerServer serves: the peer API, then rafthttp too
 	peerServer  *http.Server
 
 	// Owned by serveApplies.
@@ -164,10 +165,19 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	if err != nil {
 		return nil, fmt.Errorf("listen for peers on %s: %w", u.Host, err)
 	}
-	walExisted, err := rc.openStorage()
-	if err != nil {
+	// Answer peers at once, though raft is not running yet: see peerHandler.
+	rc.peers = newPeerHandler(cfg.id)
+	rc.peerServer = &http.Server{Handler: rc.peers}
+	go rc.peerServer.Serve(peerLn)
+	// stopPeers frees the peer port when the start fails, before returning.
+	stopPeers := func() {
+		rc.peerServer.Close()
 		peerLn.Close()
 		close(rc.stopC)
+	}
+	walExisted, err := rc.openStorage()
+	if err != nil {
+		stopPeers()
 		return nil, err
 	}
 	c := &raft.Config{
@@ -212,14 +222,12 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	// dial the other members and hand what they receive to rc.node at once.
 	if err := rc.startTransport(); err != nil {
 		rc.node.Stop()
-		peerLn.Close()
-		close(rc.stopC)
+		stopPeers()
 		rc.wal.Close()
 		return nil, err
 	}
-	// Serve peers only now too: their messages go straight into rc.node.
-	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
-	go rc.peerServer.Serve(peerLn)
+	// Take peers' raft messages only now too: they go straight into rc.node.
+	rc.peers.mountRaft(rc.transport.Handler())
 	go rc.purgeOldFiles()
 	rc.storage.Go(rc.serveAppends)
 	rc.storage.Go(rc.serveApplies)
