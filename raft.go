@@ -133,8 +133,10 @@ type raftNode struct {
 
 // startRaftNode opens (or creates) the member's WAL and snapshots, starts
 // the peer transport and raft, and starts serving. Committed entries appear
-// on commitC, which is closed when the node stops.
-func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
+// on commitC, which is closed when the node stops. Before it touches the
+// data dir it runs the bootstrap checks (bootstrap.go), asking the peers;
+// ctx cancels them.
+func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
 	proposeC <-chan proposal, confChangeC <-chan *raftpb.ConfChange, commitC chan<- *commit,
 ) (*raftNode, error) {
 	rc := &raftNode{
@@ -163,7 +165,7 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	}
 	peerLn, err := newStoppableListener(u.Host, rc.stopC)
 	if err != nil {
-		return nil, fmt.Errorf("listen for peers on %s: %w", u.Host, err)
+		return nil, peerListenError(cfg, u.Host, err)
 	}
 	// Answer peers at once, though raft is not running yet: see peerHandler.
 	rc.peers = newPeerHandler(cfg.id)
@@ -174,6 +176,10 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		rc.peerServer.Close()
 		peerLn.Close()
 		close(rc.stopC)
+	}
+	if err := checkBootstrap(ctx, cfg, lg); err != nil {
+		stopPeers()
+		return nil, err
 	}
 	walExisted, err := rc.openStorage()
 	if err != nil {
