@@ -264,7 +264,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	commitC := make(chan *commit)
 	store := newKVStore(lg, cfg.id, proposeC, confChangeC)
 	go store.applyCommits(commitC)
-	rn, err := startRaftNode(cfg, lg, store, store.waiters, proposeC, confChangeC, commitC)
+	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, commitC)
 	if err != nil {
 		clientLn.Close()
 		close(commitC)
@@ -286,6 +286,13 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, fmt.Errorf("replay WAL: %w", err)
 	}
 	releaseSnapshotMemory() // what reading the snapshot and the WAL took
+	if err := checkPeerURL(cfg, store); err != nil {
+		clientLn.Close()
+		rn.stop()
+		<-store.done
+		return nil, err
+	}
+	rn.servePeerAPI(store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
 	go reads.run()

@@ -102,6 +102,7 @@ type raftNode struct {
 	wal         *wal.WAL
 	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
+	peers       *peerHandler // what peerServer serves: the peer API, then rafthttp too
 	peerServer  *http.Server
 
 	// Owned by serveApplies.
@@ -129,8 +130,10 @@ type raftNode struct {
 
 // startRaftNode opens (or creates) the member's WAL and snapshots, starts
 // the peer transport and raft, and starts serving. Committed entries appear
-// on commitC, which is closed when the node stops.
-func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
+// on commitC, which is closed when the node stops. Before it touches the
+// data dir it runs the bootstrap checks (bootstrap.go), asking the peers;
+// ctx cancels them.
+func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
 	proposeC <-chan proposal, confChangeC <-chan *raftpb.ConfChange, commitC chan<- *commit,
 ) (*raftNode, error) {
 	rc := &raftNode{
@@ -159,12 +162,25 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	}
 	peerLn, err := newStoppableListener(u.Host, rc.stopC)
 	if err != nil {
-		return nil, fmt.Errorf("listen for peers on %s: %w", u.Host, err)
+		return nil, peerListenError(cfg, u.Host, err)
+	}
+	// Answer peers at once, though raft is not running yet: see peerHandler.
+	rc.peers = newPeerHandler(cfg.id)
+	rc.peerServer = &http.Server{Handler: rc.peers}
+	go rc.peerServer.Serve(peerLn)
+	// stopPeers frees the peer port when the start fails, before returning.
+	stopPeers := func() {
+		rc.peerServer.Close()
+		peerLn.Close()
+		close(rc.stopC)
+	}
+	if err := checkBootstrap(ctx, cfg, lg); err != nil {
+		stopPeers()
+		return nil, err
 	}
 	walExisted, err := rc.openStorage()
 	if err != nil {
-		peerLn.Close()
-		close(rc.stopC)
+		stopPeers()
 		return nil, err
 	}
 	c := &raft.Config{
@@ -209,14 +225,12 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 	// dial the other members and hand what they receive to rc.node at once.
 	if err := rc.startTransport(); err != nil {
 		rc.node.Stop()
-		peerLn.Close()
-		close(rc.stopC)
+		stopPeers()
 		rc.wal.Close()
 		return nil, err
 	}
-	// Serve peers only now too: their messages go straight into rc.node.
-	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
-	go rc.peerServer.Serve(peerLn)
+	// Take peers' raft messages only now too: they go straight into rc.node.
+	rc.peers.mountRaft(rc.transport.Handler())
 	go rc.purgeOldFiles()
 	rc.storage.Go(rc.serveAppends)
 	rc.storage.Go(rc.serveApplies)

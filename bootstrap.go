@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.uber.org/zap"
+)
+
+// The bootstrap checks: before a member starts raft it makes sure that it
+// is the only process that is this member, and that what it is about to
+// start from is what the cluster knows of it. A member that started empty
+// with the id of one that had run, or a second process with a live
+// member's id, would make raft contradict itself (a follower with no log
+// told that entries it never had are committed: raft panics) or take over
+// the live member's connections. etcd's server makes the same checks in
+// etcdserver/bootstrap.go.
+
+// Why a member refuses to start.
+var (
+	ErrPeerPortInUse       = errors.New("peer port in use")
+	ErrDataDirLocked       = errors.New("data dir in use")
+	ErrMemberRunning       = errors.New("member already running")
+	ErrAlreadyBootstrapped = errors.New("member already bootstrapped")
+	ErrPeerURLChanged      = errors.New("peer URL changed")
+)
+
+const (
+	// peerAskTimeout bounds one question to one peer. A peer that does not
+	// answer in time (down, paused, or still starting) is no answer, and
+	// does not hold up a first start.
+	peerAskTimeout = time.Second
+
+	// memberRunningWait is how long a member that peers still see
+	// connected keeps asking before it decides another process is it. A
+	// member killed a moment ago looks connected until its peers notice:
+	// rafthttp notices on its next redial of the lost stream, which it
+	// makes every 100 ms and which fails at once. Two seconds leave room
+	// for a busy machine.
+	memberRunningWait = 2 * time.Second
+
+	// peerAskInterval is the pause between two rounds of questions.
+	peerAskInterval = 100 * time.Millisecond
+
+	// maxPeerAnswerBytes bounds the answer read from one peer.
+	maxPeerAnswerBytes = 1 << 20
+)
+
+// peerListenError says what a failure to listen on the peer port means:
+// when the port is taken, most likely by this very member already running.
+func peerListenError(cfg config, host string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: something is already listening on %s, probably member %d; stop it first, or listen elsewhere with --listen-peer-url (%w)",
+			ErrPeerPortInUse, host, cfg.id, err)
+	}
+	return fmt.Errorf("listen for peers on %s: %w", host, err)
+}
+
+// checkBootstrap runs the checks that need neither raft nor the data dir
+// opened: that no other process uses the data dir, that no other process
+// is member cfg.id now, and, for a member with no WAL that is not joining,
+// that it never ran before. It touches nothing on disk, so a refused first
+// start leaves no WAL that a retry would take for a restart.
+func checkBootstrap(ctx context.Context, cfg config, lg *zap.Logger) error {
+	if err := checkDataDirFree(cfg.dataDir); err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{}, Timeout: peerAskTimeout}
+	defer client.CloseIdleConnections()
+	answers, err := checkNotRunning(ctx, client, cfg, lg)
+	if err != nil {
+		return err
+	}
+	if cfg.join == "" && !hasWAL(cfg.dataDir) {
+		return checkNeverStarted(cfg, answers)
+	}
+	return nil
+}
+
+// checkDataDirFree refuses a data dir another process has open. etcd's
+// wal package locks every WAL file it writes (fileutil.TryLockFile), and
+// a running member always holds its WAL's last file: if taking that lock
+// for a moment fails, someone holds it. It runs before openStorage reads
+// anything, since reading the snapshots another process is writing could
+// set a good one aside as broken. Any other failure is left for
+// openStorage to report.
+func checkDataDirFree(dataDir string) error {
+	names, err := fileutil.ReadDir(walDir(dataDir), fileutil.WithExt(".wal"))
+	if err != nil || len(names) == 0 {
+		return nil
+	}
+	f, err := fileutil.TryLockFile(filepath.Join(walDir(dataDir), names[len(names)-1]), os.O_RDWR, fileutil.PrivateFileMode)
+	if errors.Is(err, fileutil.ErrLocked) {
+		return fmt.Errorf("%w: another raftkv process is using data dir %s (its WAL is locked); stop that process first, or give this one a --data-dir of its own",
+			ErrDataDirLocked, dataDir)
+	}
+	if err != nil {
+		return nil
+	}
+	return f.Close()
+}
+
+// peerAnswer is one peer's answer to GET /raftkv/members.
+type peerAnswer struct {
+	url string // the peer URL asked
+	peerMembers
+}
+
+// connected is whether the answering peer is connected to member id now.
+func (a peerAnswer) connected(id uint64) bool {
+	return slices.ContainsFunc(a.Members, func(m peerMember) bool { return m.ID == id && m.Connected })
+}
+
+// member returns member id from the answering peer's table.
+func (a peerAnswer) member(id uint64) (peerMember, bool) {
+	i := slices.IndexFunc(a.Members, func(m peerMember) bool { return m.ID == id })
+	if i < 0 {
+		return peerMember{}, false
+	}
+	return a.Members[i], true
+}
+
+// clientURL is the answering peer's own client URL, as its table has it,
+// for messages that tell an operator where to send a command; "" if it
+// has not published one.
+func (a peerAnswer) clientURL() string {
+	if m, ok := a.member(a.From); ok && len(m.ClientURLs) > 0 {
+		return m.ClientURLs[0]
+	}
+	return ""
+}
+
+// checkNotRunning refuses to start while another process is member
+// cfg.id: a peer connected to member cfg.id right now is connected to that
+// process. A member killed a moment ago still looks connected until its
+// peers notice its connections closed, so while any peer says connected it
+// asks again, for up to memberRunningWait, before deciding. It returns the
+// last round's answers.
+func checkNotRunning(ctx context.Context, client *http.Client, cfg config, lg *zap.Logger) ([]peerAnswer, error) {
+	deadline := time.Now().Add(memberRunningWait)
+	for round := 0; ; round++ {
+		answers, err := askPeers(ctx, client, cfg)
+		if err != nil {
+			return nil, err
+		}
+		var connected []string
+		for _, a := range answers {
+			if a.connected(cfg.id) {
+				connected = append(connected, fmt.Sprintf("member %d (%s)", a.From, a.url))
+			}
+		}
+		if len(connected) == 0 {
+			return answers, nil
+		}
+		if round == 0 {
+			lg.Info("peers still see this member connected; asking again until they notice its last process is gone",
+				zap.Strings("peers", connected), zap.Duration("at-most", memberRunningWait))
+		}
+		if time.Now().After(deadline) {
+			verb := "are"
+			if len(connected) == 1 {
+				verb = "is"
+			}
+			return nil, fmt.Errorf("%w: %s %s connected to member %d right now, so another process is member %d; stop it first, or start this one as a new member with a new --id and --join",
+				ErrMemberRunning, strings.Join(connected, " and "), verb, cfg.id, cfg.id)
+		}
+		select {
+		case <-time.After(peerAskInterval):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// checkNeverStarted refuses a member of the initial cluster with no WAL
+// that the cluster knows has run before. Such a member publishes its client
+// URL through the log once it runs, so a peer that lists member cfg.id with
+// a client URL has seen it run; one the peers know only from the
+// bootstrap, with no client URL yet, is on its first start. (A joining
+// member is different: its join request already carries its client URL.) Like etcd's isMemberBootstrapped, it goes
+// ahead when no peer answers: then no peer can contradict it.
+func checkNeverStarted(cfg config, answers []peerAnswer) error {
+	for _, a := range answers {
+		m, ok := a.member(cfg.id)
+		if !ok || len(m.ClientURLs) == 0 {
+			continue
+		}
+		via := a.clientURL()
+		if via == "" {
+			via = "<a running member's client URL>"
+		}
+		return fmt.Errorf("%w: member %d (%s) lists member %d with client URL %s, so it ran before, but data dir %s has no WAL: its log is lost, and raft cannot take it back empty under the same id; remove it with `curl -X DELETE %s/members/%d`, then start it as a new member with a fresh data dir, a new --id and --join %s",
+			ErrAlreadyBootstrapped, a.From, a.url, cfg.id, m.ClientURLs[0], cfg.dataDir, via, cfg.id, via)
+	}
+	return nil
+}
+
+// askPeers asks every other member in --cluster, at once, for its view of
+// the cluster, and returns the answers that came within peerAskTimeout,
+// in --cluster order. It fails only when ctx is done.
+func askPeers(ctx context.Context, client *http.Client, cfg config) ([]peerAnswer, error) {
+	answers := make([]*peerAnswer, len(cfg.cluster))
+	var wg sync.WaitGroup
+	for i, u := range cfg.cluster {
+		if uint64(i+1) == cfg.id {
+			continue
+		}
+		wg.Go(func() { answers[i] = askPeer(ctx, client, cfg.id, u) })
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var got []peerAnswer
+	for _, a := range answers {
+		if a != nil {
+			got = append(got, *a)
+		}
+	}
+	return got, nil
+}
+
+// askPeer asks the member at peerURL for its view of the cluster; nil when
+// it gives none. The request says who asks in rafthttp's X-Server-From
+// header, so that whatever tells peer traffic apart by it treats the
+// question like this member's raft messages.
+func askPeer(ctx context.Context, client *http.Client, from uint64, peerURL string) *peerAnswer {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peerURL+peerMembersPath, nil)
+	if err != nil {
+		return nil
+	}
+	req.Header.Set("X-Server-From", types.ID(from).String())
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	a := &peerAnswer{url: peerURL}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxPeerAnswerBytes)).Decode(&a.peerMembers); err != nil || a.From == 0 || a.From == from {
+		return nil
+	}
+	return a
+}
+
+// checkPeerURL refuses a member restarted with its own peer URL changed in
+// --cluster. On a restart the member table comes from the log, not from
+// --cluster: the peers go on dialling the URL the table has, while this
+// member listens on the new one, and raftkv has no call that changes a
+// member's peer URL. It runs once the member has applied its disk state,
+// before it serves clients or publishes anything.
+func checkPeerURL(cfg config, store *kvstore) error {
+	m, ok := store.lookupMember(cfg.id)
+	if !ok || len(m.PeerURLs) == 0 || slices.ContainsFunc(m.PeerURLs, func(u string) bool { return sameURL(u, cfg.peerURL()) }) {
+		return nil
+	}
+	via := "<a running member's client URL>"
+	for _, other := range store.memberList() {
+		if other.ID != cfg.id && len(other.ClientURLs) > 0 {
+			via = other.ClientURLs[0]
+			break
+		}
+	}
+	return fmt.Errorf("%w: the cluster has member %d at %s, but --cluster gives %s, and a member's peer URL cannot be changed; restart it with %s in --cluster, or remove it with `curl -X DELETE %s/members/%d` and add a new member at %s with a new --id and --join",
+		ErrPeerURLChanged, cfg.id, m.PeerURLs[0], cfg.peerURL(), m.PeerURLs[0], via, cfg.id, cfg.peerURL())
+}
