@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -119,9 +120,13 @@ type peerAnswer struct {
 	peerMembers
 }
 
-// connected is whether the answering peer is connected to member id now.
-func (a peerAnswer) connected(id uint64) bool {
-	return slices.ContainsFunc(a.Members, func(m peerMember) bool { return m.ID == id && m.Connected })
+// connected is whether the answering peer is connected to member id at
+// peerURL now. A member of another cluster whose URLs overlap this one's
+// may well be connected to a member id of its own.
+func (a peerAnswer) connected(id uint64, peerURL string) bool {
+	return slices.ContainsFunc(a.Members, func(m peerMember) bool {
+		return m.ID == id && m.Connected && slices.ContainsFunc(m.PeerURLs, func(u string) bool { return sameURL(u, peerURL) })
+	})
 }
 
 // member returns member id from the answering peer's table.
@@ -158,7 +163,7 @@ func checkNotRunning(ctx context.Context, client *http.Client, cfg config, lg *z
 		}
 		var connected []string
 		for _, a := range answers {
-			if a.connected(cfg.id) {
+			if a.connected(cfg.id, cfg.peerURL()) {
 				connected = append(connected, fmt.Sprintf("member %d (%s)", a.From, a.url))
 			}
 		}
@@ -210,15 +215,16 @@ func checkNeverStarted(cfg config, answers []peerAnswer) error {
 
 // askPeers asks every other member in --cluster, at once, for its view of
 // the cluster, and returns the answers that came within peerAskTimeout,
-// in --cluster order. It fails only when ctx is done.
+// in member id order. It fails only when ctx is done.
 func askPeers(ctx context.Context, client *http.Client, cfg config) ([]peerAnswer, error) {
-	answers := make([]*peerAnswer, len(cfg.cluster))
+	ids := slices.Sorted(maps.Keys(cfg.cluster))
+	answers := make([]*peerAnswer, len(ids))
 	var wg sync.WaitGroup
-	for i, u := range cfg.cluster {
-		if uint64(i+1) == cfg.id {
+	for i, id := range ids {
+		if id == cfg.id {
 			continue
 		}
-		wg.Go(func() { answers[i] = askPeer(ctx, client, cfg.id, u) })
+		wg.Go(func() { answers[i] = askPeer(ctx, client, cfg, cfg.cluster[id]) })
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
@@ -234,10 +240,13 @@ func askPeers(ctx context.Context, client *http.Client, cfg config) ([]peerAnswe
 }
 
 // askPeer asks the member at peerURL for its view of the cluster; nil when
-// it gives none. The request says who asks in rafthttp's X-Server-From
+// it gives none, or answers for another cluster than the one cfg starts or
+// joins (on a restart the cluster ID is in the WAL, not read yet, and any
+// answer counts). The request says who asks in rafthttp's X-Server-From
 // header, so that whatever tells peer traffic apart by it treats the
 // question like this member's raft messages.
-func askPeer(ctx context.Context, client *http.Client, from uint64, peerURL string) *peerAnswer {
+func askPeer(ctx context.Context, client *http.Client, cfg config, peerURL string) *peerAnswer {
+	from := cfg.id
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peerURL+peerMembersPath, nil)
 	if err != nil {
 		return nil
@@ -253,6 +262,9 @@ func askPeer(ctx context.Context, client *http.Client, from uint64, peerURL stri
 	}
 	a := &peerAnswer{url: peerURL}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxPeerAnswerBytes)).Decode(&a.peerMembers); err != nil || a.From == 0 || a.From == from {
+		return nil
+	}
+	if !hasWAL(cfg.dataDir) && a.ClusterID != types.ID(cfg.clusterID).String() {
 		return nil
 	}
 	return a

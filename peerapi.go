@@ -28,8 +28,9 @@ const peerMembersPath = peerAPIPrefix + "members"
 // peerMembers is the answer to GET /raftkv/members: the answering member's
 // applied member table, and which of those members it is connected to.
 type peerMembers struct {
-	From    uint64       `json:"from"` // the answering member's id
-	Members []peerMember `json:"members"`
+	From      uint64       `json:"from"`      // the answering member's id
+	ClusterID string       `json:"clusterID"` // its cluster's ID, in hex, as GET /status shows it
+	Members   []peerMember `json:"members"`
 }
 
 // peerMember is one member as a peer sees it.
@@ -61,6 +62,7 @@ type peerHandler struct {
 type peerView struct {
 	store     *kvstore
 	transport *rafthttp.Transport
+	clusterID uint64
 }
 
 // newPeerHandler returns member id's peer handler, answering 503 to
@@ -99,7 +101,7 @@ func (h *peerHandler) members(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("member %d is starting: its member table is not loaded yet", h.id), http.StatusServiceUnavailable)
 		return
 	}
-	answer := peerMembers{From: h.id, Members: []peerMember{}}
+	answer := peerMembers{From: h.id, ClusterID: types.ID(v.clusterID).String(), Members: []peerMember{}}
 	for _, m := range v.store.memberList() {
 		connected := m.ID != h.id && !v.transport.ActiveSince(types.ID(m.ID)).IsZero()
 		answer.Members = append(answer.Members, peerMember{member: withLists(m), Connected: connected})
@@ -112,5 +114,5 @@ func (h *peerHandler) members(w http.ResponseWriter, r *http.Request) {
 // everything this member had on disk: before that its member table could
 // lack members, or their client URLs, that the cluster has.
 func (rc *raftNode) servePeerAPI(store *kvstore) {
-	rc.peers.view.Store(&peerView{store: store, transport: rc.transport})
+	rc.peers.view.Store(&peerView{store: store, transport: rc.transport, clusterID: rc.clusterID})
 }
