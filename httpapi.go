@@ -53,18 +53,19 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		maxValueBytes:  cfg.maxValueBytes,
 		mux:            http.NewServeMux(),
 	}
-	h.mux.HandleFunc("PUT /keys/{key...}", h.putKey)
-	h.mux.HandleFunc("GET /keys/{key...}", h.getKey)
-	h.mux.HandleFunc("DELETE /keys/{key...}", h.deleteKey)
-	h.mux.HandleFunc("GET /members", h.listMembers)
-	h.mux.HandleFunc("POST /members", h.addMember)
-	h.mux.HandleFunc("DELETE /members/{id}", h.removeMember)
-	h.mux.HandleFunc("GET /status", h.getStatus)
-	h.mux.HandleFunc("GET /health", h.getHealth)
+	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
+	h.handle("PUT /keys/{key...}", h.putKey)
+	h.handle("GET /keys/{key...}", h.getKey, "level")
+	h.handle("DELETE /keys/{key...}", h.deleteKey)
+	h.handle("GET /members", h.listMembers)
+	h.handle("POST /members", h.addMember)
+	h.handle("DELETE /members/{id}", h.removeMember)
+	h.handle("GET /status", h.getStatus)
+	h.handle("GET /health", h.getHealth)
 	if cfg.enablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
-		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")
+		h.handle("GET /debug/pprof/profile", pprof.Profile, "seconds")
 	}
 	return h
 }
@@ -132,25 +133,18 @@ func cleanKey(key string) bool {
 	return true
 }
 
-// readLevel returns the level a GET's query asks for. It parses strictly:
-// r.URL.Query() drops what it cannot parse, which would quietly turn
-// "level=consistent;" into a default read. The queries clients send are
-// recognised before anything is parsed, so a read allocates nothing here.
+// readLevel returns the level a GET's query asks for, levelDefault if it
+// names none. The query is one checkQuery accepted (its route takes only
+// level), so reading it allocates nothing.
 func readLevel(rawQuery string) (string, error) {
-	switch rawQuery {
-	case "":
-		return "", nil
-	case "level=" + levelStale, "level=" + levelDefault, "level=" + levelConsistent:
-		return rawQuery[len("level="):], nil
+	level, ok := queryValue(rawQuery, "level")
+	switch {
+	case !ok:
+		return levelDefault, nil
+	case level == levelStale, level == levelDefault, level == levelConsistent:
+		return level, nil
 	}
-	query, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return "", fmt.Errorf("bad query: %w", err)
-	}
-	if len(query["level"]) > 1 {
-		return "", errors.New("level given more than once")
-	}
-	return query.Get("level"), nil
+	return "", fmt.Errorf("unknown level %q: use stale, default or consistent", level)
 }
 
 // getKey handles GET /keys/{key}?level=stale|default|consistent.
@@ -166,7 +160,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	}
 	switch level {
 	case levelStale:
-	case levelDefault, "":
+	case levelDefault:
 		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 		defer cancel()
 		leader := h.raft.leaderID()
@@ -191,9 +185,6 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 			h.writeError(w, err)
 			return
 		}
-	default:
-		http.Error(w, fmt.Sprintf("unknown level %q: use stale, default or consistent", level), http.StatusBadRequest)
-		return
 	}
 	value, ok := h.store.get(key)
 	if !ok {

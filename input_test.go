@@ -1,0 +1,128 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// Input is never silently misread: query parameters a route does not take
+// get a one-line 4xx naming what was wrong, and change nothing.
+
+// inputTestServe sends one request with headers to h.
+func inputTestServe(h http.Handler, method, target, body string, header map[string]string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// inputTestCase is one request, the answer it must get and the text its
+// error body must contain.
+type inputTestCase struct {
+	method, target, body string
+	header               map[string]string
+	code                 int
+	reason               string // for a 4xx: what the one-line body names
+}
+
+// inputTestRun sends each case to h, where key "a" holds "v" and key
+// "absent" does not exist, and fails unless each gets its answer, and
+// those refused leave both keys and the applied index as they were. A
+// case that deletes or overwrites key "a" is followed by one restoring it.
+func inputTestRun(t *testing.T, c *testCluster, h http.Handler, cases []inputTestCase) {
+	t.Helper()
+	if rec := httpTestServe(h, "PUT", "/keys/a", "v", false); rec.Code != http.StatusNoContent {
+		t.Fatalf("PUT /keys/a: %d %q", rec.Code, rec.Body.String())
+	}
+	applied := httpTestSettle(t, h, 0)
+	for _, tc := range cases {
+		what := fmt.Sprintf("%s %s %v", tc.method, tc.target, tc.header)
+		rec := inputTestServe(h, tc.method, tc.target, tc.body, tc.header)
+		if rec.Code != tc.code {
+			t.Errorf("%s: %d %q, want %d", what, rec.Code, rec.Body.String(), tc.code)
+			continue
+		}
+		if tc.code < 400 {
+			if v := rec.Header().Get("X-Raft-Index"); v != "" {
+				index, _ := strconv.ParseUint(v, 10, 64)
+				applied = httpTestSettle(t, h, index)
+			}
+			continue
+		}
+		httpTestOneLine(t, what, rec.Body.String())
+		if !strings.Contains(rec.Body.String(), tc.reason) {
+			t.Errorf("%s: %d %q does not name %q", what, rec.Code, rec.Body.String(), tc.reason)
+		}
+		if v := rec.Header().Get("X-Raft-Index"); v != "" {
+			t.Errorf("%s: X-Raft-Index %q on a refused request", what, v)
+		}
+		if v, ok := c.server(1).store.get("a"); !ok || string(v) != "v" {
+			t.Errorf("%s: key a holds %q (present %t) after a refused request, want \"v\"", what, v, ok)
+		}
+		if v, ok := c.server(1).store.get("absent"); ok {
+			t.Errorf("%s: key absent holds %q after a refused request", what, v)
+		}
+		if got := httpTestGetStatus(t, h).AppliedIndex; got != applied {
+			t.Errorf("%s: appliedIndex %d after a refused request, was %d", what, got, applied)
+		}
+	}
+}
+
+// TestHTTPQueryParameters proves every route refuses, with a 400 naming it, a query parameter it does not take, one given twice or a query that does not parse, and changes nothing.
+func TestHTTPQueryParameters(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	existing := fmt.Sprintf(`{"id":1,"peerURL":%q}`, c.peerURLs[0]) // would be a 409
+	inputTestRun(t, c, h, []inputTestCase{
+		{method: "GET", target: "/keys/a?levle=consistent", code: 400, reason: `unknown query parameter "levle": this route takes level`},
+		{method: "GET", target: "/keys/a?level=stale&recursive=true", code: 400, reason: `unknown query parameter "recursive"`},
+		{method: "HEAD", target: "/keys/a?wait=true", code: 400, reason: `"wait"`},
+		{method: "PUT", target: "/keys/absent?ttl=2", body: "x", code: 400, reason: `unknown query parameter "ttl": this route takes none`},
+		{method: "PUT", target: "/keys/a?prevExist=false", body: "x", code: 400, reason: `"prevExist"`},
+		{method: "PUT", target: "/keys/absent?level=consistent", body: "x", code: 400, reason: `"level"`},
+		{method: "DELETE", target: "/keys/a?recursive=true", code: 400, reason: `"recursive"`},
+		{method: "DELETE", target: "/keys/a?", code: 204},
+		{method: "PUT", target: "/keys/a?&", body: "v", code: 204}, // empty pairs, as url.ParseQuery skips them
+		{method: "GET", target: "/keys/a?level=stale&level=stale", code: 400, reason: `query parameter given more than once: "level"`},
+		{method: "GET", target: "/keys/a?level=stale&le%76el=consistent", code: 400, reason: "more than once"},
+		{method: "GET", target: "/keys/a?level=consistent;", code: 400, reason: "';'"},
+		{method: "GET", target: "/keys/a?level=stale;x=1", code: 400, reason: "';'"},
+		{method: "GET", target: "/keys/a?lev%zzel=stale", code: 400, reason: `invalid URL escape "%zz"`},
+		{method: "GET", target: "/keys/a?level=st%2", code: 400, reason: "invalid URL escape"},
+		{method: "GET", target: "/keys/a?level", code: 400, reason: `unknown level ""`},
+		{method: "GET", target: "/keys/a?level=", code: 400, reason: `unknown level ""`},
+		{method: "GET", target: "/keys/a?=stale", code: 400, reason: `unknown query parameter ""`},
+		{method: "GET", target: "/keys/a?level=Stale", code: 400, reason: `unknown level "Stale"`},
+		{method: "GET", target: "/keys/a?&level=stale&", code: 200},
+		{method: "GET", target: "/keys/a?le%76el=st%61le", code: 200},
+		{method: "GET", target: "/status?verbose=1", code: 400, reason: `"verbose": this route takes none`},
+		{method: "GET", target: "/health?serializable=true", code: 400, reason: `"serializable"`},
+		{method: "GET", target: "/members?level=stale", code: 400, reason: `"level"`},
+		{method: "POST", target: "/members?dry-run=1", body: existing, code: 400, reason: `"dry-run"`},
+		{method: "DELETE", target: "/members/1?force=true", code: 400, reason: `"force"`},
+	})
+}
+
+// TestQueryCheckAllocs proves checking and reading the queries clients send to GET /keys/{key} allocates nothing.
+func TestQueryCheckAllocs(t *testing.T) {
+	params := []string{"level"}
+	for _, q := range []string{"", "level=stale", "level=default", "level=consistent"} {
+		allocs := testing.AllocsPerRun(100, func() {
+			if err := checkQuery(q, params); err != nil {
+				t.Fatalf("checkQuery(%q): %v", q, err)
+			}
+			if _, err := readLevel(q); err != nil {
+				t.Fatalf("readLevel(%q): %v", q, err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("query %q: %.0f allocations, want 0", q, allocs)
+		}
+	}
+}
