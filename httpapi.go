@@ -93,6 +93,9 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !checkValueHeaders(w, r) {
+		return
+	}
 	if r.ContentLength > h.maxValueBytes {
 		h.valueTooLarge(w)
 		return
@@ -117,6 +120,25 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkValueHeaders refuses a PUT whose body is not the whole value as
+// sent, or answers true. A Content-Range means a part of it (RFC 9110 §14.4
+// requires a 400); a Content-Encoding means bytes the client expects
+// decoded, while raftkv stores and serves the body as it came (RFC 9110
+// §15.5.16: 415, with the codings accepted).
+func checkValueHeaders(w http.ResponseWriter, r *http.Request) bool {
+	if _, ok := r.Header["Content-Range"]; ok {
+		http.Error(w, "Content-Range: a PUT replaces the whole value; partial writes are not supported", http.StatusBadRequest)
+		return false
+	}
+	if coding := r.Header.Get("Content-Encoding"); coding != "" && !strings.EqualFold(coding, "identity") {
+		w.Header().Set("Accept-Encoding", "identity")
+		http.Error(w, fmt.Sprintf("Content-Encoding %q: values are stored as sent; send them unencoded", coding), http.StatusUnsupportedMediaType)
+		return false
+	}
+	return true
+}
+
+// valueTooLarge answers 413 for a value over --max-value-bytes.
 func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
 	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
 }

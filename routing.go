@@ -10,10 +10,10 @@ import (
 )
 
 // What a request is refused for before its handler runs: a query
-// parameter its route does not take. It is answered with a one-line
-// reason, never silently ignored: a client that sent ?levle=consistent
-// meant something, and serving it as if it had not is a misread it cannot
-// see.
+// parameter its route does not take, or a precondition raftkv cannot
+// evaluate. Each is answered with a one-line reason, never silently
+// ignored: a client that sent ?levle=consistent or If-Match meant
+// something, and serving it as if it had not is a misread it cannot see.
 
 // Errors in a request's query.
 var (
@@ -22,14 +22,22 @@ var (
 	ErrRepeatedParameter = errors.New("query parameter given more than once")
 )
 
+// ErrConditionalRequest is a request carrying a precondition (If-Match and
+// the like) that raftkv cannot evaluate yet.
+var ErrConditionalRequest = errors.New("conditional requests are not supported yet")
+
 // handle registers handler for pattern, taking only the query parameters
-// named in params (at most 64). Every route is
+// named in params (at most 64), and refusing preconditions. Every route is
 // registered this way, so a route added later declares its parameters
 // where it is registered.
 func (h *httpAPI) handle(pattern string, handler http.HandlerFunc, params ...string) {
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if err := checkQuery(r.URL.RawQuery, params); err != nil {
 			http.Error(w, oneLine(err), http.StatusBadRequest)
+			return
+		}
+		if err := checkPreconditions(r); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		handler(w, r)
@@ -89,4 +97,47 @@ func queryValue(rawQuery, name string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// checkPreconditions refuses the preconditions raftkv cannot evaluate.
+//
+// RFC 9110 §13.1 requires an origin server to evaluate If-Match,
+// If-None-Match and If-Unmodified-Since before performing the method, and
+// not to perform it when the condition is false. raftkv keeps no entity
+// tags or modification dates yet, and a condition checked here and then
+// written through raft would race with other writes anyway: only the
+// state machine can evaluate one, atomically with the write. So these are
+// refused, on every route, rather than ignored, which would turn "write
+// only if unchanged" (If-Match) or "create only if absent"
+// (If-None-Match: *) into an unconditional overwrite.
+//
+// The refusal is 400 Bad Request. 412 Precondition Failed would claim the
+// condition was evaluated and is false: a client retrying an If-Match
+// update on 412 would re-read and retry for ever, and one that sent
+// If-None-Match: * would conclude that the key exists. 428 Precondition
+// Required means the opposite (a precondition is missing); 501 Not
+// Implemented fits best but is a 5xx, which clients retry as a server
+// fault. 400 says this request, as sent, will not be processed; the
+// reason names the header.
+//
+// On GET and HEAD, If-None-Match and If-Modified-Since ask "send the value
+// unless it is the one I have". A server with no validators never knows
+// the client has it, so for every tag list and date the condition holds
+// (RFC 9110 §13.2.2: a tag list matches no representation that has no
+// entity tag, and a representation without a modification date is never
+// "not modified since"): answering with the value is evaluating them, not
+// ignoring them. If-Modified-Since on other methods, and If-Range without
+// a Range (raftkv serves no ranges, and RFC 9110 §14.2 lets a server
+// ignore Range), are to be ignored by RFC 9110 §13.1.3 and §13.1.5.
+func checkPreconditions(r *http.Request) error {
+	refused := []string{"If-Match", "If-Unmodified-Since", "If-None-Match"}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		refused = refused[:2]
+	}
+	for _, name := range refused {
+		if _, ok := r.Header[name]; ok {
+			return fmt.Errorf("%s: %w", name, ErrConditionalRequest)
+		}
+	}
+	return nil
 }
