@@ -23,6 +23,9 @@ const (
 	maxMemberID        = 1<<16 - 1 // request ids carry the member id in 16 bits
 )
 
+// ErrNoKey is a key path that names no key: /keys or /keys/.
+var ErrNoKey = errors.New("no key in path: use /keys/{key}")
+
 // The read levels of GET /keys/{key}.
 const (
 	levelStale      = "stale"      // this member's applied state, however old
@@ -54,9 +57,12 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		mux:            http.NewServeMux(),
 	}
 	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
+	// The empty key, /keys/, is refused by keyFrom; a listing of keys
+	// would take GET /keys/{$}, which ServeMux prefers for that path.
 	h.handle("PUT /keys/{key...}", h.putKey)
 	h.handle("GET /keys/{key...}", h.getKey, "level")
 	h.handle("DELETE /keys/{key...}", h.deleteKey)
+	h.mux.HandleFunc("/keys", noKey)
 	h.handle("GET /members", h.listMembers)
 	h.handle("POST /members", h.addMember)
 	h.handle("DELETE /members/{id}", h.removeMember)
@@ -67,20 +73,26 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")
 		h.handle("GET /debug/pprof/profile", pprof.Profile, "seconds")
 	}
+	h.mux.HandleFunc("/", h.noRoute)
 	return h
 }
 
 // ServeHTTP refuses what ServeMux would otherwise answer without a reason:
-// key paths it would clean and redirect with a 301 (empty, "." or ".."
-// segments, a trailing slash), so a PUT to one fails plainly, and the
-// request target "*", which only OPTIONS may use.
+// the request target "*", which only OPTIONS may use, and paths it would
+// clean and redirect (see uncleanPath), so a PUT to one fails plainly.
+// An absolute-form target without a path ("GET http://host") would be
+// redirected to "/", where no route is.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.RequestURI == "*" {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
 		return
 	}
-	if key, ok := strings.CutPrefix(r.URL.Path, "/keys/"); ok && key != "" && !cleanKey(key) {
-		http.Error(w, "key must not contain empty, '.' or '..' path segments, or end in '/'", http.StatusBadRequest)
+	if r.URL.Path == "" {
+		h.noRoute(w, r)
+		return
+	}
+	if reason := uncleanPath(r.URL.Path); reason != "" {
+		http.Error(w, reason, http.StatusBadRequest)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
@@ -143,18 +155,6 @@ func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
 	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
 }
 
-// cleanKey reports whether key has no empty, "." or ".." segments (so no
-// trailing slash either): the paths ServeMux leaves as they are. It is
-// path.Clean's test without building the cleaned path on every request.
-func cleanKey(key string) bool {
-	for seg := range strings.SplitSeq(key, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return false
-		}
-	}
-	return true
-}
-
 // readLevel returns the level a GET's query asks for, levelDefault if it
 // names none. The query is one checkQuery accepted (its route takes only
 // level), so reading it allocates nothing.
@@ -169,7 +169,8 @@ func readLevel(rawQuery string) (string, error) {
 	return "", fmt.Errorf("unknown level %q: use stale, default or consistent", level)
 }
 
-// getKey handles GET /keys/{key}?level=stale|default|consistent.
+// getKey handles GET /keys/{key}?level=stale|default|consistent, and HEAD,
+// which ServeMux routes here too: the same status and headers, no body.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
@@ -213,8 +214,13 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, ErrKeyNotFound.Error(), http.StatusNotFound)
 		return
 	}
+	// Set, not left to the server: it counts only a body short enough to
+	// buffer whole, and a HEAD writes none.
+	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(value)
+	if r.Method != http.MethodHead {
+		w.Write(value)
+	}
 }
 
 // redirectToLeader answers 307 with the same path and query on the leader.
@@ -432,7 +438,11 @@ func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
 // keyFrom returns the key named by the request path, or answers 400.
 func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 	key := r.PathValue("key")
-	if len(key) == 0 || len(key) > maxKeyBytes {
+	switch {
+	case key == "":
+		http.Error(w, ErrNoKey.Error(), http.StatusBadRequest)
+		return "", false
+	case len(key) > maxKeyBytes:
 		http.Error(w, fmt.Sprintf("key must be 1 to %d bytes", maxKeyBytes), http.StatusBadRequest)
 		return "", false
 	}

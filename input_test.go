@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -11,9 +14,9 @@ import (
 )
 
 // Input is never silently misread: query parameters a route does not take,
-// preconditions raftkv cannot evaluate and headers that change what a
-// PUT's body means all get a one-line 4xx naming what was wrong, and
-// change nothing.
+// preconditions raftkv cannot evaluate, headers that change what a PUT's
+// body means, and paths no route takes all get a one-line 4xx naming what
+// was wrong, and change nothing.
 
 // inputTestServe sends one request with headers to h.
 func inputTestServe(h http.Handler, method, target, body string, header map[string]string) *httptest.ResponseRecorder {
@@ -154,5 +157,102 @@ func TestHTTPPreconditions(t *testing.T) {
 	})
 	if rec := inputTestServe(h, "GET", "/keys/a", "", map[string]string{"If-None-Match": `"1"`}); rec.Body.String() != "v" {
 		t.Errorf("GET with If-None-Match: body %q, want the value \"v\"", rec.Body.String())
+	}
+}
+
+// TestHTTPRouteErrors proves the answers ServeMux would give itself (404, 405, redirects to /keys/ and to cleaned paths) are one-line plain-text reasons, with Allow on a 405.
+func TestHTTPRouteErrors(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	inputTestRun(t, c, h, []inputTestCase{
+		{method: "GET", target: "/keys", code: 400, reason: "no key in path: use /keys/{key}"},
+		{method: "PUT", target: "/keys", body: "x", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/keys?level=stale", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/keys/", code: 400, reason: "no key in path"},
+		{method: "DELETE", target: "/keys/", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/nope", code: 404, reason: `unknown path "/nope"`},
+		{method: "GET", target: "/", code: 404, reason: `unknown path "/"`},
+		{method: "GET", target: "http://elsewhere", code: 404, reason: `unknown path ""`},
+		{method: "GET", target: "/status/", code: 404, reason: `unknown path "/status/"`},
+		{method: "GET", target: "/x/../status", code: 400, reason: `path "/x/../status" must not contain empty, '.' or '..' segments`},
+		{method: "GET", target: "//status", code: 400, reason: "segments"},
+		{method: "GET", target: "/members/./1", code: 400, reason: "segments"},
+		{method: "DELETE", target: "/members//1", code: 400, reason: "segments"},
+		{method: "PUT", target: "/x/../keys/a", body: "x", code: 400, reason: "segments"},
+		{method: "PUT", target: "/keys/absent/", body: "x", code: 400, reason: "key must not"},
+		{method: "POST", target: "/keys/a", code: 405, reason: `POST is not allowed on "/keys/a": use GET, HEAD, PUT, DELETE`},
+		{method: "OPTIONS", target: "/status", code: 405, reason: "use GET, HEAD"},
+		{method: "PUT", target: "/members", code: 405, reason: "use GET, HEAD, POST"},
+		{method: "GET", target: "/members/1", code: 405, reason: "use DELETE"},
+	})
+	for _, tc := range []struct {
+		method, target, allow string
+	}{
+		{"POST", "/keys/a", "GET, HEAD, PUT, DELETE"},
+		{"PATCH", "/status", "GET, HEAD"},
+		{"GET", "/members/1", "DELETE"},
+	} {
+		rec := inputTestServe(h, tc.method, tc.target, "", nil)
+		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != tc.allow {
+			t.Errorf("%s %s: %d with Allow %q, want 405 with Allow %q", tc.method, tc.target, rec.Code, got, tc.allow)
+		}
+		if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+			t.Errorf("%s %s: Content-Type %q, want text/plain", tc.method, tc.target, ct)
+		}
+	}
+}
+
+// TestHTTPHead proves HEAD /keys/{key} answers a GET's status and headers, with the value's Content-Length however long it is, and no body.
+func TestHTTPHead(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	long := strings.Repeat("v", 100_000) // more than the server buffers before it sends
+	for key, value := range map[string]string{"short": "v", "long": long} {
+		if got := do(t, "PUT", c.clients[0]+"/keys/"+key, value); got.code != http.StatusNoContent {
+			t.Fatalf("PUT /keys/%s: %d %q", key, got.code, got.body)
+		}
+	}
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(c.clients[0], "http://"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// A HEAD answered with a body would leave it in front of the next
+	// answer on the connection, which would then not parse.
+	steps := []struct {
+		method, key string
+		code        int
+		length      int
+	}{
+		{"HEAD", "long?level=consistent", 200, len(long)},
+		{"HEAD", "short", 200, 1},
+		{"HEAD", "absent", 404, -1},
+		{"GET", "long", 200, len(long)},
+	}
+	for _, s := range steps {
+		fmt.Fprintf(conn, "%s /keys/%s HTTP/1.1\r\nHost: raftkv\r\n\r\n", s.method, s.key)
+	}
+	br := bufio.NewReader(conn)
+	for _, s := range steps {
+		what := s.method + " /keys/" + s.key
+		resp, err := http.ReadResponse(br, &http.Request{Method: s.method})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s: read body: %v", what, err)
+		}
+		if resp.StatusCode != s.code {
+			t.Errorf("%s: %d, want %d", what, resp.StatusCode, s.code)
+		}
+		if s.length >= 0 && resp.Header.Get("Content-Length") != strconv.Itoa(s.length) {
+			t.Errorf("%s: Content-Length %q, want %d", what, resp.Header.Get("Content-Length"), s.length)
+		}
+		if s.method == "HEAD" && len(body) != 0 {
+			t.Errorf("%s: %d body bytes", what, len(body))
+		}
+		if s.method == "GET" && string(body) != long {
+			t.Errorf("%s: %d body bytes, want the %d of the value", what, len(body), len(long))
+		}
 	}
 }

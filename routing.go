@@ -10,10 +10,11 @@ import (
 )
 
 // What a request is refused for before its handler runs: a query
-// parameter its route does not take, or a precondition raftkv cannot
-// evaluate. Each is answered with a one-line reason, never silently
-// ignored: a client that sent ?levle=consistent or If-Match meant
-// something, and serving it as if it had not is a misread it cannot see.
+// parameter its route does not take, a precondition raftkv cannot evaluate,
+// a path ServeMux would rewrite, or no route at all. Each is answered with
+// a one-line reason, never silently ignored: a client that sent
+// ?levle=consistent or If-Match meant something, and serving it as if it
+// had not is a misread it cannot see.
 
 // Errors in a request's query.
 var (
@@ -140,4 +141,61 @@ func checkPreconditions(r *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// uncleanPath describes what ServeMux would clean away in path (empty, "."
+// or ".." segments; for a key, a trailing '/' as well), or returns "".
+// ServeMux answers such a path with a redirect to its cleaned form, which
+// a client may follow with its PUT to a key it did not name; refusing it
+// leaves nothing for ServeMux to redirect. A trailing '/' elsewhere is a
+// path of its own (and /keys/ is the empty key), so it is let through.
+func uncleanPath(path string) string {
+	if key, ok := strings.CutPrefix(path, "/keys/"); ok && key != "" {
+		if !cleanSegments(key) {
+			return "key must not contain empty, '.' or '..' path segments, or end in '/'"
+		}
+		return ""
+	}
+	if rest := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"); rest != "" && !cleanSegments(rest) {
+		return fmt.Sprintf("path %q must not contain empty, '.' or '..' segments", path)
+	}
+	return ""
+}
+
+// cleanSegments reports whether s has no empty, "." or ".." segments (so
+// no leading or trailing slash either). It is path.Clean's test without
+// building the cleaned path on every request.
+func cleanSegments(s string) bool {
+	for seg := range strings.SplitSeq(s, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// noRoute answers a request that no route takes, in place of ServeMux's
+// own bare "404 page not found" and "Method Not Allowed": 405 with an
+// Allow header if routes take the path with other methods, else 404.
+// It is registered for "/", so ServeMux hands it every such request.
+func (h *httpAPI) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host}
+		if _, pattern := h.mux.Handler(probe); pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		http.Error(w, fmt.Sprintf("unknown path %q", r.URL.Path), http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	http.Error(w, fmt.Sprintf("%s is not allowed on %q: use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")), http.StatusMethodNotAllowed)
+}
+
+// noKey answers /keys, which ServeMux would redirect to /keys/, the empty
+// key: neither names a key.
+func noKey(w http.ResponseWriter, r *http.Request) {
+	http.Error(w, ErrNoKey.Error(), http.StatusBadRequest)
 }
