@@ -116,8 +116,12 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			h.valueTooLarge(w)
+		} else if errors.Is(err, ErrBodyTimeout) {
+			// RFC 9110 §15.5.9: 408, and the connection is closed.
+			w.Header().Set("Connection", "close")
+			http.Error(w, oneLine(err), http.StatusRequestTimeout)
 		} else {
-			http.Error(w, "reading value: "+err.Error(), http.StatusBadRequest)
+			http.Error(w, "reading value: "+oneLine(err), http.StatusBadRequest)
 		}
 		return
 	}

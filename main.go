@@ -43,6 +43,9 @@ type config struct {
 	logLevel       zapcore.Level
 	enablePprof    bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	tickInterval   time.Duration // one raft clock tick; not a flag, tests shorten it
+	// How long a client or peer connection may go without progress (see
+	// connLimits); not flags, tests shorten them.
+	clientConnLimits, peerConnLimits connLimits
 }
 
 // peerURL is where this member's peers reach it.
@@ -278,10 +281,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
 	go reads.run()
-	s.http = &http.Server{
-		Handler:           newHTTPAPI(cfg, store, rn, reads),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	s.http = newBoundedServer(newHTTPAPI(cfg, store, rn, reads), cfg.clientLimits())
 	go s.http.Serve(clientLn)
 	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()))

@@ -218,7 +218,7 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		return nil, err
 	}
 	// Serve peers only now too: their messages go straight into rc.node.
-	rc.peerServer = &http.Server{Handler: rc.transport.Handler()}
+	rc.peerServer = newBoundedServer(rc.transport.Handler(), cfg.peerLimits())
 	go rc.peerServer.Serve(peerLn)
 	go rc.purgeOldFiles()
 	rc.storage.Go(rc.serveAppends)
