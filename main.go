@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -239,7 +238,7 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := net.Listen("tcp", u.Host)
+	clientLn, err := listenClients(u.Host)
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}

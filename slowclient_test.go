@@ -231,3 +231,69 @@ func TestSlowClients(t *testing.T) {
 		}
 	}
 }
+
+// floodFDLimit is the file descriptor limit TestClientConnectionFlood
+// runs a member under: room for floodFDLimit-reservedFDs clients.
+const floodFDLimit = 256
+
+// TestClientConnectionFlood proves a member under a low file descriptor limit keeps writing its WAL and snapshots while more clients connect than that limit allows, and serves those held back once others leave.
+func TestClientConnectionFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs a raftkv process")
+	}
+	bin := e2eBuild(t)
+	c := newE2ECluster(t, "/bin/sh") // to lower the limit, then exec raftkv
+	id := c.allocate()
+	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, floodFDLimit), bin}, c.args(id, 1)...)
+	c.start(id, "raftkv1", append(args, "--snapshot-count", "1")...) // every write saves a snapshot: a new file
+	c.eventuallyGet(id, "/health", "ok\n", 10*time.Second)
+
+	addr := strings.TrimPrefix(c.clients[0], "http://")
+	dial := func() net.Conn {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatalf("connect to member 1: %v", err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	// send sends one request on conn and returns the answer's status line.
+	send := func(conn net.Conn, method, path, body string) string {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: flood\r\nContent-Length: %d\r\n\r\n%s", method, path, len(body), body)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err.Error()
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.Status
+	}
+	first := dial() // accepted and served before the flood
+	if got := send(first, "GET", "/health", ""); got != "200 OK" {
+		t.Fatalf("GET /health before the flood: %s", got)
+	}
+	flood := make([]net.Conn, floodFDLimit+50)
+	for i := range flood {
+		flood[i] = dial() // the kernel completes the handshake; the member may not accept
+	}
+	for i := range 5 {
+		if got := send(first, "PUT", fmt.Sprintf("/keys/k%d", i), "v"); got != "204 No Content" {
+			t.Fatalf("PUT %d during the flood of %d connections: %s", i, len(flood), got)
+		}
+	}
+	// The last connections were held back in the accept queue; they are
+	// accepted and served as the others leave.
+	held := flood[len(flood)-20:]
+	for _, conn := range flood[:len(flood)-20] {
+		conn.Close()
+	}
+	for i, conn := range held {
+		if got := send(conn, "GET", "/keys/k4?level=stale", ""); got != "200 OK" {
+			t.Fatalf("GET on held-back connection %d: %s", i, got)
+		}
+	}
+	if st := c.status(id); st.SnapshotIndex < st.AppliedIndex {
+		t.Errorf("GET /status after the flood: snapshotIndex %d, appliedIndex %d: a snapshot was not saved", st.SnapshotIndex, st.AppliedIndex)
+	}
+}
