@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -295,5 +296,55 @@ func TestClientConnectionFlood(t *testing.T) {
 	}
 	if st := c.status(id); st.SnapshotIndex < st.AppliedIndex {
 		t.Errorf("GET /status after the flood: snapshotIndex %d, appliedIndex %d: a snapshot was not saved", st.SnapshotIndex, st.AppliedIndex)
+	}
+}
+
+// TestClientFDLimitTooLow proves a member whose file descriptor limit leaves no room for clients beyond reservedFDs refuses to start, in one line.
+func TestClientFDLimitTooLow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs a raftkv process")
+	}
+	bin := e2eBuild(t)
+	c := newE2ECluster(t, bin)
+	id := c.allocate()
+	script := fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, reservedFDs)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, bin}, c.args(id, 1)...)...)
+	cmd.Dir = c.dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	dieWithTest(cmd)
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() <= 0 {
+			t.Errorf("raftkv under ulimit -n %d: %v, want a non-zero exit status", reservedFDs, err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("raftkv under ulimit -n %d still runs after 10s", reservedFDs)
+	}
+	line, ok := strings.CutSuffix(stderr.String(), "\n")
+	if !ok || strings.Contains(line, "\n") || !strings.Contains(line, "file descriptor limit") {
+		t.Errorf("stderr %q, want one line about the file descriptor limit", stderr.String())
+	}
+}
+
+// TestConnLimitsDefaults proves a config's zero connection bounds take their defaults, and set ones are kept.
+func TestConnLimitsDefaults(t *testing.T) {
+	var cfg config
+	if got, want := cfg.clientLimits(), (connLimits{header: 10 * time.Second, body: 30 * time.Second, idle: time.Minute}); got != want {
+		t.Errorf("default client limits %+v, want %+v", got, want)
+	}
+	if got, want := cfg.peerLimits(), (connLimits{header: 5 * time.Second, body: 5 * time.Minute, idle: 5 * time.Second}); got != want {
+		t.Errorf("default peer limits %+v, want %+v", got, want)
+	}
+	cfg.clientConnLimits = connLimits{body: time.Second}
+	if got := cfg.clientLimits(); got.body != time.Second || got.header != 10*time.Second {
+		t.Errorf("client limits with body set to 1s: %+v", got)
 	}
 }
