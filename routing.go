@@ -28,9 +28,10 @@ var (
 var ErrConditionalRequest = errors.New("conditional requests are not supported yet")
 
 // handle registers handler for pattern, taking only the query parameters
-// named in params (at most 64), and refusing preconditions. Every route is
-// registered this way, so a route added later declares its parameters
-// where it is registered.
+// named in params (at most 64), and refusing preconditions. Every route of
+// the API is registered this way (noKey and noRoute, which only refuse,
+// are not), so a route added later declares its parameters where it is
+// registered.
 func (h *httpAPI) handle(pattern string, handler http.HandlerFunc, params ...string) {
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if err := checkQuery(r.URL.RawQuery, params); err != nil {
