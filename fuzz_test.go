@@ -57,12 +57,14 @@ const (
 )
 
 // FuzzHTTPAPI sends arbitrary requests (method, path with any bytes, query,
-// body of any size, framed with a right, wrong or missing length) to the
-// handler of a healthy one-member cluster, and proves that every answer is a
-// documented one: never a panic or a 5xx; every 4xx a one-line reason that
-// changed nothing (DELETE of an absent key excepted: it is applied, so the
-// log grows, and the keys stay as they were); every 2xx right for the
-// request, and changing exactly what it reports.
+// body of any size, framed with a right, wrong or missing length, and a
+// header line from a list) to the handler of a healthy one-member cluster, and
+// proves that every answer is a documented one: never a panic, a redirect
+// or a 5xx; every 4xx a one-line reason that changed nothing (DELETE of an
+// absent key excepted: it is applied, so the log grows, and the keys stay
+// as they were); every 2xx right for the request, and changing exactly
+// what it reports. A 2xx needs a query of only the parameters its route
+// takes, each once, and no header the route refuses.
 //
 // The request is parsed with http.ReadRequest from the bytes a client would
 // send, so the handler sees only what the real server can hand it.
@@ -71,7 +73,21 @@ const (
 func FuzzHTTPAPI(f *testing.F) {
 	c := newTestCluster(f, 1, func(cfg *config) { cfg.maxValueBytes = httpTestMaxValue })
 	s := c.server(1)
-	f.Fuzz(func(t *testing.T, method, path, query string, body []byte, framing, grow uint8) {
+	// The header lines a request may carry: none, the preconditions, and
+	// the headers that change what a PUT's body means.
+	headers := []string{
+		"",
+		"If-Match: \"1\"",
+		"If-None-Match: *",
+		"If-Unmodified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
+		"If-Modified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
+		"If-None-Match: \"1\"",
+		"Range: bytes=0-0",
+		"Content-Range: bytes 0-0/1",
+		"Content-Encoding: gzip",
+		"Content-Encoding: identity",
+	}
+	f.Fuzz(func(t *testing.T, method, path, query string, body []byte, framing, grow, header uint8) {
 		if method == "" || strings.ContainsFunc(method, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
 			return // not a method but more of the request line, or headers
 		}
@@ -81,7 +97,7 @@ func FuzzHTTPAPI(f *testing.F) {
 		if grow > 0 && grow < 32 && len(body)<<grow <= fuzzMaxBody {
 			body = bytes.Repeat(body, 1<<grow)
 		}
-		raw, value, complete := fuzzRequest(method, path, query, body, framing)
+		raw, value, complete := fuzzRequest(method, path, query, headers[int(header)%len(headers)], body, framing)
 		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
 		if err != nil || (req.Method == http.MethodOptions && req.RequestURI == "*") {
 			return // the server answers itself; the handler never sees it
@@ -102,16 +118,19 @@ func FuzzHTTPAPI(f *testing.F) {
 
 // fuzzRequest builds the bytes of a request, escaping only the bytes of path
 // and query that cannot appear in a request line (so "%2e%2e" stays for the
-// server to decode). framing picks how the body is sent; fuzzRequest returns
-// the bytes the handler can read from the body and whether reading them
-// ends cleanly, rather than with an error.
-func fuzzRequest(method, path, query string, body []byte, framing uint8) (raw, value []byte, complete bool) {
+// server to decode), with header if it is not "". framing picks how the
+// body is sent; fuzzRequest returns the bytes the handler can read from the
+// body and whether reading them ends cleanly, rather than with an error.
+func fuzzRequest(method, path, query, header string, body []byte, framing uint8) (raw, value []byte, complete bool) {
 	target := fuzzEscape(path, "?#")
 	if query != "" {
 		target += "?" + fuzzEscape(query, "#")
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: fuzz\r\n", method, target)
+	if header != "" {
+		b.WriteString(header + "\r\n")
+	}
 	switch framing % 6 {
 	case 0: // the right Content-Length
 		fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
@@ -217,6 +236,15 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	what := fmt.Sprintf("%s %.200q (%d-byte body)", req.Method, req.RequestURI, len(value))
 	key, isKey := strings.CutPrefix(req.URL.Path, "/keys/")
 	read := req.Method == http.MethodGet || req.Method == http.MethodHead
+	if rec.Code < 300 {
+		params := []string{}
+		if isKey && read {
+			params = []string{"level"}
+		}
+		if why := fuzzRefusal(req, params); why != "" {
+			t.Fatalf("%s: %d %q, though %s", what, rec.Code, rec.Body.String(), why)
+		}
+	}
 	want := before // what the state must be afterwards
 	wrote := func() {
 		index, err := strconv.ParseUint(rec.Header().Get("X-Raft-Index"), 10, 64)
@@ -228,7 +256,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	switch code := rec.Code; {
 	case code >= 500:
 		t.Fatalf("%s: %d %q from a healthy lone member", what, code, rec.Body.String())
-	case slices.Contains([]int{400, 404, 405, 409, 413}, code):
+	case slices.Contains([]int{400, 404, 405, 409, 413, 415}, code):
 		httpTestOneLine(t, what, rec.Body.String())
 		if index := rec.Header().Get("X-Raft-Index"); index != "" {
 			if !isKey || req.Method != http.MethodDelete || code != http.StatusNotFound {
@@ -236,9 +264,6 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 			}
 			wrote() // the delete of an absent key is applied
 		}
-	case code == http.StatusTemporaryRedirect && !isKey && rec.Header().Get("Location") != "":
-		// ServeMux sends an unclean path to its clean form, and /keys to
-		// /keys/; a key path is refused before it can.
 	case code == http.StatusNoContent && isKey && req.Method == http.MethodPut:
 		if !fuzzValidKey(key) || !complete || len(value) > httpTestMaxValue {
 			t.Fatalf("%s: 204 for key %.60q, value %.40q (read cleanly %t)", what, key, value, complete)
@@ -253,8 +278,14 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 		delete(want.kv, key)
 	case code == http.StatusOK && isKey && read:
 		v, ok := before.kv[key]
+		if req.Method == http.MethodHead {
+			v = nil // the same answer as a GET, without the body
+		}
 		if !fuzzValidLevel(req.URL.RawQuery) || !ok || !bytes.Equal(rec.Body.Bytes(), v) {
 			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, ok)
+		}
+		if got, want := rec.Header().Get("Content-Length"), strconv.Itoa(len(before.kv[key])); got != want {
+			t.Fatalf("%s: 200 with Content-Length %q, want %s", what, got, want)
 		}
 	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
 	default:
@@ -280,15 +311,44 @@ func fuzzValidKey(key string) bool {
 	return true
 }
 
-// fuzzValidLevel reports whether a GET /keys query asks for a documented
-// read level. A query that does not parse is not one: it may have meant a
-// level the server cannot see.
-func fuzzValidLevel(rawQuery string) bool {
-	q, err := url.ParseQuery(rawQuery)
+// fuzzRefusal says why req must not be answered with a 2xx, by the README's
+// rules, on a route taking the query parameters params; or returns "".
+// url.ParseQuery is the reference for what a query says: one it cannot
+// parse may have meant something the server cannot see.
+func fuzzRefusal(req *http.Request, params []string) string {
+	q, err := url.ParseQuery(req.URL.RawQuery)
 	if err != nil {
-		return false
+		return fmt.Sprintf("the query does not parse: %v", err)
 	}
-	return slices.Contains([]string{"", levelStale, levelDefault, levelConsistent}, q.Get("level"))
+	for name, values := range q {
+		if !slices.Contains(params, name) || len(values) > 1 {
+			return fmt.Sprintf("the query gives %q %d times, and the route takes %v", name, len(values), params)
+		}
+	}
+	refused := []string{"If-Match", "If-Unmodified-Since"}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		refused = append(refused, "If-None-Match")
+	}
+	if req.Method == http.MethodPut {
+		if coding := req.Header.Get("Content-Encoding"); coding != "" && coding != "identity" {
+			return "the value is encoded"
+		}
+		refused = append(refused, "Content-Range")
+	}
+	for _, name := range refused {
+		if req.Header.Get(name) != "" {
+			return "the request has " + name
+		}
+	}
+	return ""
+}
+
+// fuzzValidLevel reports whether a GET /keys query (one fuzzRefusal let
+// through) asks for a documented read level, or for none.
+func fuzzValidLevel(rawQuery string) bool {
+	q, _ := url.ParseQuery(rawQuery)
+	level, ok := q["level"]
+	return !ok || slices.Contains([]string{levelStale, levelDefault, levelConsistent}, level[0])
 }
 
 // fuzzDeleteAll deletes keys through h, so that the fuzz target's state

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,9 @@ const (
 	maxMemberBodyBytes = 64 << 10
 	maxMemberID        = 1<<16 - 1 // request ids carry the member id in 16 bits
 )
+
+// ErrNoKey is a key path that names no key: /keys or /keys/.
+var ErrNoKey = errors.New("no key in path: use /keys/{key}")
 
 // The read levels of GET /keys/{key}.
 const (
@@ -54,35 +56,45 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		maxValueBytes:  cfg.maxValueBytes,
 		mux:            http.NewServeMux(),
 	}
-	h.mux.HandleFunc("PUT /keys/{key...}", h.putKey)
-	h.mux.HandleFunc("GET /keys/{key...}", h.getKey)
-	h.mux.HandleFunc("DELETE /keys/{key...}", h.deleteKey)
-	h.mux.HandleFunc("GET /members", h.listMembers)
-	h.mux.HandleFunc("POST /members", h.addMember)
-	h.mux.HandleFunc("DELETE /members/{id}", h.removeMember)
-	h.mux.HandleFunc("GET /status", h.getStatus)
-	h.mux.HandleFunc("GET /health", h.getHealth)
+	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
+	// The empty key, /keys/, is refused by keyFrom; a listing of keys
+	// would take GET /keys/{$}, which ServeMux prefers for that path.
+	h.handle("PUT /keys/{key...}", h.putKey)
+	h.handle("GET /keys/{key...}", h.getKey, "level")
+	h.handle("DELETE /keys/{key...}", h.deleteKey)
+	h.mux.HandleFunc("/keys", noKey)
+	h.handle("GET /members", h.listMembers)
+	h.handle("POST /members", h.addMember)
+	h.handle("DELETE /members/{id}", h.removeMember)
+	h.handle("GET /status", h.getStatus)
+	h.handle("GET /health", h.getHealth)
 	if cfg.enablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
-		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")
+		h.handle("GET /debug/pprof/profile", pprof.Profile, "seconds")
 	}
+	h.mux.HandleFunc("/", h.noRoute)
 	return h
 }
 
 // ServeHTTP refuses what ServeMux would otherwise answer without a reason:
-// key paths it would clean and redirect with a 301 (empty, "." or ".."
-// segments, a trailing slash), so a PUT to one fails plainly, and the
-// request target "*", which only OPTIONS may use. Every answer names the
-// cluster, for a member joining through this one.
+// the request target "*", which only OPTIONS may use, and paths it would
+// clean and redirect (see uncleanPath), so a PUT to one fails plainly.
+// An absolute-form target without a path ("GET http://host") would be
+// redirected to "/", where no route is. Every answer names the cluster,
+// for a member joining through this one.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(clusterIDHeader, types.ID(h.raft.clusterID).String())
 	if r.RequestURI == "*" {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
 		return
 	}
-	if key, ok := strings.CutPrefix(r.URL.Path, "/keys/"); ok && key != "" && !cleanKey(key) {
-		http.Error(w, "key must not contain empty, '.' or '..' path segments, or end in '/'", http.StatusBadRequest)
+	if r.URL.Path == "" {
+		h.noRoute(w, r)
+		return
+	}
+	if reason := uncleanPath(r.URL.Path); reason != "" {
+		http.Error(w, reason, http.StatusBadRequest)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
@@ -95,6 +107,9 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !checkValueHeaders(w, r) {
+		return
+	}
 	if r.ContentLength > h.maxValueBytes {
 		h.valueTooLarge(w)
 		return
@@ -103,8 +118,12 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			h.valueTooLarge(w)
+		} else if errors.Is(err, ErrBodyTimeout) {
+			// RFC 9110 §15.5.9: 408, and the connection is closed.
+			w.Header().Set("Connection", "close")
+			http.Error(w, oneLine(err), http.StatusRequestTimeout)
 		} else {
-			http.Error(w, "reading value: "+err.Error(), http.StatusBadRequest)
+			http.Error(w, "reading value: "+oneLine(err), http.StatusBadRequest)
 		}
 		return
 	}
@@ -119,44 +138,45 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
-	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
-}
-
-// cleanKey reports whether key has no empty, "." or ".." segments (so no
-// trailing slash either): the paths ServeMux leaves as they are. It is
-// path.Clean's test without building the cleaned path on every request.
-func cleanKey(key string) bool {
-	for seg := range strings.SplitSeq(key, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return false
-		}
+// checkValueHeaders refuses a PUT whose body is not the whole value as
+// sent, or answers true. A Content-Range means a part of it (RFC 9110 §14.4
+// requires a 400); a Content-Encoding means bytes the client expects
+// decoded, while raftkv stores and serves the body as it came (RFC 9110
+// §15.5.16: 415, with the codings accepted).
+func checkValueHeaders(w http.ResponseWriter, r *http.Request) bool {
+	if _, ok := r.Header["Content-Range"]; ok {
+		http.Error(w, "Content-Range: a PUT replaces the whole value; partial writes are not supported", http.StatusBadRequest)
+		return false
+	}
+	if coding := r.Header.Get("Content-Encoding"); coding != "" && !strings.EqualFold(coding, "identity") {
+		w.Header().Set("Accept-Encoding", "identity")
+		http.Error(w, fmt.Sprintf("Content-Encoding %q: values are stored as sent; send them unencoded", coding), http.StatusUnsupportedMediaType)
+		return false
 	}
 	return true
 }
 
-// readLevel returns the level a GET's query asks for. It parses strictly:
-// r.URL.Query() drops what it cannot parse, which would quietly turn
-// "level=consistent;" into a default read. The queries clients send are
-// recognised before anything is parsed, so a read allocates nothing here.
-func readLevel(rawQuery string) (string, error) {
-	switch rawQuery {
-	case "":
-		return "", nil
-	case "level=" + levelStale, "level=" + levelDefault, "level=" + levelConsistent:
-		return rawQuery[len("level="):], nil
-	}
-	query, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return "", fmt.Errorf("bad query: %w", err)
-	}
-	if len(query["level"]) > 1 {
-		return "", errors.New("level given more than once")
-	}
-	return query.Get("level"), nil
+// valueTooLarge answers 413 for a value over --max-value-bytes.
+func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
+	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
 }
 
-// getKey handles GET /keys/{key}?level=stale|default|consistent.
+// readLevel returns the level a GET's query asks for, levelDefault if it
+// names none. The query is one checkQuery accepted (its route takes only
+// level), so reading it allocates nothing.
+func readLevel(rawQuery string) (string, error) {
+	level, ok := queryValue(rawQuery, "level")
+	switch {
+	case !ok:
+		return levelDefault, nil
+	case level == levelStale, level == levelDefault, level == levelConsistent:
+		return level, nil
+	}
+	return "", fmt.Errorf("unknown level %q: use stale, default or consistent", level)
+}
+
+// getKey handles GET /keys/{key}?level=stale|default|consistent, and HEAD,
+// which ServeMux routes here too: the same status and headers, no body.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
@@ -169,7 +189,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	}
 	switch level {
 	case levelStale:
-	case levelDefault, "":
+	case levelDefault:
 		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 		defer cancel()
 		leader := h.raft.leaderID()
@@ -194,17 +214,19 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 			h.writeError(w, err)
 			return
 		}
-	default:
-		http.Error(w, fmt.Sprintf("unknown level %q: use stale, default or consistent", level), http.StatusBadRequest)
-		return
 	}
 	value, ok := h.store.get(key)
 	if !ok {
 		http.Error(w, ErrKeyNotFound.Error(), http.StatusNotFound)
 		return
 	}
+	// Set, not left to the server: it counts only a body short enough to
+	// buffer whole, and a HEAD writes none.
+	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(value)
+	if r.Method != http.MethodHead {
+		w.Write(value)
+	}
 }
 
 // redirectToLeader answers 307 with the same path and query on the leader.
@@ -435,7 +457,11 @@ func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
 // keyFrom returns the key named by the request path, or answers 400.
 func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 	key := r.PathValue("key")
-	if len(key) == 0 || len(key) > maxKeyBytes {
+	switch {
+	case key == "":
+		http.Error(w, ErrNoKey.Error(), http.StatusBadRequest)
+		return "", false
+	case len(key) > maxKeyBytes:
 		http.Error(w, fmt.Sprintf("key must be 1 to %d bytes", maxKeyBytes), http.StatusBadRequest)
 		return "", false
 	}

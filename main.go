@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -43,6 +42,9 @@ type config struct {
 	logLevel       zapcore.Level
 	enablePprof    bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	tickInterval   time.Duration // one raft clock tick; not a flag, tests shorten it
+	// How long a client or peer connection may go without progress (see
+	// connLimits); not flags, tests shorten them.
+	clientConnLimits, peerConnLimits connLimits
 }
 
 // peerURL is where this member's peers reach it.
@@ -245,7 +247,7 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := net.Listen("tcp", u.Host)
+	clientLn, err := listenClients(u.Host)
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
@@ -296,10 +298,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
 	go reads.run()
-	s.http = &http.Server{
-		Handler:           newHTTPAPI(cfg, store, rn, reads),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	s.http = newBoundedServer(newHTTPAPI(cfg, store, rn, reads), cfg.clientLimits())
 	go s.http.Serve(clientLn)
 	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))

@@ -166,7 +166,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMach
 	}
 	// Answer peers at once, though raft is not running yet: see peerHandler.
 	rc.peers = newPeerHandler(cfg.id)
-	rc.peerServer = &http.Server{Handler: rc.peers}
+	rc.peerServer = newBoundedServer(rc.peers, cfg.peerLimits())
 	go rc.peerServer.Serve(peerLn)
 	// stopPeers frees the peer port when the start fails, before returning.
 	stopPeers := func() {

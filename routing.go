@@ -1,0 +1,202 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// What a request is refused for before its handler runs: a query
+// parameter its route does not take, a precondition raftkv cannot evaluate,
+// a path ServeMux would rewrite, or no route at all. Each is answered with
+// a one-line reason, never silently ignored: a client that sent
+// ?levle=consistent or If-Match meant something, and serving it as if it
+// had not is a misread it cannot see.
+
+// Errors in a request's query.
+var (
+	ErrBadQuery          = errors.New("bad query")
+	ErrUnknownParameter  = errors.New("unknown query parameter")
+	ErrRepeatedParameter = errors.New("query parameter given more than once")
+)
+
+// ErrConditionalRequest is a request carrying a precondition (If-Match and
+// the like) that raftkv cannot evaluate yet.
+var ErrConditionalRequest = errors.New("conditional requests are not supported yet")
+
+// handle registers handler for pattern, taking only the query parameters
+// named in params (at most 64), and refusing preconditions. Every route of
+// the API is registered this way (noKey and noRoute, which only refuse,
+// are not), so a route added later declares its parameters where it is
+// registered.
+func (h *httpAPI) handle(pattern string, handler http.HandlerFunc, params ...string) {
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if err := checkQuery(r.URL.RawQuery, params); err != nil {
+			http.Error(w, oneLine(err), http.StatusBadRequest)
+			return
+		}
+		if err := checkPreconditions(r); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		handler(w, r)
+	})
+}
+
+// checkQuery refuses a query that does not parse, names a parameter not in
+// params, or gives one twice. It parses as url.ParseQuery does (empty
+// pairs between '&'s are skipped), but strictly: ParseQuery drops a pair
+// it cannot decode and goes on, so "level=consistent;" would quietly be a
+// read at the default level. It allocates nothing for a query without
+// escapes, which is every query clients normally send.
+func checkQuery(rawQuery string, params []string) error {
+	var given uint64 // bit i: params[i] was given
+	for rest := rawQuery; rest != ""; {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		if pair == "" {
+			continue
+		}
+		if strings.Contains(pair, ";") {
+			return fmt.Errorf("%w: ';' does not separate parameters, '&' does", ErrBadQuery)
+		}
+		rawName, rawValue, _ := strings.Cut(pair, "=")
+		name, err := url.QueryUnescape(rawName)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrBadQuery, err)
+		}
+		if _, err := url.QueryUnescape(rawValue); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadQuery, err)
+		}
+		i := slices.Index(params, name)
+		switch {
+		case i < 0 && len(params) == 0:
+			return fmt.Errorf("%w %q: this route takes none", ErrUnknownParameter, name)
+		case i < 0:
+			return fmt.Errorf("%w %q: this route takes %s", ErrUnknownParameter, name, strings.Join(params, ", "))
+		case given&(1<<i) != 0:
+			return fmt.Errorf("%w: %q", ErrRepeatedParameter, name)
+		}
+		given |= 1 << i
+	}
+	return nil
+}
+
+// queryValue returns the value of parameter name in a query that
+// checkQuery accepted, and whether it was given. Accepted means every
+// name and value decodes, so the decoding errors cannot happen here.
+func queryValue(rawQuery, name string) (string, bool) {
+	for rest := rawQuery; rest != ""; {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		rawName, rawValue, _ := strings.Cut(pair, "=")
+		if n, _ := url.QueryUnescape(rawName); n == name {
+			v, _ := url.QueryUnescape(rawValue)
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// checkPreconditions refuses the preconditions raftkv cannot evaluate.
+//
+// RFC 9110 §13.1 requires an origin server to evaluate If-Match,
+// If-None-Match and If-Unmodified-Since before performing the method, and
+// not to perform it when the condition is false. raftkv keeps no entity
+// tags or modification dates yet, and a condition checked here and then
+// written through raft would race with other writes anyway: only the
+// state machine can evaluate one, atomically with the write. So these are
+// refused, on every route, rather than ignored, which would turn "write
+// only if unchanged" (If-Match) or "create only if absent"
+// (If-None-Match: *) into an unconditional overwrite.
+//
+// The refusal is 400 Bad Request. 412 Precondition Failed would claim the
+// condition was evaluated and is false: a client retrying an If-Match
+// update on 412 would re-read and retry for ever, and one that sent
+// If-None-Match: * would conclude that the key exists. 428 Precondition
+// Required means the opposite (a precondition is missing); 501 Not
+// Implemented fits best but is a 5xx, which clients retry as a server
+// fault. 400 says this request, as sent, will not be processed; the
+// reason names the header.
+//
+// On GET and HEAD, If-None-Match and If-Modified-Since ask "send the value
+// unless it is the one I have". A server with no validators never knows
+// the client has it, so for every tag list and date the condition holds
+// (RFC 9110 §13.2.2: a tag list matches no representation that has no
+// entity tag, and a representation without a modification date is never
+// "not modified since"): answering with the value is evaluating them, not
+// ignoring them. If-Modified-Since on other methods, and If-Range without
+// a Range (raftkv serves no ranges, and RFC 9110 §14.2 lets a server
+// ignore Range), are to be ignored by RFC 9110 §13.1.3 and §13.1.5.
+func checkPreconditions(r *http.Request) error {
+	refused := []string{"If-Match", "If-Unmodified-Since", "If-None-Match"}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		refused = refused[:2]
+	}
+	for _, name := range refused {
+		if _, ok := r.Header[name]; ok {
+			return fmt.Errorf("%s: %w", name, ErrConditionalRequest)
+		}
+	}
+	return nil
+}
+
+// uncleanPath describes what ServeMux would clean away in path (empty, "."
+// or ".." segments; for a key, a trailing '/' as well), or returns "".
+// ServeMux answers such a path with a redirect to its cleaned form, which
+// a client may follow with its PUT to a key it did not name; refusing it
+// leaves nothing for ServeMux to redirect. A trailing '/' elsewhere is a
+// path of its own (and /keys/ is the empty key), so it is let through.
+func uncleanPath(path string) string {
+	if key, ok := strings.CutPrefix(path, "/keys/"); ok && key != "" {
+		if !cleanSegments(key) {
+			return "key must not contain empty, '.' or '..' path segments, or end in '/'"
+		}
+		return ""
+	}
+	if rest := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"); rest != "" && !cleanSegments(rest) {
+		return fmt.Sprintf("path %q must not contain empty, '.' or '..' segments", path)
+	}
+	return ""
+}
+
+// cleanSegments reports whether s has no empty, "." or ".." segments (so
+// no leading or trailing slash either). It is path.Clean's test without
+// building the cleaned path on every request.
+func cleanSegments(s string) bool {
+	for seg := range strings.SplitSeq(s, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// noRoute answers a request that no route takes, in place of ServeMux's
+// own bare "404 page not found" and "Method Not Allowed": 405 with an
+// Allow header if routes take the path with other methods, else 404.
+// It is registered for "/", so ServeMux hands it every such request.
+func (h *httpAPI) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host}
+		if _, pattern := h.mux.Handler(probe); pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		http.Error(w, fmt.Sprintf("unknown path %q", r.URL.Path), http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	http.Error(w, fmt.Sprintf("%s is not allowed on %q: use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")), http.StatusMethodNotAllowed)
+}
+
+// noKey answers /keys, which ServeMux would redirect to /keys/, the empty
+// key: neither names a key.
+func noKey(w http.ResponseWriter, r *http.Request) {
+	http.Error(w, ErrNoKey.Error(), http.StatusBadRequest)
+}
