@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -278,5 +279,20 @@ func TestPeerAPIMembers(t *testing.T) {
 	}
 	if r := do(t, "POST", c.peerURLs[0]+peerMembersPath, "{}"); r.code != http.StatusMethodNotAllowed {
 		t.Errorf("POST %s: %d %q, want 405", peerMembersPath, r.code, r.body)
+	}
+	// rafthttp parses its version headers with semver.Must: a bad one is
+	// refused before it gets there.
+	for _, header := range []string{"X-Server-Version", "X-Min-Cluster-Version"} {
+		req, _ := http.NewRequest("POST", c.peerURLs[0]+"/raft", strings.NewReader(""))
+		req.Header.Set(header, "bogus")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("POST /raft with %s: bogus: %v", header, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), header) {
+			t.Errorf("POST /raft with %s: bogus: %d %q, want 400 naming the header", header, resp.StatusCode, body)
+		}
 	}
 }

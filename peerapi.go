@@ -2,11 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
 
+	"github.com/coreos/go-semver/semver"
 	"go.etcd.io/etcd/api/v3/version"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
@@ -82,6 +84,10 @@ func (h *peerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.mux.ServeHTTP(w, r)
 		return
 	}
+	if err := checkPeerVersions(r.Header); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	if raft := h.raft.Load(); raft != nil {
 		(*raft).ServeHTTP(w, r)
 		return
@@ -115,4 +121,23 @@ func (h *peerHandler) members(w http.ResponseWriter, r *http.Request) {
 // lack members, or their client URLs, that the cluster has.
 func (rc *raftNode) servePeerAPI(store *kvstore) {
 	rc.peers.view.Store(&peerView{store: store, transport: rc.transport, clusterID: rc.clusterID})
+}
+
+// ErrBadPeerHeader is a peer request whose version headers do not parse.
+var ErrBadPeerHeader = errors.New("bad peer request header")
+
+// checkPeerVersions refuses a request whose rafthttp version headers are
+// not versions: rafthttp parses them with semver.Must, so one malformed
+// header from anyone who can reach the peer port is a panic (which
+// net/http recovers, with a goroutine dump in the log). A missing header
+// is fine; rafthttp takes it for etcd 2.0.
+func checkPeerVersions(h http.Header) error {
+	for _, name := range []string{"X-Server-Version", "X-Min-Cluster-Version"} {
+		if v := h.Get(name); v != "" {
+			if _, err := semver.NewVersion(v); err != nil {
+				return fmt.Errorf("%w: %s %q is not a version", ErrBadPeerHeader, name, v)
+			}
+		}
+	}
+	return nil
 }
