@@ -257,12 +257,20 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, ok)
 		}
 	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
+	case code == http.StatusOK && read && fuzzIsMember(before, strings.TrimPrefix(req.URL.Path, "/members/")):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())
 	}
 	if d := after.diff(want); d != "" {
 		t.Fatalf("%s: %d %q, and then %s", what, rec.Code, rec.Body.String(), d)
 	}
+}
+
+// fuzzIsMember reports whether id, as GET /members/{id} spells it, names
+// one of members.
+func fuzzIsMember(st fuzzState, id string) bool {
+	n, err := strconv.ParseUint(id, 10, 64)
+	return err == nil && slices.ContainsFunc(st.members, func(m member) bool { return m.ID == n })
 }
 
 // fuzzValidKey is the README's rule for keys: 1 to 4096 bytes, and no

@@ -57,6 +57,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	h.mux.HandleFunc("DELETE /keys/{key...}", h.deleteKey)
 	h.mux.HandleFunc("GET /members", h.listMembers)
 	h.mux.HandleFunc("POST /members", h.addMember)
+	h.mux.HandleFunc("GET /members/{id}", h.getMember)
 	h.mux.HandleFunc("DELETE /members/{id}", h.removeMember)
 	h.mux.HandleFunc("GET /status", h.getStatus)
 	h.mux.HandleFunc("GET /health", h.getHealth)

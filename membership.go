@@ -17,12 +17,17 @@ type memberView struct {
 	IsLeader bool `json:"isLeader"`
 }
 
+// viewOf is m as the API shows it, with leader the member that leads.
+func viewOf(m member, leader uint64) memberView {
+	return memberView{member: withLists(m), IsLeader: m.ID == leader}
+}
+
 // listMembers handles GET /members.
 func (h *httpAPI) listMembers(w http.ResponseWriter, r *http.Request) {
 	leader := h.raft.leaderID()
 	views := []memberView{}
 	for _, m := range h.store.memberList() {
-		views = append(views, memberView{member: withLists(m), IsLeader: m.ID == leader})
+		views = append(views, viewOf(m, leader))
 	}
 	writeJSON(w, http.StatusOK, views)
 }
@@ -118,16 +123,38 @@ func (h *httpAPI) checkNewMember(m member) error {
 	return nil
 }
 
-// removeMember handles DELETE /members/{id}: 204 once applied here. The
-// removed member stops itself when it learns of it.
-func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
+// getMember handles GET /members/{id}, the Location a 201 to POST /members
+// names: the member as GET /members lists it.
+func (h *httpAPI) getMember(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.memberFrom(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(m, h.raft.leaderID()))
+}
+
+// memberFrom returns the member the {id} in the request path names, or
+// answers 400 for an id that is not a number from 1 up, and 404 for one
+// that is not a member.
+func (h *httpAPI) memberFrom(w http.ResponseWriter, r *http.Request) (member, bool) {
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 	if err != nil || id == 0 {
 		http.Error(w, fmt.Sprintf("bad member id %q", r.PathValue("id")), http.StatusBadRequest)
-		return
+		return member{}, false
 	}
-	if _, ok := h.store.lookupMember(id); !ok {
+	m, ok := h.store.lookupMember(id)
+	if !ok {
 		http.Error(w, fmt.Sprintf("member %d: %s", id, ErrMemberNotFound), http.StatusNotFound)
+		return member{}, false
+	}
+	return m, true
+}
+
+// removeMember handles DELETE /members/{id}: 204 once applied here. The
+// removed member stops itself when it learns of it.
+func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.memberFrom(w, r)
+	if !ok {
 		return
 	}
 	if len(h.store.memberList()) == 1 {
@@ -136,7 +163,7 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	index, err := h.store.removeMember(ctx, id)
+	index, err := h.store.removeMember(ctx, m.ID)
 	if err != nil {
 		h.writeError(w, err)
 		return
