@@ -326,8 +326,7 @@ func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 	via := c.active()[rng.IntN(len(c.active()))]
 	m := c.allocate()
 	m.args = c.args(m.id, c.procs.clients[via.id-1])
-	c.start(m)
-	c.waitHealthy(m)
+	c.join(m)
 	for _, other := range c.active() {
 		c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to list member %d", other.id, m.id), func() bool {
 			r, err := e2eTry(faultProbeClient, "GET", c.url(other, "/members"), "")
@@ -340,6 +339,39 @@ func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 		})
 	}
 	return m
+}
+
+// join starts m, whose args say --join, until it serves. A member that has
+// just reconnected after a fault may not count its peers healthy yet and
+// refuse the new voter (ErrTooFewHealthy), and the joiner then exits; like
+// an operator, join tries again a little later.
+func (c *faultCluster) join(m *faultMember) {
+	c.t.Helper()
+	for attempt := 1; ; attempt++ {
+		c.start(m)
+		p := c.procs.running[m.id]
+		exited := false
+		eventually(c.t, faultMemberTimeout, fmt.Sprintf("member %d to join and answer GET /health with 200", m.id), func() bool {
+			select {
+			case <-p.done:
+				exited = true
+				return true
+			default:
+			}
+			r, err := e2eTry(faultProbeClient, "GET", c.url(m, "/health"), "")
+			return err == nil && r.code == http.StatusOK
+		})
+		if !exited {
+			return
+		}
+		c.procs.expectExit(m.id)
+		last := e2eTail(p.log, 1)
+		if !strings.Contains(last, ErrTooFewHealthy.Error()) || attempt == 5 {
+			c.t.Fatalf("member %d exited (%s) while joining: %s", m.id, p.exitStatus(), last)
+		}
+		c.t.Logf("member %d: join refused, trying again in a second: %s", m.id, last)
+		time.Sleep(time.Second)
+	}
 }
 
 // shrink removes a member other than keep, picked with rng (perhaps the

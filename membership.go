@@ -39,8 +39,9 @@ type addMemberRequest struct {
 	ClientURL string `json:"clientURL"`
 }
 
-// addMember handles POST /members: 201 once the new voter is applied here.
-// The new member must then be started with --join.
+// addMember handles POST /members: 201 once the new voter is applied here,
+// 409 if it clashes with a member or would cost the cluster its quorum
+// (mayAddMember). The new member must then be started with --join.
 func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	var req addMemberRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))
@@ -64,6 +65,10 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := h.checkNewMember(m); err != nil {
 		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	if err := h.mayAddMember(m); err != nil {
+		h.refuseChange(w, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
@@ -150,8 +155,9 @@ func (h *httpAPI) memberFrom(w http.ResponseWriter, r *http.Request) (member, bo
 	return m, true
 }
 
-// removeMember handles DELETE /members/{id}: 204 once applied here. The
-// removed member stops itself when it learns of it.
+// removeMember handles DELETE /members/{id}: 204 once applied here, 409
+// if it would cost the cluster its quorum (mayRemoveMember). The removed
+// member stops itself when it learns of it.
 func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	m, ok := h.memberFrom(w, r)
 	if !ok {
@@ -159,6 +165,10 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(h.store.memberList()) == 1 {
 		http.Error(w, "cannot remove the only member", http.StatusConflict)
+		return
+	}
+	if err := h.mayRemoveMember(m.ID); err != nil {
+		h.refuseChange(w, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)

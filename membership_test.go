@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 )
 
 // Membership through the client API: reading one member, the checks that
@@ -54,4 +56,69 @@ func TestHTTPGetMember(t *testing.T) {
 			t.Errorf("GET %s: %+v, want %+v as GET /members lists it", target, m, want)
 		}
 	}
+}
+
+// membershipAdd asks member via to add a member that never runs and
+// returns the answer.
+func membershipAdd(t *testing.T, c *testCluster, via, id uint64) response {
+	t.Helper()
+	body := fmt.Sprintf(`{"id":%d,"peerURL":"http://%s","clientURL":"http://%s"}`, id, freeAddr(t), freeAddr(t))
+	return do(t, http.MethodPost, c.url(via, "/members"), body)
+}
+
+// TestStrictReconfigAdd proves adding voters that never start is refused with a 409 naming the numbers once the healthy voters would fall below a quorum, so the cluster keeps its quorum and can still remove them.
+func TestStrictReconfigAdd(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.waitLeader()
+	// 3 healthy of 4, then of 5: a quorum (3) either way.
+	for _, id := range []uint64{4, 5} {
+		if r := membershipAdd(t, c, 1, id); r.code != http.StatusCreated {
+			t.Fatalf("POST /members for member %d: %d %q, want 201", id, r.code, r.body)
+		}
+	}
+	// 3 healthy of 6 is not a quorum (4).
+	r := membershipAdd(t, c, 1, 6)
+	if r.code != http.StatusConflict {
+		t.Fatalf("POST /members for a sixth voter with three started: %d %q, want 409", r.code, r.body)
+	}
+	clusterOneLineBody(t, "POST /members refused", r)
+	if want := "adding member 6 would make 6 voters, 3 of them healthy, and a quorum is 4"; !strings.Contains(r.body, want) {
+		t.Errorf("POST /members refused: %q, want it to say %q", r.body, want)
+	}
+	if ms := clusterMembers(t, c, 1); len(ms) != 5 {
+		t.Fatalf("GET /members after a refused add lists %d members, want 5", len(ms))
+	}
+	// The cluster still commits: the members that never ran can be removed.
+	for _, id := range []uint64{5, 4} {
+		if r := do(t, http.MethodDelete, c.url(2, fmt.Sprintf("/members/%d", id)), ""); r.code != http.StatusNoContent {
+			t.Fatalf("DELETE /members/%d: %d %q, want 204", id, r.code, r.body)
+		}
+	}
+	clusterPut(t, c, 3, "strict/after", "ok")
+}
+
+// TestStrictReconfigRemove proves that with one of three members down, removing a live one is refused with a 409 naming the numbers, while removing the one that is down succeeds.
+func TestStrictReconfigRemove(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	down := c.follower()
+	live := clusterOther(t, c, leader, down)
+	if err := c.stop(down); err != nil {
+		t.Fatalf("stop member %d: %v", down, err)
+	}
+	eventually(t, 5*time.Second, fmt.Sprintf("member %d to see member %d disconnected", leader, down), func() bool {
+		return !c.server(leader).raft.peerConnected(down)
+	})
+	r := do(t, http.MethodDelete, c.url(leader, fmt.Sprintf("/members/%d", live)), "")
+	if r.code != http.StatusConflict {
+		t.Fatalf("DELETE /members/%d with member %d down: %d %q, want 409", live, down, r.code, r.body)
+	}
+	clusterOneLineBody(t, "DELETE /members refused", r)
+	if want := fmt.Sprintf("removing member %d would leave 2 voters, 1 of them healthy, and a quorum is 2", live); !strings.Contains(r.body, want) {
+		t.Errorf("DELETE /members/%d refused: %q, want it to say %q", live, r.body, want)
+	}
+	if r := do(t, http.MethodDelete, c.url(leader, fmt.Sprintf("/members/%d", down)), ""); r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /members/%d, the member that is down: %d %q, want 204", down, r.code, r.body)
+	}
+	clusterPut(t, c, live, "strict/after", "ok")
 }
