@@ -156,8 +156,9 @@ func (h *httpAPI) memberFrom(w http.ResponseWriter, r *http.Request) (member, bo
 }
 
 // removeMember handles DELETE /members/{id}: 204 once applied here, 409
-// if it would cost the cluster its quorum (mayRemoveMember). The removed
-// member stops itself when it learns of it.
+// if it would cost the cluster its quorum (mayRemoveMember). The leader
+// first hands leadership over (handOffLeadership). The removed member
+// stops itself when it learns of it.
 func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	m, ok := h.memberFrom(w, r)
 	if !ok {
@@ -173,7 +174,20 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
+	if m.ID == h.raft.leaderID() {
+		if err := h.handOffLeadership(ctx, m.ID); err != nil {
+			h.refuseChange(w, err)
+			return
+		}
+	}
 	index, err := h.store.removeMember(ctx, m.ID)
+	if errors.Is(err, ErrStopped) && m.ID == h.id && h.raft.stoppedRemoved(ctx) {
+		// A member removing itself may hear of it from a peer that applied
+		// the removal, and stop, before it has applied the entry itself:
+		// the removal is done, at an index this member never learnt.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if err != nil {
 		h.writeError(w, err)
 		return

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/raft/v3"
 )
 
 // Membership through the client API: reading one member, the checks that
@@ -121,4 +123,46 @@ func TestStrictReconfigRemove(t *testing.T) {
 		t.Fatalf("DELETE /members/%d, the member that is down: %d %q, want 204", down, r.code, r.body)
 	}
 	clusterPut(t, c, live, "strict/after", "ok")
+}
+
+// TestRemoveLeaderWithoutElection proves that removing the leader, through itself or through a follower, hands leadership over first: the others know a new leader, one term on, sooner than any of them could have timed out and campaigned.
+func TestRemoveLeaderWithoutElection(t *testing.T) {
+	const tick = 50 * time.Millisecond
+	// A follower campaigns only after hearing nothing for electionTicks
+	// ticks; the old leader heartbeats every tick until it leaves.
+	const electionTimeout = electionTicks * tick
+	for _, through := range []string{"itself", "follower"} {
+		t.Run("through "+through, func(t *testing.T) {
+			c := newTestCluster(t, 3, func(cfg *config) { cfg.tickInterval = tick })
+			old := c.waitLeader()
+			via := old
+			if through == "follower" {
+				via = c.follower()
+			}
+			term := clusterStatus(t, c, old).Term
+			start := time.Now()
+			clusterRemove(t, c, via, old)
+			var leader uint64
+			eventually(t, 5*time.Second, "the remaining members to agree on a new leader", func() bool {
+				leader = 0
+				for _, id := range c.runningIDs() {
+					l := c.server(id).raft.leaderID()
+					if l == raft.None || l == old || (leader != 0 && l != leader) {
+						return false
+					}
+					leader = l
+				}
+				return true
+			})
+			took := time.Since(start)
+			t.Logf("member %d removed and member %d leading %s after the DELETE", old, leader, took.Round(time.Millisecond))
+			if took >= electionTimeout/2 {
+				t.Errorf("a new leader took %s after the DELETE, election timeout %s: an election, not a hand-over", took, electionTimeout)
+			}
+			if st := clusterStatus(t, c, leader); st.Term != term+1 {
+				t.Errorf("new leader %d is at term %d, the removed one was at %d: want exactly one term on", leader, st.Term, term)
+			}
+			clusterPut(t, c, leader, "handoff/after", "ok")
+		})
+	}
 }
