@@ -75,14 +75,19 @@ func (h *httpAPI) mayRemoveMember(id uint64) error {
 	return nil
 }
 
-// refuseChange answers a membership change mayAddMember or mayRemoveMember
-// refused: 409 for too few healthy voters, 503 for no leader.
+// refuseChange answers a membership change refused before anything was
+// proposed: 409 for too few healthy voters; 503, to be retried, when no
+// leader is known or the leader could not hand over (handOffLeadership).
 func (h *httpAPI) refuseChange(w http.ResponseWriter, err error) {
-	if errors.Is(err, ErrTooFewHealthy) {
+	switch {
+	case errors.Is(err, ErrTooFewHealthy):
 		http.Error(w, oneLine(err), http.StatusConflict)
-		return
+	case errors.Is(err, ErrLeaderTransfer):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, oneLine(err), http.StatusServiceUnavailable)
+	default:
+		h.writeError(w, err)
 	}
-	h.writeError(w, err)
 }
 
 // countHealthy counts the voters, other than except, that this member
