@@ -34,6 +34,7 @@ const (
 // after whatever wait their level asks for.
 type httpAPI struct {
 	id             uint64
+	clientURL      string // this member's, as it publishes it
 	store          *kvstore
 	raft           *raftNode
 	reads          *readLoop
@@ -45,6 +46,7 @@ type httpAPI struct {
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *httpAPI {
 	h := &httpAPI{
 		id:             cfg.id,
+		clientURL:      cfg.clientURL,
 		store:          store,
 		raft:           rn,
 		reads:          reads,
@@ -260,17 +262,6 @@ func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
 		AppliedIndex:  h.store.appliedIndex.Load(),
 		SnapshotIndex: h.raft.snapshotIndex(),
 	})
-}
-
-// getHealth handles GET /health: healthy means a leader is known.
-func (h *httpAPI) getHealth(w http.ResponseWriter, r *http.Request) {
-	if h.raft.leaderID() == raft.None {
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, ErrNoLeader.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	io.WriteString(w, "ok\n")
 }
 
 // writeError answers with the status code err calls for and a one-line reason.

@@ -288,7 +288,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go s.http.Serve(clientLn)
-	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
+	go store.publishClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()))
 	return s, nil
 }
