@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -386,17 +387,29 @@ func (c *faultCluster) shrink(rng *rand.Rand, keep *faultMember) *faultMember {
 	}
 	victim := candidates[rng.IntN(len(candidates))]
 	via := keep
+	what := "member"
+	if c.leader() == victim.id {
+		what = "leader" // handed over first: see handOffLeadership
+	}
 	c.mu.Lock()
 	victim.removed = true // clients stop choosing it; requests in flight are theirs to judge
 	c.mu.Unlock()
 	proc := c.procs.expectExit(victim.id)
 	// A 504 leaves the removal's outcome unknown; retrying then answers 404
 	// if the first attempt was applied after all.
+	// A 409 or 503 (too few healthy voters, no leader, a hand-over that did
+	// not finish) changed nothing: retry too.
 	path := fmt.Sprintf("/members/%d", victim.id)
+	start, retried := time.Now(), ""
 	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("DELETE %s through member %d", path, via.id), func() bool {
 		r, err := e2eTry(e2eClient, "DELETE", c.url(via, path), "")
-		return err == nil && (r.code == http.StatusNoContent || r.code == http.StatusNotFound)
+		if err == nil && (r.code == http.StatusNoContent || r.code == http.StatusNotFound) {
+			return true
+		}
+		retried = fmt.Sprintf("%d %q %v", r.code, r.body, err)
+		return false
 	})
 	c.procs.waitExit(proc, faultMemberTimeout, "after its removal")
+	c.t.Logf("removed %s %d through member %d in %s (last answer retried: %s)", what, victim.id, via.id, time.Since(start).Round(time.Millisecond), cmp.Or(retried, "none"))
 	return victim
 }

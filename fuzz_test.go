@@ -257,7 +257,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, ok)
 		}
 	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
-	case code == http.StatusOK && read && fuzzIsMember(before, strings.TrimPrefix(req.URL.Path, "/members/")):
+	case code == http.StatusOK && read && fuzzIsMember(before, req.URL.Path):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())
 	}
@@ -266,11 +266,11 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	}
 }
 
-// fuzzIsMember reports whether id, as GET /members/{id} spells it, names
-// one of members.
-func fuzzIsMember(st fuzzState, id string) bool {
+// fuzzIsMember reports whether path is /members/{id} for a member in st.
+func fuzzIsMember(st fuzzState, path string) bool {
+	id, ok := strings.CutPrefix(path, "/members/")
 	n, err := strconv.ParseUint(id, 10, 64)
-	return err == nil && slices.ContainsFunc(st.members, func(m member) bool { return m.ID == n })
+	return ok && err == nil && slices.ContainsFunc(st.members, func(m member) bool { return m.ID == n })
 }
 
 // fuzzValidKey is the README's rule for keys: 1 to 4096 bytes, and no
