@@ -72,6 +72,9 @@ func membershipAdd(t *testing.T, c *testCluster, via, id uint64) response {
 func TestStrictReconfigAdd(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
 	c.waitLeader()
+	eventually(t, 5*time.Second, "member 1 to be connected to members 2 and 3", func() bool {
+		return c.server(1).raft.peerConnected(2) && c.server(1).raft.peerConnected(3)
+	})
 	// 3 healthy of 4, then of 5: a quorum (3) either way.
 	for _, id := range []uint64{4, 5} {
 		if r := membershipAdd(t, c, 1, id); r.code != http.StatusCreated {
