@@ -20,20 +20,20 @@ import (
 // removal that would undo the mistake. Remove a live voter while another is
 // down and the same happens with fewer members.
 //
-// A member counts as healthy when the member checking is connected to it
-// (see peerConnected), so a member that was added but never started is not
-// healthy. etcd also asks that the connection be five seconds old, to ride
-// out a flapping link; raftkv counts a peer from the moment its connection
-// is up, since raft replicates to it from that moment, so that a change
-// right after a member restarts is not refused.
+// A member counts as healthy when the member that checks is connected to
+// it (see peerConnected), so a member that was added but never started is
+// not healthy. etcd also asks that the connection be five seconds old, to
+// ride out a flapping link; raftkv counts a peer from the moment its
+// connection is up, since raft replicates to it from that moment, so that
+// a change right after a member restarts is not refused.
+//
+// Both checks answer ErrNoLeader first when no leader is known: then no
+// change can commit, as no write can, and a member cut off from the rest
+// would take every other member for down.
 
 // ErrTooFewHealthy is a membership change refused because the voters it
 // would leave could not form a quorum.
 var ErrTooFewHealthy = errors.New("too few healthy voters")
-
-// Both checks answer ErrNoLeader first when no leader is known: then no
-// change can commit, as no write can, and a member cut off from the rest
-// would take every other member for down.
 
 // quorum is how many of n voters raft needs to elect a leader or commit.
 func quorum(n int) int { return n/2 + 1 }
