@@ -124,7 +124,7 @@ type raftNode struct {
 	termStart atomic.Uint64 // see trackLeader
 
 	leaderMu      sync.Mutex
-	leaderChangeC chan struct{} // closed and replaced when leader changes: see leaderChange
+	leaderChangeC chan struct{} // closed when leader changes, made by leaderChange when nil
 
 	stopOnce sync.Once
 	failOnce sync.Once
@@ -154,7 +154,6 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		applyC:        make(chan applyTask, storageQueue),
 		raftStorage:   raft.NewMemoryStorage(),
 		confState:     &raftpb.ConfState{},
-		leaderChangeC: make(chan struct{}),
 		stopC:         make(chan struct{}),
 		doneC:         make(chan struct{}),
 	}
@@ -594,8 +593,10 @@ func (rc *raftNode) trackLeader(rd raft.Ready) {
 	rc.termStart.Store(start)
 	if rc.leader.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
 		rc.leaderMu.Lock()
-		close(rc.leaderChangeC)
-		rc.leaderChangeC = make(chan struct{})
+		if rc.leaderChangeC != nil {
+			close(rc.leaderChangeC)
+			rc.leaderChangeC = nil // the next leaderChange makes a new one
+		}
 		rc.leaderMu.Unlock()
 	}
 }
@@ -606,6 +607,9 @@ func (rc *raftNode) trackLeader(rd raft.Ready) {
 func (rc *raftNode) leaderChange() <-chan struct{} {
 	rc.leaderMu.Lock()
 	defer rc.leaderMu.Unlock()
+	if rc.leaderChangeC == nil {
+		rc.leaderChangeC = make(chan struct{})
+	}
 	return rc.leaderChangeC
 }
 
