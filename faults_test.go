@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -161,8 +162,8 @@ func (c *faultCluster) checkRunning() {
 	}
 }
 
-// waitHealthy waits until m answers GET /health with 200: it is up and
-// knows a leader.
+// waitHealthy waits until m answers GET /health with 200: it is up, knows
+// a leader and the leader's client URL, and has published its own.
 func (c *faultCluster) waitHealthy(m *faultMember) {
 	c.t.Helper()
 	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to answer GET /health with 200", m.id), func() bool {
@@ -326,8 +327,7 @@ func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 	via := c.active()[rng.IntN(len(c.active()))]
 	m := c.allocate()
 	m.args = c.args(m.id, c.procs.clients[via.id-1])
-	c.start(m)
-	c.waitHealthy(m)
+	c.join(m)
 	for _, other := range c.active() {
 		c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to list member %d", other.id, m.id), func() bool {
 			r, err := e2eTry(faultProbeClient, "GET", c.url(other, "/members"), "")
@@ -342,6 +342,39 @@ func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 	return m
 }
 
+// join starts m, whose args say --join, until it serves. A member that has
+// just reconnected after a fault may not count its peers healthy yet and
+// refuse the new voter (ErrTooFewHealthy), and the joiner then exits; like
+// an operator, join tries again a little later.
+func (c *faultCluster) join(m *faultMember) {
+	c.t.Helper()
+	for attempt := 1; ; attempt++ {
+		c.start(m)
+		p := c.procs.running[m.id]
+		exited := false
+		eventually(c.t, faultMemberTimeout, fmt.Sprintf("member %d to join and answer GET /health with 200", m.id), func() bool {
+			select {
+			case <-p.done:
+				exited = true
+				return true
+			default:
+			}
+			r, err := e2eTry(faultProbeClient, "GET", c.url(m, "/health"), "")
+			return err == nil && r.code == http.StatusOK
+		})
+		if !exited {
+			return
+		}
+		c.procs.expectExit(m.id)
+		last := e2eTail(p.log, 1)
+		if !strings.Contains(last, ErrTooFewHealthy.Error()) || attempt == 5 {
+			c.t.Fatalf("member %d exited (%s) while joining: %s", m.id, p.exitStatus(), last)
+		}
+		c.t.Logf("member %d: join refused, trying again in a second: %s", m.id, last)
+		time.Sleep(time.Second)
+	}
+}
+
 // shrink removes a member other than keep, picked with rng (perhaps the
 // leader), through another member, and waits for its process to exit 0.
 func (c *faultCluster) shrink(rng *rand.Rand, keep *faultMember) *faultMember {
@@ -354,17 +387,29 @@ func (c *faultCluster) shrink(rng *rand.Rand, keep *faultMember) *faultMember {
 	}
 	victim := candidates[rng.IntN(len(candidates))]
 	via := keep
+	what := "member"
+	if c.leader() == victim.id {
+		what = "leader" // handed over first: see handOffLeadership
+	}
 	c.mu.Lock()
 	victim.removed = true // clients stop choosing it; requests in flight are theirs to judge
 	c.mu.Unlock()
 	proc := c.procs.expectExit(victim.id)
 	// A 504 leaves the removal's outcome unknown; retrying then answers 404
 	// if the first attempt was applied after all.
+	// A 409 or 503 (too few healthy voters, no leader, a hand-over that did
+	// not finish) changed nothing: retry too.
 	path := fmt.Sprintf("/members/%d", victim.id)
+	start, retried := time.Now(), ""
 	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("DELETE %s through member %d", path, via.id), func() bool {
 		r, err := e2eTry(e2eClient, "DELETE", c.url(via, path), "")
-		return err == nil && (r.code == http.StatusNoContent || r.code == http.StatusNotFound)
+		if err == nil && (r.code == http.StatusNoContent || r.code == http.StatusNotFound) {
+			return true
+		}
+		retried = fmt.Sprintf("%d %q %v", r.code, r.body, err)
+		return false
 	})
 	c.procs.waitExit(proc, faultMemberTimeout, "after its removal")
+	c.t.Logf("removed %s %d through member %d in %s (last answer retried: %s)", what, victim.id, via.id, time.Since(start).Round(time.Millisecond), cmp.Or(retried, "none"))
 	return victim
 }

@@ -288,12 +288,20 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 			t.Fatalf("%s: 200 with Content-Length %q, want %s", what, got, want)
 		}
 	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
+	case code == http.StatusOK && read && fuzzIsMember(before, req.URL.Path):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())
 	}
 	if d := after.diff(want); d != "" {
 		t.Fatalf("%s: %d %q, and then %s", what, rec.Code, rec.Body.String(), d)
 	}
+}
+
+// fuzzIsMember reports whether path is /members/{id} for a member in st.
+func fuzzIsMember(st fuzzState, path string) bool {
+	id, ok := strings.CutPrefix(path, "/members/")
+	n, err := strconv.ParseUint(id, 10, 64)
+	return ok && err == nil && slices.ContainsFunc(st.members, func(m member) bool { return m.ID == n })
 }
 
 // fuzzValidKey is the README's rule for keys: 1 to 4096 bytes, and no

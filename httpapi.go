@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +37,7 @@ const (
 // after whatever wait their level asks for.
 type httpAPI struct {
 	id             uint64
+	clientURL      string // this member's, as it publishes it
 	store          *kvstore
 	raft           *raftNode
 	reads          *readLoop
@@ -49,6 +49,7 @@ type httpAPI struct {
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *httpAPI {
 	h := &httpAPI{
 		id:             cfg.id,
+		clientURL:      cfg.clientURL,
 		store:          store,
 		raft:           rn,
 		reads:          reads,
@@ -65,6 +66,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	h.mux.HandleFunc("/keys", noKey)
 	h.handle("GET /members", h.listMembers)
 	h.handle("POST /members", h.addMember)
+	h.handle("GET /members/{id}", h.getMember)
 	h.handle("DELETE /members/{id}", h.removeMember)
 	h.handle("GET /status", h.getStatus)
 	h.handle("GET /health", h.getHealth)
@@ -262,140 +264,6 @@ func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// memberView is a member as GET /members shows it.
-type memberView struct {
-	member
-	IsLeader bool `json:"isLeader"`
-}
-
-// listMembers handles GET /members.
-func (h *httpAPI) listMembers(w http.ResponseWriter, r *http.Request) {
-	leader := h.raft.leaderID()
-	views := []memberView{}
-	for _, m := range h.store.memberList() {
-		views = append(views, memberView{member: withLists(m), IsLeader: m.ID == leader})
-	}
-	writeJSON(w, http.StatusOK, views)
-}
-
-// addMemberRequest is the body of POST /members.
-type addMemberRequest struct {
-	ID        uint64 `json:"id"`
-	PeerURL   string `json:"peerURL"`
-	ClientURL string `json:"clientURL"`
-}
-
-// addMember handles POST /members: 201 once the new voter is applied here.
-// The new member must then be started with --join.
-func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
-	var req addMemberRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			http.Error(w, fmt.Sprintf("member JSON exceeds %d bytes", maxMemberBodyBytes), http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "bad member JSON: "+oneLine(err), http.StatusBadRequest)
-		return
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		http.Error(w, "bad member JSON: data after the object", http.StatusBadRequest)
-		return
-	}
-	m, err := req.validate()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if err := h.checkNewMember(m); err != nil {
-		http.Error(w, err.Error(), http.StatusConflict)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.addMember(ctx, m)
-	if err != nil {
-		h.writeError(w, err)
-		return
-	}
-	setRaftIndex(w, index)
-	w.Header().Set("Location", fmt.Sprintf("/members/%d", m.ID))
-	writeJSON(w, http.StatusCreated, withLists(m))
-}
-
-// validate checks a POST /members body and returns the member it names.
-func (req addMemberRequest) validate() (member, error) {
-	if req.ID < 1 || req.ID > maxMemberID {
-		return member{}, fmt.Errorf("id must be between 1 and %d", maxMemberID)
-	}
-	peerURL, err := normalizeURL(req.PeerURL)
-	if err != nil {
-		return member{}, fmt.Errorf("peerURL: %w", err)
-	}
-	m := member{ID: req.ID, PeerURLs: []string{peerURL}}
-	if req.ClientURL != "" {
-		clientURL, err := normalizeURL(req.ClientURL)
-		if err != nil {
-			return member{}, fmt.Errorf("clientURL: %w", err)
-		}
-		if clientURL == peerURL {
-			return member{}, fmt.Errorf("clientURL and peerURL are both %s", peerURL)
-		}
-		m.ClientURLs = []string{clientURL}
-	}
-	return m, nil
-}
-
-// checkNewMember refuses, before anything is proposed, an id or a URL the
-// cluster already uses, and ids of removed members: their old process may
-// still be running, and peers turn their messages away.
-func (h *httpAPI) checkNewMember(m member) error {
-	if _, ok := h.store.lookupMember(m.ID); ok {
-		return fmt.Errorf("member %d: %w", m.ID, ErrMemberExists)
-	}
-	if h.store.isIDRemoved(m.ID) {
-		return fmt.Errorf("member %d was removed; member ids cannot be reused", m.ID)
-	}
-	for _, other := range h.store.memberList() {
-		for _, u := range slices.Concat(other.PeerURLs, other.ClientURLs) {
-			for _, mine := range slices.Concat(m.PeerURLs, m.ClientURLs) {
-				if sameURL(u, mine) {
-					return fmt.Errorf("URL %s is used by member %d", mine, other.ID)
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// removeMember handles DELETE /members/{id}: 204 once applied here. The
-// removed member stops itself when it learns of it.
-func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil || id == 0 {
-		http.Error(w, fmt.Sprintf("bad member id %q", r.PathValue("id")), http.StatusBadRequest)
-		return
-	}
-	if _, ok := h.store.lookupMember(id); !ok {
-		http.Error(w, fmt.Sprintf("member %d: %s", id, ErrMemberNotFound), http.StatusNotFound)
-		return
-	}
-	if len(h.store.memberList()) == 1 {
-		http.Error(w, "cannot remove the only member", http.StatusConflict)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.removeMember(ctx, id)
-	if err != nil {
-		h.writeError(w, err)
-		return
-	}
-	setRaftIndex(w, index)
-	w.WriteHeader(http.StatusNoContent)
-}
-
 // statusView is the body of GET /status.
 type statusView struct {
 	ID            uint64 `json:"id"`
@@ -421,17 +289,6 @@ func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
 		AppliedIndex:  h.store.appliedIndex.Load(),
 		SnapshotIndex: h.raft.snapshotIndex(),
 	})
-}
-
-// getHealth handles GET /health: healthy means a leader is known.
-func (h *httpAPI) getHealth(w http.ResponseWriter, r *http.Request) {
-	if h.raft.leaderID() == raft.None {
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, ErrNoLeader.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	io.WriteString(w, "ok\n")
 }
 
 // writeError answers with the status code err calls for and a one-line reason.

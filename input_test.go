@@ -182,14 +182,14 @@ func TestHTTPRouteErrors(t *testing.T) {
 		{method: "POST", target: "/keys/a", code: 405, reason: `POST is not allowed on "/keys/a": use GET, HEAD, PUT, DELETE`},
 		{method: "OPTIONS", target: "/status", code: 405, reason: "use GET, HEAD"},
 		{method: "PUT", target: "/members", code: 405, reason: "use GET, HEAD, POST"},
-		{method: "GET", target: "/members/1", code: 405, reason: "use DELETE"},
+		{method: "PUT", target: "/members/1", code: 405, reason: "use GET, HEAD, DELETE"},
 	})
 	for _, tc := range []struct {
 		method, target, allow string
 	}{
 		{"POST", "/keys/a", "GET, HEAD, PUT, DELETE"},
 		{"PATCH", "/status", "GET, HEAD"},
-		{"GET", "/members/1", "DELETE"},
+		{"PUT", "/members/1", "GET, HEAD, DELETE"},
 	} {
 		rec := inputTestServe(h, tc.method, tc.target, "", nil)
 		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != tc.allow {

@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/etcd/pkg/v3/idutil"
 	"go.etcd.io/etcd/pkg/v3/wait"
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -149,12 +150,32 @@ func (s *kvstore) removeMember(ctx context.Context, id uint64) (uint64, error) {
 	return s.proposeConfChange(ctx, cc)
 }
 
+// leaderWatch is what publishing a client URL needs of the raft node: who
+// leads, and a channel closed at the next change of leader.
+type leaderWatch interface {
+	leaderID() uint64
+	leaderChange() <-chan struct{}
+}
+
 // publishClientURL puts this member's client URL into the replicated member
 // table, so that followers can redirect clients to it when it leads. Like
-// etcd publishing its member attributes, it runs on every start and retries
-// until the entry applies or the store stops.
-func (s *kvstore) publishClientURL(memberID uint64, clientURL string, timeout time.Duration) {
-	for {
+// etcd publishing its member attributes, it runs on every start, until the
+// table shows the URL (published by this run, by an earlier one, or given
+// when the member was added) or the store stops. A proposal needs a leader,
+// so it proposes the moment one is known, woken by the change of leader
+// rather than by a timer; after a failure, again at the next change of
+// leader or a tenth of timeout later, whichever comes first.
+func (s *kvstore) publishClientURL(leaders leaderWatch, memberID uint64, clientURL string, timeout time.Duration) {
+	for !s.hasClientURL(memberID, clientURL) {
+		changed := leaders.leaderChange()
+		if leaders.leaderID() == raft.None {
+			select {
+			case <-changed:
+				continue
+			case <-s.done:
+				return
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		id := s.requestIDs.Next()
 		_, err := s.propose(ctx, id, encodePublish(id, memberID, clientURL))
@@ -170,11 +191,19 @@ func (s *kvstore) publishClientURL(memberID uint64, clientURL string, timeout ti
 			return
 		}
 		select {
+		case <-changed:
 		case <-time.After(timeout / 10):
 		case <-s.done:
 			return
 		}
 	}
+}
+
+// hasClientURL reports whether the applied member table gives member id
+// exactly clientURL, the one it serves clients on.
+func (s *kvstore) hasClientURL(id uint64, clientURL string) bool {
+	m, ok := s.lookupMember(id)
+	return ok && slices.Equal(m.ClientURLs, []string{clientURL})
 }
 
 // propose hands an entry to the raft node and waits for this member to apply it.

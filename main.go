@@ -300,7 +300,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	go reads.run()
 	s.http = newBoundedServer(newHTTPAPI(cfg, store, rn, reads), cfg.clientLimits())
 	go s.http.Serve(clientLn)
-	go store.publishClientURL(cfg.id, cfg.clientURL, cfg.requestTimeout)
+	go store.publishClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
 }

@@ -121,6 +121,9 @@ type raftNode struct {
 	committed atomic.Uint64
 	termStart atomic.Uint64 // see trackLeader
 
+	leaderMu      sync.Mutex
+	leaderChangeC chan struct{} // closed when leader changes, made by leaderChange when nil
+
 	stopOnce sync.Once
 	failOnce sync.Once
 	stopC    chan struct{} // closed to stop; also stops the purge and listener goroutines
@@ -614,7 +617,44 @@ func (rc *raftNode) trackLeader(rd raft.Ready) {
 	// Stored before the leader, so a reader that sees this node lead sees
 	// the start of its term.
 	rc.termStart.Store(start)
-	rc.leader.Store(rd.SoftState.Lead)
+	if rc.leader.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
+		rc.leaderMu.Lock()
+		if rc.leaderChangeC != nil {
+			close(rc.leaderChangeC)
+			rc.leaderChangeC = nil // the next leaderChange makes a new one
+		}
+		rc.leaderMu.Unlock()
+	}
+}
+
+// leaderChange returns a channel that is closed the next time the leader
+// this node knows changes, to None or to another member. Take it before
+// looking at leaderID, so that no change can fall between the two.
+func (rc *raftNode) leaderChange() <-chan struct{} {
+	rc.leaderMu.Lock()
+	defer rc.leaderMu.Unlock()
+	if rc.leaderChangeC == nil {
+		rc.leaderChangeC = make(chan struct{})
+	}
+	return rc.leaderChangeC
+}
+
+// waitLeader returns once ok holds for the leader this node knows, waking
+// at each change of leader rather than polling.
+func (rc *raftNode) waitLeader(ctx context.Context, ok func(leader uint64) bool) error {
+	for {
+		changed := rc.leaderChange()
+		if ok(rc.leaderID()) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-rc.stopC:
+			return ErrStopped
+		}
+	}
 }
 
 // termStartIndex is, while this node leads, the index of its first entry of
@@ -643,6 +683,17 @@ func (rc *raftNode) status() raft.Status { return rc.node.Status() }
 // done is closed when the node has stopped, by stop or on its own (removed
 // from the cluster, or a storage error): see stop for why.
 func (rc *raftNode) done() <-chan struct{} { return rc.doneC }
+
+// stoppedRemoved waits, at most until ctx is done, for the node to stop,
+// and reports whether it stopped because this member was removed.
+func (rc *raftNode) stoppedRemoved(ctx context.Context) bool {
+	select {
+	case <-rc.doneC:
+		return errors.Is(rc.err, ErrRemoved)
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // fail stops the node because of err, which stop then reports, unless an
 // earlier error already stopped it. ErrStopped only says the node was

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/raft/v3"
+	"go.uber.org/zap"
+)
+
+// Removing the leader without an election.
+//
+// A leader that applies its own removal steps down (raft's
+// StepDownOnRemoval) and stops, and the others hear nothing until an
+// election timeout has passed (1 to 2 s): they then elect a new leader,
+// and until they have, no write commits. So before the removal is even
+// proposed, the leader hands leadership over with raft's leadership
+// transfer (raft thesis §3.10): the leader brings the chosen voter's log up
+// to its own and sends it MsgTimeoutNow, and that voter campaigns at once,
+// without waiting for a timeout. The others learn of the new leader within
+// a round trip or two; the removal then goes through it like any other
+// change, and the old leader leaves as a follower.
+//
+// A new leader ignores conf changes until it has applied every entry its
+// log held when it won (raft's pendingConfIndex): raft replaces such a
+// proposal with an empty entry, and its proposer learns nothing until its
+// request times out. So the removal is proposed only once this member has
+// applied the new leader's first entry of its term, which comes right after
+// those: the new leader, the first to know that entry committed, has then
+// applied it too, unless its apply is held up. (Should it be, the removal
+// answers 504, and a retry removes the member or finds it gone.)
+
+// ErrLeaderTransfer is a leadership transfer that did not finish in time.
+var ErrLeaderTransfer = errors.New("leadership transfer did not finish")
+
+// handOffLeadership makes another member lead in place of leader, the
+// member about to be removed, and returns once a leader is known that is
+// not leader and its first entry of the term is applied here. This member
+// picks itself to take over, unless it is the leader: then it picks the
+// voter raft has replicated the most of its log to, since raft sends
+// MsgTimeoutNow only once the transferee's log matches the leader's, at
+// once if it already does. ctx, the request's, bounds the wait; raft itself
+// gives up on a transfer that takes longer than an election timeout.
+func (h *httpAPI) handOffLeadership(ctx context.Context, leader uint64) error {
+	transferee := h.id
+	if leader == h.id {
+		transferee = h.raft.mostCaughtUp()
+		if transferee == raft.None {
+			return fmt.Errorf("%w: member %d leads and is connected to no other voter to hand over to", ErrLeaderTransfer, leader)
+		}
+	}
+	h.raft.transferLeadership(ctx, leader, transferee)
+	err := h.raft.waitLeader(ctx, func(l uint64) bool { return l != raft.None && l != leader })
+	if err == nil {
+		// The removal is proposed after this: see pendingConfIndex above.
+		err = h.reads.wait(ctx)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: member %d was asked to hand leadership to member %d, and no other leader was ready within %s; nothing was proposed",
+			ErrLeaderTransfer, leader, transferee, h.requestTimeout)
+	}
+	return err
+}
+
+// transferLeadership asks raft to make transferee lead in place of lead.
+// On a follower raft passes the request on to the leader.
+func (rc *raftNode) transferLeadership(ctx context.Context, lead, transferee uint64) {
+	rc.lg.Info("transferring leadership", zap.Uint64("leader", lead), zap.Uint64("transferee", transferee))
+	rc.node.TransferLeadership(ctx, lead, transferee)
+}
+
+// mostCaughtUp is, on the leader, the voter other than itself, connected
+// to it, whose log matches the most of the leader's (raft's Progress.Match;
+// the lowest id of equals), or None.
+func (rc *raftNode) mostCaughtUp() uint64 {
+	best, bestMatch := uint64(raft.None), uint64(0)
+	for id, pr := range rc.status().Progress {
+		if id == rc.id || pr.IsLearner || !rc.peerConnected(id) {
+			continue
+		}
+		if best == raft.None || pr.Match > bestMatch || (pr.Match == bestMatch && id < best) {
+			best, bestMatch = id, pr.Match
+		}
+	}
+	return best
+}

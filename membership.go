@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+)
+
+// memberView is a member as GET /members shows it.
+type memberView struct {
+	member
+	IsLeader bool `json:"isLeader"`
+}
+
+// viewOf is m as the API shows it, with leader the member that leads.
+func viewOf(m member, leader uint64) memberView {
+	return memberView{member: withLists(m), IsLeader: m.ID == leader}
+}
+
+// listMembers handles GET /members.
+func (h *httpAPI) listMembers(w http.ResponseWriter, r *http.Request) {
+	leader := h.raft.leaderID()
+	views := []memberView{}
+	for _, m := range h.store.memberList() {
+		views = append(views, viewOf(m, leader))
+	}
+	writeJSON(w, http.StatusOK, views)
+}
+
+// addMemberRequest is the body of POST /members.
+type addMemberRequest struct {
+	ID        uint64 `json:"id"`
+	PeerURL   string `json:"peerURL"`
+	ClientURL string `json:"clientURL"`
+}
+
+// addMember handles POST /members: 201 once the new voter is applied here,
+// 409 if it clashes with a member or would cost the cluster its quorum
+// (mayAddMember). The new member must then be started with --join.
+func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
+	var req addMemberRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			http.Error(w, fmt.Sprintf("member JSON exceeds %d bytes", maxMemberBodyBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "bad member JSON: "+oneLine(err), http.StatusBadRequest)
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		http.Error(w, "bad member JSON: data after the object", http.StatusBadRequest)
+		return
+	}
+	m, err := req.validate()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := h.checkNewMember(m); err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	if err := h.mayAddMember(m); err != nil {
+		h.refuseChange(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := h.store.addMember(ctx, m)
+	if err != nil {
+		h.writeError(w, err)
+		return
+	}
+	setRaftIndex(w, index)
+	w.Header().Set("Location", fmt.Sprintf("/members/%d", m.ID))
+	writeJSON(w, http.StatusCreated, withLists(m))
+}
+
+// validate checks a POST /members body and returns the member it names.
+func (req addMemberRequest) validate() (member, error) {
+	if req.ID < 1 || req.ID > maxMemberID {
+		return member{}, fmt.Errorf("id must be between 1 and %d", maxMemberID)
+	}
+	peerURL, err := normalizeURL(req.PeerURL)
+	if err != nil {
+		return member{}, fmt.Errorf("peerURL: %w", err)
+	}
+	m := member{ID: req.ID, PeerURLs: []string{peerURL}}
+	if req.ClientURL != "" {
+		clientURL, err := normalizeURL(req.ClientURL)
+		if err != nil {
+			return member{}, fmt.Errorf("clientURL: %w", err)
+		}
+		if clientURL == peerURL {
+			return member{}, fmt.Errorf("clientURL and peerURL are both %s", peerURL)
+		}
+		m.ClientURLs = []string{clientURL}
+	}
+	return m, nil
+}
+
+// checkNewMember refuses, before anything is proposed, an id or a URL the
+// cluster already uses, and ids of removed members: their old process may
+// still be running, and peers turn their messages away.
+func (h *httpAPI) checkNewMember(m member) error {
+	if _, ok := h.store.lookupMember(m.ID); ok {
+		return fmt.Errorf("member %d: %w", m.ID, ErrMemberExists)
+	}
+	if h.store.isIDRemoved(m.ID) {
+		return fmt.Errorf("member %d was removed; member ids cannot be reused", m.ID)
+	}
+	for _, other := range h.store.memberList() {
+		for _, u := range slices.Concat(other.PeerURLs, other.ClientURLs) {
+			for _, mine := range slices.Concat(m.PeerURLs, m.ClientURLs) {
+				if sameURL(u, mine) {
+					return fmt.Errorf("URL %s is used by member %d", mine, other.ID)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// getMember handles GET /members/{id}, the Location a 201 to POST /members
+// names: the member as GET /members lists it.
+func (h *httpAPI) getMember(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.memberFrom(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(m, h.raft.leaderID()))
+}
+
+// memberFrom returns the member the {id} in the request path names, or
+// answers 400 for an id that is not a number from 1 up, and 404 for one
+// that is not a member.
+func (h *httpAPI) memberFrom(w http.ResponseWriter, r *http.Request) (member, bool) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil || id == 0 {
+		http.Error(w, fmt.Sprintf("bad member id %q", r.PathValue("id")), http.StatusBadRequest)
+		return member{}, false
+	}
+	m, ok := h.store.lookupMember(id)
+	if !ok {
+		http.Error(w, fmt.Sprintf("member %d: %s", id, ErrMemberNotFound), http.StatusNotFound)
+		return member{}, false
+	}
+	return m, true
+}
+
+// removeMember handles DELETE /members/{id}: 204 once applied here, 409
+// if it would cost the cluster its quorum (mayRemoveMember). The leader
+// first hands leadership over (handOffLeadership). The removed member
+// stops itself when it learns of it.
+func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.memberFrom(w, r)
+	if !ok {
+		return
+	}
+	if len(h.store.memberList()) == 1 {
+		http.Error(w, "cannot remove the only member", http.StatusConflict)
+		return
+	}
+	if err := h.mayRemoveMember(m.ID); err != nil {
+		h.refuseChange(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	if m.ID == h.raft.leaderID() {
+		if err := h.handOffLeadership(ctx, m.ID); err != nil {
+			h.refuseChange(w, err)
+			return
+		}
+	}
+	index, err := h.store.removeMember(ctx, m.ID)
+	if errors.Is(err, ErrStopped) && m.ID == h.id && h.raft.stoppedRemoved(ctx) {
+		// A member removing itself may hear of it from a peer that applied
+		// the removal, and stop, before it has applied the entry itself:
+		// the removal is done, at an index this member never learnt.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if err != nil {
+		h.writeError(w, err)
+		return
+	}
+	setRaftIndex(w, index)
+	w.WriteHeader(http.StatusNoContent)
+}
