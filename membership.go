@@ -73,6 +73,10 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
+	if err := h.afterLeaderSettled(ctx); err != nil {
+		h.writeError(w, err)
+		return
+	}
 	index, err := h.store.addMember(ctx, m)
 	if err != nil {
 		h.writeError(w, err)
@@ -179,6 +183,9 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 			h.refuseChange(w, err)
 			return
 		}
+	} else if err := h.afterLeaderSettled(ctx); err != nil {
+		h.writeError(w, err)
+		return
 	}
 	index, err := h.store.removeMember(ctx, m.ID)
 	if errors.Is(err, ErrStopped) && m.ID == h.id && h.raft.stoppedRemoved(ctx) {
@@ -194,4 +201,13 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	}
 	setRaftIndex(w, index)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// afterLeaderSettled returns once this member has applied the current
+// leader's first entry of its term, by one ReadIndex round. A leader
+// elected a moment ago ignores conf changes until it has applied the
+// entries its log held when it won (see handoff.go): proposed before that,
+// an add or a removal would be dropped without a word and answer 504.
+func (h *httpAPI) afterLeaderSettled(ctx context.Context) error {
+	return h.reads.wait(ctx)
 }
