@@ -691,11 +691,3 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
 }
-
-// raftLogger lets raft log through zap. etcd has the same adapter in its
-// etcdserver package, but importing that pulls in the whole etcd server;
-// zap's SugaredLogger already has every method raft wants but these two.
-type raftLogger struct{ *zap.SugaredLogger }
-
-func (l raftLogger) Warning(args ...any)                 { l.Warn(args...) }
-func (l raftLogger) Warningf(format string, args ...any) { l.Warnf(format, args...) }
