@@ -189,7 +189,7 @@ func startRaftNode(cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wai
 		CheckQuorum:       true,
 		PreVote:           true,
 		StepDownOnRemoval: true,
-		Logger:            raftLogger{lg.Sugar()},
+		Logger:            newRaftLogger(lg, cfg.id),
 	}
 	if walExisted || cfg.join != "" {
 		// A restart resumes from what is on disk; a joining member starts
@@ -432,6 +432,7 @@ func (rc *raftNode) serveReady() {
 // writes them itself (raft thesis §10.2.1), and a follower forwards
 // proposals and read-index requests while its own fsync runs.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
+	rc.logLeaderChange(rd) // before trackLeader, which records the new leader
 	rc.trackLeader(rd)
 	if !raft.IsEmptyHardState(rd.HardState) {
 		rc.committed.Store(rd.HardState.GetCommit())
