@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.etcd.io/raft/v3"
@@ -213,5 +215,41 @@ func TestRaftLoggerLines(t *testing.T) {
 		if file := filepath.Base(e.Caller.File); file != "logging_test.go" {
 			t.Errorf("%q: caller %s, want logging_test.go", tc.want, e.Caller.File)
 		}
+	}
+}
+
+// TestRaftLoggerLogBehind shows what a member whose data dir was lost says
+// when a leader tells it a commit index beyond its log: raft panics, and
+// the line says why and what to do. (A logger from newLogger then exits
+// with status 1 instead; see TestE2ELogs.)
+func TestRaftLoggerLogBehind(t *testing.T) {
+	lg, logs := observedLogger()
+	rn, _ := newTestRawNode(t, 2, 3, lg)
+	heartbeat := &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: new(uint64(1)), To: new(uint64(2)), Term: new(uint64(2)), Commit: new(uint64(34))}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("raft did not panic at a commit index beyond its log")
+			}
+		}()
+		rn.Step(heartbeat)
+	}()
+	panics := logs.FilterLevelExact(zapcore.PanicLevel).All()
+	if len(panics) != 1 {
+		t.Fatalf("%d lines at panic level, want 1: %v", len(panics), logs.All())
+	}
+	msg := panics[0].Message
+	for _, want := range []string{
+		fmt.Sprintf(raftLogBehind, 34, 3),
+		"its data dir was lost",
+		"curl -X DELETE <client URL of any member>/members/2",
+		"new id with a fresh data dir and --join",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("line %q does not say %q", msg, want)
+		}
+	}
+	if file := filepath.Base(panics[0].Caller.File); file != "log.go" {
+		t.Errorf("caller %s, want raft's log.go", panics[0].Caller.File)
 	}
 }
