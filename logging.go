@@ -1,18 +1,28 @@
 package main
 
-// Logging: the process's zap logger, and the adapter through which raft
-// logs into it. A member's log is written for an operator: info says what
-// this member does and what happens to the cluster, warn that something is
-// wrong, and debug has the libraries' narration of their own machinery.
+// Logging: the process's zap logger, and the adapters through which raft and
+// etcd's packages log into it. A member's log is written for an operator:
 //
-// Member ids are decimal, as GET /members, DELETE /members/<id> and --id
-// spell them. raft formats ids with %x, which differs from decimal from id
-// 10 on: an operator who copied "15" from a log line into DELETE
-// /members/15 would remove the wrong member. So the raft adapter formats
-// ids in decimal.
+//   - info says what this member does and what happens to the cluster: it
+//     starts (id, URLs, data dir, what it replayed), serves, sees the leader
+//     change, applies a membership change, saves or loads a snapshot, and
+//     finds a peer unreachable or back;
+//   - warn says something is wrong;
+//   - debug has the libraries' narration of their own machinery.
+//
+// Member ids are decimal everywhere, as GET /members, DELETE /members/<id>
+// and --id spell them. raft formats ids with %x and rafthttp logs them in
+// hex, which differs from decimal from id 10 on: an operator who copied
+// "15" from a log line into DELETE /members/15 would remove the wrong
+// member. So the raft adapter formats ids in decimal, and the rafthttp one
+// rewrites its id fields; the only hex left is inside the text of some of
+// rafthttp's error strings, such as "failed to dial 15 on stream Message",
+// where the line's peer-id field names the same member in decimal.
 
 import (
+	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"go.etcd.io/raft/v3"
@@ -139,4 +149,148 @@ func (rc *raftNode) logLeaderChange(rd raft.Ready) {
 	default:
 		rc.lg.Info("following leader", zap.Uint64("leader", now), zap.Uint64("term", term))
 	}
+}
+
+// newTransportLogger is the logger rafthttp logs through. rafthttp narrates
+// each stream and pipeline to each peer: a start logs a dozen lines per
+// peer, and a peer that stops costs every member half a dozen warnings and
+// two more every five seconds while it is down. What an operator needs,
+// that a peer became unreachable and that it is back, rafthttp also says,
+// once each ("peer became inactive", "peer became active"); transportLevel
+// keeps those and rafthttp's warnings of real trouble (a cluster ID
+// mismatch, dropped messages, a removed member still calling), and logs
+// the rest at debug. Id fields are rewritten in decimal.
+func newTransportLogger(lg *zap.Logger) *zap.Logger {
+	return lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return relevelCore{Core: c, level: transportLevel, decimalIDs: true}
+	}))
+}
+
+// transportLevel is the level a rafthttp line is logged at.
+func transportLevel(e zapcore.Entry, fields []zapcore.Field) zapcore.Level {
+	switch e.Message {
+	case "peer became active",
+		"sending database snapshot", "sent database snapshot",
+		"receiving database snapshot", "received and saved database snapshot":
+		return e.Level
+	case "peer became inactive (message send to peer failed)":
+		if closedHere(fields) {
+			return zapcore.DebugLevel
+		}
+		return e.Level
+	case "lost TCP streaming connection with remote peer",
+		"closed TCP streaming connection with remote peer",
+		"prober detected unhealthy status":
+		// The peer's state, once, is in "peer became inactive".
+		return zapcore.DebugLevel
+	}
+	if e.Level == zapcore.InfoLevel {
+		return zapcore.DebugLevel
+	}
+	return e.Level
+}
+
+// closedHere reports whether a "peer became inactive" line is about a
+// stream this member closed itself: rafthttp cancels a stream's context
+// only when it stops the transport (the member is stopping) or the peer (it
+// was removed), and the line then says nothing about the peer.
+func closedHere(fields []zapcore.Field) bool {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType &&
+			strings.HasSuffix(err.Error(), "("+context.Canceled.Error()+")") {
+			return true
+		}
+	}
+	return false
+}
+
+// newPurgeLogger is the logger etcd's fileutil.PurgeFile logs through: that
+// it started, and each old file it deletes, is housekeeping, at debug. Its
+// warnings stay warnings.
+func newPurgeLogger(lg *zap.Logger) *zap.Logger {
+	return lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return relevelCore{Core: c, level: infoAsDebug}
+	}))
+}
+
+// infoAsDebug logs info lines at debug and the rest as they are.
+func infoAsDebug(e zapcore.Entry, _ []zapcore.Field) zapcore.Level {
+	if e.Level == zapcore.InfoLevel {
+		return zapcore.DebugLevel
+	}
+	return e.Level
+}
+
+// relevelCore logs a library's lines at the level its level function
+// gives, which may be lower than the library chose, never higher. Errors
+// and worse keep their level: they may end the process (see newLogger).
+// Lines are checked at the library's level and decided on in Write, where
+// their fields are known.
+type relevelCore struct {
+	zapcore.Core
+	level      func(zapcore.Entry, []zapcore.Field) zapcore.Level
+	decimalIDs bool // rewrite hex member-id fields (see isTransportIDField) in decimal
+}
+
+// With keeps the relevelling for a logger with added fields.
+func (c relevelCore) With(fields []zapcore.Field) zapcore.Core {
+	return relevelCore{Core: c.Core.With(fields), level: c.level, decimalIDs: c.decimalIDs}
+}
+
+// Check lets Write decide on every line the wrapped core would log.
+func (c relevelCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+// Write logs e at its new level, if that level is enabled.
+func (c relevelCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if e.Level <= zapcore.WarnLevel {
+		e.Level = min(e.Level, c.level(e, fields))
+	}
+	if !c.Enabled(e.Level) {
+		return nil
+	}
+	if c.decimalIDs {
+		fields = decimalIDFields(fields)
+	}
+	return c.Core.Write(e, fields)
+}
+
+// isTransportIDField reports whether rafthttp logs a member id in the
+// field named key.
+func isTransportIDField(key string) bool {
+	switch key {
+	case "peer-id", "local-member-id", "remote-peer-id", "remote-peer-id-stream-handler",
+		"remote-peer-id-from", "remote-peer-id-header", "remote-snapshot-sender-id",
+		"removed-remote-peer-id", "updated-remote-peer-id", "unknown-target-peer-id",
+		"from", "to":
+		return true
+	}
+	return false
+}
+
+// decimalIDFields is fields with each hex member id rewritten as a number,
+// as raftkv logs them. The caller's slice is left as it is.
+func decimalIDFields(fields []zapcore.Field) []zapcore.Field {
+	var out []zapcore.Field
+	for i, f := range fields {
+		if f.Type != zapcore.StringType || !isTransportIDField(f.Key) {
+			continue
+		}
+		id, err := strconv.ParseUint(f.String, 16, 64)
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = append([]zapcore.Field(nil), fields...)
+		}
+		out[i] = zap.Uint64(f.Key, id)
+	}
+	if out == nil {
+		return fields
+	}
+	return out
 }

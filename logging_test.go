@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -251,5 +252,56 @@ func TestRaftLoggerLogBehind(t *testing.T) {
 	}
 	if file := filepath.Base(panics[0].Caller.File); file != "log.go" {
 		t.Errorf("caller %s, want raft's log.go", panics[0].Caller.File)
+	}
+}
+
+// TestTransportLogger checks the levels rafthttp's lines come out at and
+// that member ids in its fields are decimal.
+func TestTransportLogger(t *testing.T) {
+	lg, logs := observedLogger()
+	tl := newTransportLogger(lg)
+	refused := errors.New("failed to dial 15 on stream Message (dial tcp 127.0.0.1:1: connect: connection refused)")
+	canceled := errors.New("failed to read 15 on stream MsgApp v2 (context canceled)")
+	for _, tc := range []struct {
+		level zapcore.Level
+		msg   string
+		field zap.Field
+		want  zapcore.Level
+	}{
+		{zapcore.InfoLevel, "started stream writer with remote peer", zap.String("remote-peer-id", "15"), zapcore.DebugLevel},
+		{zapcore.InfoLevel, "established TCP streaming connection with remote peer", zap.String("remote-peer-id", "15"), zapcore.DebugLevel},
+		{zapcore.InfoLevel, "peer became active", zap.String("peer-id", "15"), zapcore.InfoLevel},
+		{zapcore.InfoLevel, "sending database snapshot", zap.String("remote-peer-id", "15"), zapcore.InfoLevel},
+		{zapcore.WarnLevel, "lost TCP streaming connection with remote peer", zap.String("remote-peer-id", "15"), zapcore.DebugLevel},
+		{zapcore.WarnLevel, "closed TCP streaming connection with remote peer", zap.String("remote-peer-id", "15"), zapcore.DebugLevel},
+		{zapcore.WarnLevel, "prober detected unhealthy status", zap.String("remote-peer-id", "15"), zapcore.DebugLevel},
+		{zapcore.WarnLevel, "peer became inactive (message send to peer failed)", zap.Error(refused), zapcore.WarnLevel},
+		{zapcore.WarnLevel, "peer became inactive (message send to peer failed)", zap.Error(canceled), zapcore.DebugLevel},
+		{zapcore.WarnLevel, "request sent was ignored by remote peer due to cluster ID mismatch", zap.String("remote-peer-id", "15"), zapcore.WarnLevel},
+		{zapcore.ErrorLevel, "request sent was ignored by peer", zap.String("remote-peer-id", "15"), zapcore.ErrorLevel},
+	} {
+		logs.TakeAll()
+		if ce := tl.Check(tc.level, tc.msg); ce != nil {
+			ce.Write(tc.field, zap.String("local-member-id", "1"))
+		}
+		got := logs.All()
+		if len(got) != 1 || got[0].Level != tc.want {
+			t.Errorf("%s %q (%v): got %v, want one line at %s", tc.level, tc.msg, tc.field.Interface, got, tc.want)
+			continue
+		}
+		fields := got[0].ContextMap()
+		if id, ok := fields[tc.field.Key]; tc.field.Type == zapcore.StringType && (!ok || id != uint64(21)) {
+			t.Errorf("%q: %s = %v (%T), want 21", tc.msg, tc.field.Key, id, id)
+		}
+		if fields["local-member-id"] != uint64(1) {
+			t.Errorf("%q: local-member-id = %v, want 1", tc.msg, fields["local-member-id"])
+		}
+	}
+
+	// At info, the lines relevelled to debug are not written at all.
+	core, infoLogs := observer.New(zapcore.InfoLevel)
+	newTransportLogger(zap.New(core)).Warn("lost TCP streaming connection with remote peer")
+	if infoLogs.Len() != 0 {
+		t.Errorf("an info logger wrote %v", infoLogs.All())
 	}
 }

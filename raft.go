@@ -337,7 +337,7 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 // startTransport starts rafthttp and tells it where the other members are.
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
-		Logger:      rc.lg,
+		Logger:      newTransportLogger(rc.lg),
 		ID:          types.ID(rc.id),
 		ClusterID:   clusterID,
 		Raft:        rc,
@@ -660,8 +660,9 @@ func (rc *raftNode) shutdown() {
 // covers it.
 func (rc *raftNode) purgeOldFiles() {
 	const interval = 30 * time.Second
-	snapErrC := fileutil.PurgeFile(rc.lg, rc.snapDir(), "snap", maxSnapFiles, interval, rc.stopC)
-	walErrC := fileutil.PurgeFile(rc.lg, rc.walDir(), "wal", maxWALFiles, interval, rc.stopC)
+	lg := newPurgeLogger(rc.lg)
+	snapErrC := fileutil.PurgeFile(lg, rc.snapDir(), "snap", maxSnapFiles, interval, rc.stopC)
+	walErrC := fileutil.PurgeFile(lg, rc.walDir(), "wal", maxWALFiles, interval, rc.stopC)
 	select {
 	case err := <-snapErrC:
 		rc.lg.Warn("stopped purging old snapshot files", zap.Error(err))
