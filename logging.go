@@ -7,7 +7,7 @@ package main
 //     starts (id, URLs, data dir, what it replayed), serves, sees the leader
 //     change, applies a membership change, saves or loads a snapshot, and
 //     finds a peer unreachable or back;
-//   - warn says something is wrong;
+//   - warn says something is wrong, or that clients got a 5xx answer;
 //   - debug has the libraries' narration of their own machinery.
 //
 // Member ids are decimal everywhere, as GET /members, DELETE /members/<id>
@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.uber.org/zap"
@@ -293,4 +294,18 @@ func decimalIDFields(fields []zapcore.Field) []zapcore.Field {
 		return fields
 	}
 	return out
+}
+
+// answersPerSecond bounds how many lines a second newAnswerLogger writes
+// for each status code.
+const answersPerSecond = 5
+
+// newAnswerLogger is the logger the HTTP API reports its 5xx answers
+// through. Every 5xx is worth a warning, but while there is no leader every
+// request gets one: the first answersPerSecond lines each second for each
+// status say what is happening, and the rest are dropped.
+func newAnswerLogger(lg *zap.Logger) *zap.Logger {
+	return lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, answersPerSecond, 0)
+	}))
 }

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -303,5 +307,44 @@ func TestTransportLogger(t *testing.T) {
 	newTransportLogger(zap.New(core)).Warn("lost TCP streaming connection with remote peer")
 	if infoLogs.Len() != 0 {
 		t.Errorf("an info logger wrote %v", infoLogs.All())
+	}
+}
+
+// TestServerErrorLogged checks that 5xx answers are logged as warnings
+// with their reason, at most answersPerSecond a second for each status,
+// and that other answers, and requests whose client has gone, are not.
+func TestServerErrorLogged(t *testing.T) {
+	lg, logs := observedLogger()
+	h := &httpAPI{answerLog: newAnswerLogger(lg), requestTimeout: time.Second}
+	answer := func(err error) int {
+		rec := httptest.NewRecorder()
+		h.writeError(rec, err)
+		return rec.Code
+	}
+	for range 2 * answersPerSecond {
+		if code := answer(ErrNoLeader); code != http.StatusServiceUnavailable {
+			t.Fatalf("ErrNoLeader: %d, want 503", code)
+		}
+	}
+	if code := answer(fmt.Errorf("wait: %w", context.DeadlineExceeded)); code != http.StatusGatewayTimeout {
+		t.Fatalf("deadline: %d, want 504", code)
+	}
+	answer(ErrKeyNotFound)
+	answer(context.Canceled)
+
+	unavailable := logs.FilterMessage("answered 503 Service Unavailable").All()
+	if len(unavailable) != answersPerSecond {
+		t.Errorf("%d lines for %d 503s within a second, want %d", len(unavailable), 2*answersPerSecond, answersPerSecond)
+	}
+	for _, e := range unavailable {
+		if e.Level != zapcore.WarnLevel || e.ContextMap()["reason"] != ErrNoLeader.Error() {
+			t.Errorf("got %s %v, want warn with reason %q", e.Level, e.ContextMap(), ErrNoLeader)
+		}
+	}
+	if n := logs.FilterMessage("answered 504 Gateway Timeout").Len(); n != 1 {
+		t.Errorf("%d lines for one 504, want 1", n)
+	}
+	if n := logs.Len(); n != answersPerSecond+1 {
+		t.Errorf("%d lines in all, want %d: a 404 and a canceled request are not logged: %v", n, answersPerSecond+1, logs.All())
 	}
 }
