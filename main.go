@@ -221,6 +221,7 @@ type server struct {
 // has applied everything in its WAL and serves the client API.
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
+	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
 	u, _ := url.Parse(cfg.clientURL)
 	clientLn, err := net.Listen("tcp", u.Host)
 	if err != nil {
