@@ -78,9 +78,9 @@ func newRaftLogger(lg *zap.Logger, id uint64) raftLogger {
 // Debug to Panic are raft's Logger methods; see raftLogger for how their
 // lines differ from zap's, and Panicf.
 func (l raftLogger) Debug(v ...any)                   { l.lg.Debug(v...) }
-func (l raftLogger) Debugf(format string, v ...any)   { l.lg.Debugf(decimalIDs(format), v...) }
+func (l raftLogger) Debugf(format string, v ...any)   { l.debugf(format, v) }
 func (l raftLogger) Info(v ...any)                    { l.lg.Debug(v...) }
-func (l raftLogger) Infof(format string, v ...any)    { l.lg.Debugf(decimalIDs(format), v...) }
+func (l raftLogger) Infof(format string, v ...any)    { l.debugf(format, v) }
 func (l raftLogger) Warning(v ...any)                 { l.lg.Warn(v...) }
 func (l raftLogger) Warningf(format string, v ...any) { l.lg.Warnf(decimalIDs(format), v...) }
 func (l raftLogger) Error(v ...any)                   { l.lg.Error(v...) }
@@ -124,6 +124,15 @@ func (l raftLogger) withHint(format string, v []any) string {
 			" and add it back under a new id with a fresh data dir and --join", l.id, l.id)
 	}
 	return msg
+}
+
+// debugf logs a line of raft's at debug. Raft logs some of its Info lines
+// hundreds of times a second, so its format is rewritten only when the
+// line is written. It is one frame deeper than the other methods.
+func (l raftLogger) debugf(format string, v []any) {
+	if l.lg.Level().Enabled(zapcore.DebugLevel) {
+		l.lg.WithOptions(zap.AddCallerSkip(1)).Debugf(decimalIDs(format), v...)
+	}
 }
 
 // decimalIDs makes a raft format string print member ids in decimal: raft
