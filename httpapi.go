@@ -14,6 +14,7 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
+	"go.uber.org/zap"
 )
 
 const (
@@ -43,6 +44,7 @@ type httpAPI struct {
 	reads          *readLoop
 	requestTimeout time.Duration
 	maxValueBytes  int64
+	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
 }
 
@@ -55,6 +57,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		reads:          reads,
 		requestTimeout: cfg.requestTimeout,
 		maxValueBytes:  cfg.maxValueBytes,
+		answerLog:      newAnswerLogger(store.lg),
 		mux:            http.NewServeMux(),
 	}
 	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
@@ -300,15 +303,24 @@ func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
 		http.Error(w, oneLine(err), http.StatusConflict)
 	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, oneLine(err), http.StatusServiceUnavailable)
+		h.serverError(w, oneLine(err), http.StatusServiceUnavailable)
 	case errors.Is(err, context.DeadlineExceeded):
-		http.Error(w, fmt.Sprintf("timed out after %s: the outcome is unknown, the request may or may not have been applied", h.requestTimeout), http.StatusGatewayTimeout)
+		h.serverError(w, fmt.Sprintf("timed out after %s: the outcome is unknown, the request may or may not have been applied", h.requestTimeout), http.StatusGatewayTimeout)
 	case errors.Is(err, context.Canceled):
-		// The client has gone; nobody reads this.
+		// The client has gone; nobody reads this, and it is no fault of
+		// this member's, so it is not logged either.
 		http.Error(w, "request canceled", http.StatusServiceUnavailable)
 	default:
-		http.Error(w, oneLine(err), http.StatusInternalServerError)
+		h.serverError(w, oneLine(err), http.StatusInternalServerError)
 	}
+}
+
+// serverError answers a 5xx and logs it as a warning: the client was told
+// nothing definite, and the reason says why (no leader, a timeout, the
+// member stopping). Not every such answer gets a line: see newAnswerLogger.
+func (h *httpAPI) serverError(w http.ResponseWriter, reason string, code int) {
+	h.answerLog.Warn(fmt.Sprintf("answered %d %s", code, http.StatusText(code)), zap.String("reason", reason))
+	http.Error(w, reason, code)
 }
 
 // keyFrom returns the key named by the request path, or answers 400.

@@ -417,6 +417,7 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) {
 		default:
 			s.members[id] = &m
 			delete(s.removed, id)
+			s.lg.Info("member added to the cluster", zap.Uint64("member-id", id), zap.Strings("peer-urls", m.PeerURLs))
 		}
 	case raftpb.ConfChangeRemoveNode:
 		if s.members[id] == nil {

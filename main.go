@@ -195,20 +195,6 @@ func parseFlags(args []string) (config, error) {
 	return cfg, nil
 }
 
-// newLogger logs human-readable lines to stderr, as goreman shows them.
-func newLogger(level zapcore.Level) *zap.Logger {
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(level)
-	zc.Encoding = "console"
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	zc.Sampling = nil
-	lg, err := zc.Build()
-	if err != nil {
-		return zap.NewNop() // the config above is fixed and valid
-	}
-	return lg
-}
-
 // run serves until a signal arrives or the member stops on its own.
 func run(ctx context.Context, cfg config, lg *zap.Logger) error {
 	s, err := startServer(ctx, cfg, lg)
@@ -246,6 +232,7 @@ type server struct {
 // has applied everything in its WAL and serves the client API.
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
+	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
 	u, _ := url.Parse(cfg.clientURL)
 	clientLn, err := listenClients(u.Host)
 	if err != nil {

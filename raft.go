@@ -205,7 +205,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMach
 		CheckQuorum:       true,
 		PreVote:           true,
 		StepDownOnRemoval: true,
-		Logger:            raftLogger{lg.Sugar()},
+		Logger:            newRaftLogger(lg, cfg.id),
 	}
 	if walExisted || cfg.join != "" {
 		// A restart resumes from what is on disk; a joining member starts
@@ -366,7 +366,7 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 // would learn the members from.
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
-		Logger:      rc.lg,
+		Logger:      newTransportLogger(rc.lg),
 		ID:          types.ID(rc.id),
 		ClusterID:   types.ID(rc.clusterID),
 		Raft:        rc,
@@ -461,6 +461,7 @@ func (rc *raftNode) serveReady() {
 // writes them itself (raft thesis §10.2.1), and a follower forwards
 // proposals and read-index requests while its own fsync runs.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
+	rc.logLeaderChange(rd) // before trackLeader, which records the new leader
 	rc.trackLeader(rd)
 	if !raft.IsEmptyHardState(rd.HardState) {
 		rc.committed.Store(rd.HardState.GetCommit())
@@ -736,8 +737,9 @@ func (rc *raftNode) shutdown() {
 // covers it.
 func (rc *raftNode) purgeOldFiles() {
 	const interval = 30 * time.Second
-	snapErrC := fileutil.PurgeFile(rc.lg, rc.snapDir(), "snap", maxSnapFiles, interval, rc.stopC)
-	walErrC := fileutil.PurgeFile(rc.lg, rc.walDir(), "wal", maxWALFiles, interval, rc.stopC)
+	lg := newPurgeLogger(rc.lg)
+	snapErrC := fileutil.PurgeFile(lg, rc.snapDir(), "snap", maxSnapFiles, interval, rc.stopC)
+	walErrC := fileutil.PurgeFile(lg, rc.walDir(), "wal", maxWALFiles, interval, rc.stopC)
 	select {
 	case err := <-snapErrC:
 		rc.lg.Warn("stopped purging old snapshot files", zap.Error(err))
@@ -768,11 +770,3 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
 }
-
-// raftLogger lets raft log through zap. etcd has the same adapter in its
-// etcdserver package, but importing that pulls in the whole etcd server;
-// zap's SugaredLogger already has every method raft wants but these two.
-type raftLogger struct{ *zap.SugaredLogger }
-
-func (l raftLogger) Warning(args ...any)                 { l.Warn(args...) }
-func (l raftLogger) Warningf(format string, args ...any) { l.Warnf(format, args...) }

@@ -58,7 +58,7 @@ func TestLeaderReadsWaitForItsTermStart(t *testing.T) {
 		MaxSizePerMsg:      1 << 20,
 		MaxInflightMsgs:    maxInflightAppends,
 		AsyncStorageWrites: true,
-		Logger:             raftLogger{zap.NewNop().Sugar()},
+		Logger:             newRaftLogger(zap.NewNop(), 1),
 	})
 	rn := &raftNode{id: 1, node: node, raftStorage: ms, readStateC: make(chan raft.ReadState, 64)}
 	threads := &loneLeaderThreads{t: t, h: h, node: node, storage: ms, rn: rn,
