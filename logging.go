@@ -184,7 +184,7 @@ func transportLevel(e zapcore.Entry, fields []zapcore.Field) zapcore.Level {
 		"receiving database snapshot", "received and saved database snapshot":
 		return e.Level
 	case "peer became inactive (message send to peer failed)":
-		if closedHere(fields) {
+		if closedHere(fields) || peerStarting(fields) {
 			return zapcore.DebugLevel
 		}
 		return e.Level
@@ -208,6 +208,19 @@ func closedHere(fields []zapcore.Field) bool {
 	for _, f := range fields {
 		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType &&
 			strings.HasSuffix(err.Error(), "("+context.Canceled.Error()+")") {
+			return true
+		}
+	}
+	return false
+}
+
+// peerStarting reports whether a "peer became inactive" line is about a
+// peer that answered 503: a member answers every rafthttp request so until
+// its raft runs (see peerHandler), which is a peer starting, not trouble.
+func peerStarting(fields []zapcore.Field) bool {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType &&
+			strings.Contains(err.Error(), "unhandled http status 503") {
 			return true
 		}
 	}

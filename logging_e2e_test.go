@@ -158,7 +158,7 @@ func TestE2ELogs(t *testing.T) {
 	}
 
 	// The stopped member's data dir is lost, and it is started again as
-	// it was: raft finds the cluster's commit index beyond its empty log.
+	// it was: it must stop in one line, without a goroutine dump.
 	if err := os.RemoveAll(filepath.Join(c.dir, fmt.Sprintf("raftkv-%d", stopped))); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,9 @@ func TestE2ELogs(t *testing.T) {
 	}
 	lines := e2eLogLines(t, wiped)
 	last := lines[len(lines)-1].text
-	for _, want := range []string{"tocommit(", "its data dir was lost", fmt.Sprintf("/members/%d", stopped), "--join"} {
+	// The bootstrap check refuses it before raft can find its log behind
+	// (TestRaftLoggerLogBehind has the line raft's panic becomes then).
+	for _, want := range []string{"member already bootstrapped", "its log is lost", fmt.Sprintf("/members/%d", stopped), "--join"} {
 		if !strings.Contains(last, want) {
 			t.Errorf("last line of member %d with a wiped data dir does not say %q: %s", stopped, want, last)
 		}
