@@ -116,12 +116,7 @@ func TestBootstrap(t *testing.T) {
 		t.Skip("builds and runs raftkv processes")
 	}
 	c := newE2ECluster(t, e2eBuild(t))
-	for range 3 {
-		c.allocate()
-	}
-	for id := uint64(1); id <= 3; id++ {
-		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
-	}
+	c.startThree()
 	// The helpers below report to c.t, the running subtest's.
 	healthy := func(id uint64) {
 		c.t.Helper()

@@ -143,12 +143,7 @@ func TestE2ERejoinUnderNewID(t *testing.T) {
 		t.Skip("builds and runs raftkv processes")
 	}
 	c := newE2ECluster(t, e2eBuild(t))
-	for range 3 {
-		c.allocate()
-	}
-	for id := uint64(1); id <= 3; id++ {
-		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
-	}
+	c.startThree()
 	e2eIdentitySettled(c, 1, 2, 3)
 	for _, k := range []string{"a", "b", "c"} {
 		c.expect("PUT", 1, "/keys/"+k, "before-"+k, http.StatusNoContent, "")

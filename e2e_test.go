@@ -137,6 +137,18 @@ func (c *e2eCluster) args(id uint64, n int) []string {
 	}
 }
 
+// startThree allocates members 1 to 3 and starts each with its README
+// command line, as the Procfile does.
+func (c *e2eCluster) startThree() {
+	c.t.Helper()
+	for range 3 {
+		c.allocate()
+	}
+	for id := uint64(1); id <= 3; id++ {
+		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
+	}
+}
+
 // start runs member id's process with args, logging to <name>.log.
 func (c *e2eCluster) start(id uint64, name string, args ...string) *e2eProc {
 	c.t.Helper()
@@ -404,12 +416,7 @@ func e2eBadFlag(t *testing.T, bin string) {
 func e2eClusterFlow(t *testing.T, bin string) {
 	start := time.Now()
 	c := newE2ECluster(t, bin)
-	for range 3 {
-		c.allocate()
-	}
-	for id := uint64(1); id <= 3; id++ {
-		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
-	}
+	c.startThree()
 	for id := uint64(1); id <= 3; id++ {
 		c.eventually(20*time.Second, fmt.Sprintf("member %d to answer GET /health with 200", id), func() bool {
 			r, err := e2eTry(e2eClient, "GET", c.url(id, "/health"), "")

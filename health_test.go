@@ -15,12 +15,7 @@ func TestHealthReady(t *testing.T) {
 		t.Skip("builds and runs raftkv processes")
 	}
 	c := newE2ECluster(t, e2eBuild(t))
-	for range 3 {
-		c.allocate()
-	}
-	for id := uint64(1); id <= 3; id++ {
-		c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
-	}
+	c.startThree()
 	for id := uint64(1); id <= 3; id++ {
 		c.eventually(20*time.Second, fmt.Sprintf("member %d to answer GET /health with 200", id), func() bool {
 			r, err := e2eTry(e2eClient, "GET", c.url(id, "/health"), "")
