@@ -140,7 +140,7 @@ func (a peerAnswer) member(id uint64) (peerMember, bool) {
 
 // clientURL is the answering peer's own client URL, as its table has it,
 // for messages that tell an operator where to send a command; "" if it
-// has not published one.
+// has not advertised one.
 func (a peerAnswer) clientURL() string {
 	if m, ok := a.member(a.From); ok && len(m.ClientURLs) > 0 {
 		return m.ClientURLs[0]
@@ -191,7 +191,7 @@ func checkNotRunning(ctx context.Context, client *http.Client, cfg config, lg *z
 }
 
 // checkNeverStarted refuses a member of the initial cluster with no WAL
-// that the cluster knows has run before. Such a member publishes its client
+// that the cluster knows has run before. Such a member advertises its client
 // URL through the log once it runs, so a peer that lists member cfg.id with
 // a client URL has seen it run; one the peers know only from the
 // bootstrap, with no client URL yet, is on its first start. (A joining
@@ -275,7 +275,7 @@ func askPeer(ctx context.Context, client *http.Client, cfg config, peerURL strin
 // --cluster: the peers go on dialling the URL the table has, while this
 // member listens on the new one, and raftkv has no call that changes a
 // member's peer URL. It runs once the member has applied its disk state,
-// before it serves clients or publishes anything.
+// before it serves clients or advertises anything.
 func checkPeerURL(cfg config, store *kvstore) error {
 	m, ok := store.lookupMember(cfg.id)
 	if !ok || len(m.PeerURLs) == 0 || slices.ContainsFunc(m.PeerURLs, func(u string) bool { return sameURL(u, cfg.peerURL()) }) {

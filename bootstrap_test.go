@@ -125,9 +125,9 @@ func TestBootstrap(t *testing.T) {
 			return err == nil && r.code == http.StatusOK
 		})
 	}
-	published := func() {
+	advertised := func() {
 		c.t.Helper()
-		c.eventually(10*time.Second, "every member to publish its client URL", func() bool {
+		c.eventually(10*time.Second, "every member to advertise its client URL", func() bool {
 			for _, m := range c.members(1) {
 				if len(m.ClientURLs) == 0 {
 					return false
@@ -139,7 +139,7 @@ func TestBootstrap(t *testing.T) {
 	for id := uint64(1); id <= 3; id++ {
 		healthy(id)
 	}
-	published()
+	advertised()
 	c.expect("PUT", 2, "/keys/k", "still", http.StatusNoContent, "")
 
 	// unchanged fails unless the cluster is as it was and member 2 serves.

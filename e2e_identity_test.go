@@ -44,7 +44,7 @@ func e2eIdentityOf(c *e2eCluster, id uint64) e2eIdentity {
 }
 
 // e2eIdentitySettled waits until the members with these ids agree on a
-// leader and the leader's client URL is published (the last entry a quiet
+// leader and the leader's client URL is advertised (the last entry a quiet
 // start commits), and returns their common view.
 func e2eIdentitySettled(c *e2eCluster, ids ...uint64) e2eIdentity {
 	c.t.Helper()

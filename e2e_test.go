@@ -462,10 +462,10 @@ func e2eClusterFlow(t *testing.T, bin string) {
 		c.expect("GET", id, "/keys/hello?level=consistent", "", http.StatusNotFound, "")
 	}
 
-	// Every member shows the same three members, all published, one leading.
+	// Every member shows the same three members, all advertised, one leading.
 	for id := uint64(1); id <= 3; id++ {
 		var got []memberView
-		c.eventually(10*time.Second, fmt.Sprintf("member %d to list 3 published members", id), func() bool {
+		c.eventually(10*time.Second, fmt.Sprintf("member %d to list 3 advertised members", id), func() bool {
 			got = c.members(id)
 			if len(got) != 3 {
 				return false

@@ -17,9 +17,9 @@ import (
 //
 //	op (1 byte) | request id (uvarint) | op-specific fields
 //
-//	opPut:     key length (uvarint) | key | value (the rest)
-//	opDelete:  key (the rest)
-//	opPublish: member id (uvarint) | client URL (the rest)
+//	opPut:       key length (uvarint) | key | value (the rest)
+//	opDelete:    key (the rest)
+//	opAdvertise: member id (uvarint) | client URL (the rest)
 //
 // The request id is the wait-registry key of the handler waiting for the
 // entry; it is unique across the cluster, so any member can apply the entry
@@ -29,16 +29,16 @@ import (
 // proposes together when many arrive at once: one entry to log, fsync,
 // replicate and commit instead of many.
 //
-//	opBatch:   count (uvarint) | per command: length (uvarint) | command
+//	opBatch:     count (uvarint) | per command: length (uvarint) | command
 
 // op says what a command does to the state machine.
 type op byte
 
 const (
-	opPut     op = 1 // set key to value
-	opDelete  op = 2 // remove key
-	opPublish op = 3 // record a member's client URL, so followers can redirect to the leader
-	opBatch   op = 4 // several of the commands above, applied in order
+	opPut       op = 1 // set key to value
+	opDelete    op = 2 // remove key
+	opAdvertise op = 3 // record a member's client URL, so followers can redirect to the leader
+	opBatch     op = 4 // several of the commands above, applied in order
 )
 
 // ErrCorruptEntry reports a log entry or snapshot that cannot be decoded.
@@ -50,8 +50,8 @@ type command struct {
 	requestID uint64
 	key       []byte // opPut, opDelete
 	value     []byte // opPut
-	memberID  uint64 // opPublish
-	clientURL string // opPublish
+	memberID  uint64 // opAdvertise
+	clientURL string // opAdvertise
 }
 
 // encodePut returns the entry that sets key to value.
@@ -71,10 +71,10 @@ func encodeDelete(requestID uint64, key string) []byte {
 	return append(b, key...)
 }
 
-// encodePublish returns the entry that records memberID's client URL.
-func encodePublish(requestID, memberID uint64, clientURL string) []byte {
+// encodeAdvertise returns the entry that records memberID's client URL.
+func encodeAdvertise(requestID, memberID uint64, clientURL string) []byte {
 	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(clientURL))
-	b = append(b, byte(opPublish))
+	b = append(b, byte(opAdvertise))
 	b = binary.AppendUvarint(b, requestID)
 	b = binary.AppendUvarint(b, memberID)
 	return append(b, clientURL...)
@@ -132,7 +132,7 @@ func decodeCommand(data []byte) (command, error) {
 		c.value = d.rest()
 	case opDelete:
 		c.key = d.rest()
-	case opPublish:
+	case opAdvertise:
 		c.memberID = d.uvarint()
 		c.clientURL = string(d.rest())
 	default:

@@ -40,10 +40,10 @@ func TestEncodeDecodeCommandRoundTrip(t *testing.T) {
 			command{op: opDelete, requestID: 7, key: []byte("\x00k\x00")}},
 		{"delete 4096-byte key", encodeDelete(8, longKey),
 			command{op: opDelete, requestID: 8, key: []byte(longKey)}},
-		{"publish", encodePublish(9, 3, "http://127.0.0.1:2379"),
-			command{op: opPublish, requestID: 9, memberID: 3, clientURL: "http://127.0.0.1:2379"}},
-		{"publish empty URL, max ids", encodePublish(math.MaxUint64, math.MaxUint64, ""),
-			command{op: opPublish, requestID: math.MaxUint64, memberID: math.MaxUint64}},
+		{"advertise", encodeAdvertise(9, 3, "http://127.0.0.1:2379"),
+			command{op: opAdvertise, requestID: 9, memberID: 3, clientURL: "http://127.0.0.1:2379"}},
+		{"advertise empty URL, max ids", encodeAdvertise(math.MaxUint64, math.MaxUint64, ""),
+			command{op: opAdvertise, requestID: math.MaxUint64, memberID: math.MaxUint64}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,8 +81,8 @@ func TestDecodeCommandCorrupt(t *testing.T) {
 		{"put key length beyond input", []byte{byte(opPut), 5, 10, 'a', 'b'}},
 		{"put key length max uint64", append([]byte{byte(opPut), 5}, maxVarint...)},
 		{"delete truncated request id", []byte{byte(opDelete), 0x80, 0x80}},
-		{"publish without member id", []byte{byte(opPublish), 5}},
-		{"publish truncated member id", []byte{byte(opPublish), 5, 0x81}},
+		{"advertise without member id", []byte{byte(opAdvertise), 5}},
+		{"advertise truncated member id", []byte{byte(opAdvertise), 5, 0x81}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -241,7 +241,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(encodePut(1, "k", []byte("v")))
 	f.Add(encodePut(math.MaxUint64, "a/b", []byte{0, 0, 0}))
 	f.Add(encodeDelete(2, "k"))
-	f.Add(encodePublish(3, 1, "http://127.0.0.1:2379"))
+	f.Add(encodeAdvertise(3, 1, "http://127.0.0.1:2379"))
 	f.Add([]byte{})
 	f.Add([]byte{byte(opPut), 0x80})
 	f.Add(encodeBatch([][]byte{encodePut(4, "k", []byte("v")), encodeDelete(5, "k")}))
@@ -273,7 +273,7 @@ func FuzzDecodeCommand(f *testing.F) {
 // that a plain entry is its own single command, and that a corrupt batch
 // is reported, not half-read silently.
 func TestBatchRoundTrip(t *testing.T) {
-	commands := [][]byte{encodePut(1, "a", []byte("1")), encodeDelete(2, "b"), encodePublish(3, 1, "http://127.0.0.1:1"), encodePut(4, "", nil)}
+	commands := [][]byte{encodePut(1, "a", []byte("1")), encodeDelete(2, "b"), encodeAdvertise(3, 1, "http://127.0.0.1:1"), encodePut(4, "", nil)}
 	var got [][]byte
 	collect := func(c []byte) error { got = append(got, c); return nil }
 	if err := batchCommands(encodeBatch(commands), collect); err != nil {

@@ -163,7 +163,7 @@ func (c *faultCluster) checkRunning() {
 }
 
 // waitHealthy waits until m answers GET /health with 200: it is up, knows
-// a leader and the leader's client URL, and has published its own.
+// a leader and the leader's client URL, and has advertised its own.
 func (c *faultCluster) waitHealthy(m *faultMember) {
 	c.t.Helper()
 	c.procs.eventually(faultMemberTimeout, fmt.Sprintf("member %d to answer GET /health with 200", m.id), func() bool {

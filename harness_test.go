@@ -222,7 +222,7 @@ func (c *testCluster) clientURL(id uint64) string { return c.clients[id-1] }
 func (c *testCluster) url(id uint64, path string) string { return c.clientURL(id) + path }
 
 // waitLeader waits until every running member knows the same leader, and
-// that leader has published its client URL, and returns the leader's id.
+// that leader has advertised its client URL, and returns the leader's id.
 func (c *testCluster) waitLeader() uint64 {
 	c.t.Helper()
 	var leader uint64

@@ -12,14 +12,14 @@ import (
 // Readiness: /health says ok only when this member could serve any request
 // now. Knowing a leader is not enough. A follower answers a default read
 // with a redirect to the leader's client URL, which it knows only once the
-// leader has published it through the log (kvstore.publishClientURL); and
+// leader has advertised it through the log (kvstore.advertiseClientURL); and
 // should this member lead, the others can redirect to it only once it has
-// published its own. Right after a cluster starts, a leader is known a
+// advertised its own. Right after a cluster starts, a leader is known a
 // moment before either URL is applied.
 
-// ErrNotPublished is a member whose client URL the member table does not
+// ErrNotAdvertised is a member whose client URL the member table does not
 // show yet.
-var ErrNotPublished = errors.New("has not published its client URL yet")
+var ErrNotAdvertised = errors.New("has not advertised its client URL yet")
 
 // getHealth handles GET /health: 200 ok when ready says so; otherwise 503
 // with Retry-After and the reason.
@@ -42,10 +42,10 @@ func (h *httpAPI) ready() error {
 		return ErrNoLeader
 	}
 	if m, ok := h.store.lookupMember(leader); !ok || len(m.ClientURLs) == 0 {
-		return fmt.Errorf("leader %d %w", leader, ErrNotPublished)
+		return fmt.Errorf("leader %d %w", leader, ErrNotAdvertised)
 	}
 	if !h.store.hasClientURL(h.id, h.clientURL) {
-		return fmt.Errorf("this member (%d) %w", h.id, ErrNotPublished)
+		return fmt.Errorf("this member (%d) %w", h.id, ErrNotAdvertised)
 	}
 	return nil
 }

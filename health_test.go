@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// TestHealthReady proves that on a fresh cluster of real processes a member says ok only once it can serve every request: as soon as each member's GET /health answers 200, a default read following redirects succeeds on each, with no 503 for a client URL not yet published; before that, /health answers 503 with Retry-After and a one-line reason.
+// TestHealthReady proves that on a fresh cluster of real processes a member says ok only once it can serve every request: as soon as each member's GET /health answers 200, a default read following redirects succeeds on each, with no 503 for a client URL not yet advertised; before that, /health answers 503 with Retry-After and a one-line reason.
 func TestHealthReady(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs raftkv processes")
@@ -66,22 +66,22 @@ func (l *healthTestLeaders) set(id uint64) {
 	l.changed = make(chan struct{})
 }
 
-// TestPublishClientURL proves publishClientURL proposes nothing while no leader is known, proposes the moment one is, rather than at its next retry, and proposes nothing when the member table already has the URL.
-func TestPublishClientURL(t *testing.T) {
+// TestAdvertiseClientURL proves advertiseClientURL proposes nothing while no leader is known, proposes the moment one is, rather than at its next retry, and proposes nothing when the member table already has the URL.
+func TestAdvertiseClientURL(t *testing.T) {
 	h := newKVTest(t)
 	h.apply(kvAddEntry(t, 1, member{ID: 1, PeerURLs: []string{"http://p1"}}))
 	leaders := &healthTestLeaders{changed: make(chan struct{})}
-	publish := func() <-chan struct{} {
+	advertise := func() <-chan struct{} {
 		done := make(chan struct{})
 		go func() {
 			// An hour's timeout: a retry on a timer would come far too late.
-			h.s.publishClientURL(leaders, 1, "http://c1", time.Hour)
+			h.s.advertiseClientURL(leaders, 1, "http://c1", time.Hour)
 			close(done)
 		}()
 		return done
 	}
 
-	done := publish()
+	done := advertise()
 	select {
 	case p := <-h.proposeC:
 		t.Fatalf("proposed %q with no leader known", p.data)
@@ -89,13 +89,13 @@ func TestPublishClientURL(t *testing.T) {
 	}
 	leaders.set(2)
 	h.apply(h.nextProposal(2))
-	kvWait(t, done, "publishClientURL to return once its entry applied")
+	kvWait(t, done, "advertiseClientURL to return once its entry applied")
 	if !h.s.hasClientURL(1, "http://c1") {
 		t.Fatalf("member table %+v does not give member 1 its client URL", h.s.memberList())
 	}
 
 	// A restart finds the URL in the table and proposes nothing.
-	kvWait(t, publish(), "publishClientURL to return at once")
+	kvWait(t, advertise(), "advertiseClientURL to return at once")
 	select {
 	case p := <-h.proposeC:
 		t.Fatalf("proposed %q though the table had the URL", p.data)

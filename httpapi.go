@@ -38,7 +38,7 @@ const (
 // after whatever wait their level asks for.
 type httpAPI struct {
 	id             uint64
-	clientURL      string // this member's, as it publishes it
+	clientURL      string // this member's, as it advertises it
 	store          *kvstore
 	raft           *raftNode
 	reads          *readLoop
@@ -208,7 +208,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		}
 		// The leader applies asynchronously: catch up with everything it
 		// knows committed, so a write acknowledged by a follower is seen.
-		if err := h.store.waitApplied(ctx, h.raft.leaderReadIndex()); err != nil {
+		if err := h.store.waitApplied(ctx, h.raft.leaderCatchUpIndex()); err != nil {
 			h.writeError(w, err)
 			return
 		}
@@ -239,7 +239,7 @@ func (h *httpAPI) redirectToLeader(w http.ResponseWriter, r *http.Request, leade
 	m, ok := h.store.lookupMember(leader)
 	if !ok || len(m.ClientURLs) == 0 {
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, fmt.Sprintf("leader %d has not published its client URL yet", leader), http.StatusServiceUnavailable)
+		http.Error(w, fmt.Sprintf("leader %d has not advertised its client URL yet", leader), http.StatusServiceUnavailable)
 		return
 	}
 	target := strings.TrimSuffix(m.ClientURLs[0], "/") + r.URL.RequestURI()

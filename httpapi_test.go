@@ -590,7 +590,7 @@ func TestHTTPNoLeader(t *testing.T) {
 		t.Fatalf("GET /members without a leader: %+v, want members 1-3, none leading", got)
 	}
 	for _, m := range got[1:] {
-		// Members that never ran have published no client URL: [], not null.
+		// Members that never ran have advertised no client URL: [], not null.
 		if m.ClientURLs == nil || len(m.ClientURLs) != 0 || !slices.Equal(m.PeerURLs, []string{c.peerURLs[m.ID-1]}) {
 			t.Errorf("GET /members: member %d is %+v, want its --cluster peer URL and clientURLs []", m.ID, m)
 		}

@@ -21,13 +21,13 @@ import (
 const kvTimeout = 5 * time.Second
 
 // kvTest drives a kvstore without raft: the test plays the raft node,
-// reading proposals and feeding commits in log order.
+// reading proposals and feeding batches to apply in log order.
 type kvTest struct {
 	t           *testing.T
 	s           *kvstore
 	proposeC    chan proposal
 	confChangeC chan *raftpb.ConfChange
-	commitC     chan *commit
+	applyC      chan *applyBatch
 	closeOnce   sync.Once
 }
 
@@ -38,37 +38,37 @@ func newKVTest(t *testing.T) *kvTest {
 		t:           t,
 		proposeC:    make(chan proposal),
 		confChangeC: make(chan *raftpb.ConfChange),
-		commitC:     make(chan *commit),
+		applyC:      make(chan *applyBatch),
 	}
 	h.s = newKVStore(zap.NewNop(), 1, h.proposeC, h.confChangeC)
-	go h.s.applyCommits(h.commitC)
+	go h.s.serveApply(h.applyC)
 	t.Cleanup(h.stop)
 	return h
 }
 
-// stop closes commitC, as the raft node does when it stops, and waits for
+// stop closes applyC, as the raft node does when it stops, and waits for
 // the apply loop to exit.
 func (h *kvTest) stop() {
-	h.closeOnce.Do(func() { close(h.commitC) })
+	h.closeOnce.Do(func() { close(h.applyC) })
 	kvWait(h.t, h.s.done, "the apply loop to stop")
 }
 
 // send hands a batch to the apply loop.
-func (h *kvTest) send(c *commit) {
+func (h *kvTest) send(b *applyBatch) {
 	h.t.Helper()
 	select {
-	case h.commitC <- c:
+	case h.applyC <- b:
 	case <-time.After(kvTimeout):
-		h.t.Fatal("timed out handing a commit to the apply loop")
+		h.t.Fatal("timed out handing a batch to the apply loop")
 	}
 }
 
-// commit hands a batch to the apply loop and waits until it is applied.
+// commit hands a batch of committed entries to the apply loop and waits until it is applied.
 func (h *kvTest) commit(snap *raftpb.Snapshot, entries ...*raftpb.Entry) {
 	h.t.Helper()
-	c := &commit{snapshot: snap, entries: entries, applyDoneC: make(chan struct{})}
-	h.send(c)
-	kvWait(h.t, c.applyDoneC, "the commit to apply")
+	b := &applyBatch{snapshot: snap, entries: entries, applied: make(chan struct{})}
+	h.send(b)
+	kvWait(h.t, b.applied, "the batch to apply")
 }
 
 // apply commits entries and waits until they are applied.
@@ -132,12 +132,12 @@ func (h *kvTest) propose(call func(context.Context) (uint64, error)) error {
 	return r.err
 }
 
-// publish is a proposing call for publishClientURL's entry; publishClientURL
+// advertise is a proposing call for advertiseClientURL's entry; advertiseClientURL
 // itself retries, which would hide the result.
-func (h *kvTest) publish(memberID uint64, url string) func(context.Context) (uint64, error) {
+func (h *kvTest) advertise(memberID uint64, url string) func(context.Context) (uint64, error) {
 	return func(ctx context.Context) (uint64, error) {
 		id := h.s.requestIDs.Next()
-		return h.s.propose(ctx, id, encodePublish(id, memberID, url))
+		return h.s.propose(ctx, id, encodeAdvertise(id, memberID, url))
 	}
 }
 
@@ -293,7 +293,7 @@ func TestKVStoreCopiesValue(t *testing.T) {
 }
 
 // TestKVStoreProposerGetsResult proves that a handler blocked in put, delete
-// or publish is woken with its entry's index and outcome, since that is how
+// or advertise is woken with its entry's index and outcome, since that is how
 // clients learn their write is applied (or why it changed nothing).
 func TestKVStoreProposerGetsResult(t *testing.T) {
 	h := newKVTest(t)
@@ -308,8 +308,8 @@ func TestKVStoreProposerGetsResult(t *testing.T) {
 		{"overwrite", h.put("k", "w"), nil, map[string][]byte{"k": []byte("w")}},
 		{"delete present key", h.del("k"), nil, map[string][]byte{}},
 		{"delete absent key", h.del("k"), ErrKeyNotFound, map[string][]byte{}},
-		{"publish for a member", h.publish(1, "http://c1"), nil, map[string][]byte{}},
-		{"publish for a stranger", h.publish(9, "http://c9"), ErrMemberNotFound, map[string][]byte{}},
+		{"advertise for a member", h.advertise(1, "http://c1"), nil, map[string][]byte{}},
+		{"advertise for a stranger", h.advertise(9, "http://c9"), ErrMemberNotFound, map[string][]byte{}},
 	}
 	// One store through all steps, so no subtests: h reports on t.
 	for _, step := range steps {
@@ -379,7 +379,7 @@ func TestKVStoreProposerTimeout(t *testing.T) {
 	}
 }
 
-// TestKVStoreConfChanges proves that applied conf changes and publish entries
+// TestKVStoreConfChanges proves that applied conf changes and advertise entries
 // maintain the member table (ordered by id, no duplicate adds, removals
 // remembered), since peers and client redirects are driven by it.
 func TestKVStoreConfChanges(t *testing.T) {
@@ -387,7 +387,7 @@ func TestKVStoreConfChanges(t *testing.T) {
 	m1 := member{ID: 1, PeerURLs: []string{"http://p1"}}
 	m2 := member{ID: 2, PeerURLs: []string{"http://p2"}}
 	m3 := member{ID: 3, PeerURLs: []string{"http://p3a", "http://p3b"}, ClientURLs: []string{"http://c3"}}
-	m1Published := member{ID: 1, PeerURLs: m1.PeerURLs, ClientURLs: []string{"http://c1"}}
+	m1Advertised := member{ID: 1, PeerURLs: m1.PeerURLs, ClientURLs: []string{"http://c1"}}
 	steps := []struct {
 		name        string
 		call        func(context.Context) (uint64, error)
@@ -399,12 +399,12 @@ func TestKVStoreConfChanges(t *testing.T) {
 		{"add 1", h.addMember(m1), nil, []member{m1, m3}, nil},
 		{"add 2", h.addMember(m2), nil, []member{m1, m2, m3}, nil},
 		{"add existing 2", h.addMember(member{ID: 2, PeerURLs: []string{"http://other"}}), ErrMemberExists, []member{m1, m2, m3}, nil},
-		{"publish 1", h.publish(1, "http://c1"), nil, []member{m1Published, m2, m3}, nil},
-		{"remove 2", h.removeMember(2), nil, []member{m1Published, m3}, []uint64{2}},
-		{"remove absent 9", h.removeMember(9), ErrMemberNotFound, []member{m1Published, m3}, []uint64{2}},
-		{"publish removed 2", h.publish(2, "http://c2"), ErrMemberNotFound, []member{m1Published, m3}, []uint64{2}},
-		{"remove 3", h.removeMember(3), nil, []member{m1Published}, []uint64{2, 3}},
-		{"re-add 3", h.addMember(m3), nil, []member{m1Published, m3}, []uint64{2}},
+		{"advertise 1", h.advertise(1, "http://c1"), nil, []member{m1Advertised, m2, m3}, nil},
+		{"remove 2", h.removeMember(2), nil, []member{m1Advertised, m3}, []uint64{2}},
+		{"remove absent 9", h.removeMember(9), ErrMemberNotFound, []member{m1Advertised, m3}, []uint64{2}},
+		{"advertise removed 2", h.advertise(2, "http://c2"), ErrMemberNotFound, []member{m1Advertised, m3}, []uint64{2}},
+		{"remove 3", h.removeMember(3), nil, []member{m1Advertised}, []uint64{2, 3}},
+		{"re-add 3", h.addMember(m3), nil, []member{m1Advertised, m3}, []uint64{2}},
 	}
 	for _, step := range steps {
 		if err := h.propose(step.call); !errors.Is(err, step.wantErr) {
@@ -436,7 +436,7 @@ func TestKVStoreSnapshotRecovery(t *testing.T) {
 		kvAddEntry(t, 2, member{ID: 2, PeerURLs: []string{"http://p2"}}),
 		kvAddEntry(t, 3, member{ID: 3, PeerURLs: []string{"http://p3"}}),
 		kvRemoveEntry(t, 4, 3),
-		kvEntry(5, encodePublish(1, 1, "http://c1")),
+		kvEntry(5, encodeAdvertise(1, 1, "http://c1")),
 		kvEntry(6, encodePut(2, "a", []byte("1"))),
 		kvEntry(7, encodePut(3, "empty", nil)),
 		kvEntry(8, encodePut(4, "gone", []byte("x"))),
@@ -503,7 +503,7 @@ func TestKVStoreCorruptSnapshotStops(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newKVTest(t)
 			h.apply(kvEntry(1, encodePut(1, "old", []byte("v"))))
-			h.send(&commit{snapshot: kvSnapshot(5, tt.data), applyDoneC: make(chan struct{})})
+			h.send(&applyBatch{snapshot: kvSnapshot(5, tt.data), applied: make(chan struct{})})
 			kvWait(t, h.s.done, "the apply loop to stop")
 			if !errors.Is(h.s.err, ErrCorruptEntry) {
 				t.Errorf("store error = %v, want one wrapping ErrCorruptEntry", h.s.err)

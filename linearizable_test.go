@@ -340,9 +340,9 @@ func (w *workload) client(index int) {
 			in.op = "delete"
 		}
 		call := w.now()
-		out, outcome := w.do(hc, target, in)
+		out, known := w.do(hc, target, in)
 		op := porcupine.Operation{ClientId: id, Input: in, Call: call, Output: out, Return: w.now()}
-		switch outcome {
+		switch known {
 		case outcomeKnown:
 			w.record(op)
 			continue
@@ -355,17 +355,17 @@ func (w *workload) client(index int) {
 	}
 }
 
-// outcome is what a client knows about an operation's effect.
-type outcome int
+// clientKnows is what a client knows about an operation's effect.
+type clientKnows int
 
 const (
-	outcomeKnown   outcome = iota // it happened, with the output given
-	outcomeNone                   // it certainly had no effect
-	outcomeUnknown                // it may or may not have happened
+	outcomeKnown   clientKnows = iota // it happened, with the output given
+	outcomeNone                       // it certainly had no effect
+	outcomeUnknown                    // it may or may not have happened
 )
 
 // do sends one operation to the member at target and judges the answer.
-func (w *workload) do(hc *http.Client, target string, in kvInput) (kvOutput, outcome) {
+func (w *workload) do(hc *http.Client, target string, in kvInput) (kvOutput, clientKnows) {
 	method, url, body := "GET", target+"/keys/"+in.key+"?level=consistent", ""
 	switch in.op {
 	case "put":
@@ -442,7 +442,7 @@ func (w *workload) finalReads() {
 		for i := range keysPerEpoch {
 			in := kvInput{op: "get", key: linearizableKey(epoch, i)}
 			var out kvOutput
-			var o outcome
+			var o clientKnows
 			w.c.procs.eventually(recoveryLimit, "a consistent read of "+in.key, func() bool {
 				call := w.now()
 				out, o = w.do(faultProbeClient, targets[n%len(targets)], in)

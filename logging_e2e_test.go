@@ -58,7 +58,7 @@ func (l e2eLogLine) atLeastWarn() bool {
 func (l e2eLogLine) fromRaft() bool { return strings.HasPrefix(l.caller, "v3@") }
 
 // e2eMaxStartLines bounds what a member logs at info from its start to
-// having published its client URL. It logs about ten lines: starting, the
+// having advertised its client URL. It logs about ten lines: starting, the
 // initial members, the first snapshot, each peer reachable, serving, the
 // leader. Before raft's and rafthttp's narration went to debug it was
 // about fifty.
@@ -83,19 +83,19 @@ func TestE2ELogs(t *testing.T) {
 		procs[id] = c.start(id, fmt.Sprintf("raftkv%d", id), c.args(id, 3)...)
 	}
 	var leader uint64
-	c.eventually(20*time.Second, "all three members to follow one leader and publish their client URLs", func() bool {
+	c.eventually(20*time.Second, "all three members to follow one leader and advertise their client URLs", func() bool {
 		leader = 0
 		for id := uint64(1); id <= 3; id++ {
 			st, err := e2eTry(e2eClient, "GET", c.url(id, "/status"), "")
 			if err != nil || st.code != http.StatusOK {
 				return false
 			}
-			published := false
+			advertised := false
 			for _, l := range e2eLogLines(t, procs[id]) {
-				published = published || l.msg == "published client URL"
+				advertised = advertised || l.msg == "advertised client URL"
 			}
 			var s statusView
-			if !published || json.Unmarshal([]byte(st.body), &s) != nil || s.Leader == 0 || (leader != 0 && s.Leader != leader) {
+			if !advertised || json.Unmarshal([]byte(st.body), &s) != nil || s.Leader == 0 || (leader != 0 && s.Leader != leader) {
 				return false
 			}
 			leader = s.Leader

@@ -4,7 +4,7 @@
 //
 // A request travels one way through the pipeline wired up in startServer:
 //
-//	handler -> proposeC / confChangeC -> raftNode -> WAL fsync + peers -> commitC -> kvstore -> waiting handler
+//	handler -> proposeC / confChangeC -> raftNode -> WAL fsync + peers -> committed entries -> applyC -> kvstore -> waiting handler
 package main
 
 import (
@@ -250,20 +250,20 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
-	commitC := make(chan *commit)
+	applyC := make(chan *applyBatch)
 	store := newKVStore(lg, cfg.id, proposeC, confChangeC)
-	go store.applyCommits(commitC)
-	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, commitC)
+	go store.serveApply(applyC)
+	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
 		clientLn.Close()
-		close(commitC)
+		close(applyC)
 		return nil, err
 	}
 	s := &server{cfg: cfg, lg: lg, store: store, raft: rn}
 
 	// Serve nothing until the state on disk is applied, so that even a
 	// stale read after a restart sees what this member had before.
-	if err := store.waitApplied(ctx, rn.replayIndex); err != nil {
+	if err := store.waitApplied(ctx, rn.bootIndex); err != nil {
 		clientLn.Close()
 		if stopErr := rn.stop(); stopErr != nil {
 			err = stopErr
@@ -287,7 +287,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	go reads.run()
 	s.http = newBoundedServer(newHTTPAPI(cfg, store, rn, reads), cfg.clientLimits())
 	go s.http.Serve(clientLn)
-	go store.publishClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
+	go store.advertiseClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
 }

@@ -77,7 +77,7 @@ func TestLeaderReadsWaitForItsTermStart(t *testing.T) {
 	eventually(t, kvTimeout, "member 1 to lead", func() bool { return rn.leaderID() == 1 })
 
 	// A `default` read on the leader asks no one; it must wait as far.
-	if got := rn.leaderReadIndex(); got < acknowledged {
+	if got := rn.leaderCatchUpIndex(); got < acknowledged {
 		t.Errorf("leader read index %d: a default read would miss write %d, acknowledged before the crash", got, acknowledged)
 	}
 
@@ -163,10 +163,10 @@ func (l *loneLeaderThreads) save(m *raftpb.Message) {
 // apply hands committed entries to the store, waits until they are
 // applied, and tells raft.
 func (l *loneLeaderThreads) apply(m *raftpb.Message) {
-	c := &commit{entries: m.GetEntries(), applyDoneC: make(chan struct{})}
+	b := &applyBatch{entries: m.GetEntries(), applied: make(chan struct{})}
 	select {
-	case l.h.commitC <- c:
-		<-c.applyDoneC
+	case l.h.applyC <- b:
+		<-b.applied
 	case <-l.stopC:
 		return
 	}
