@@ -517,7 +517,7 @@ func TestKVStoreCorruptSnapshotStops(t *testing.T) {
 	}
 }
 
-// TestKVStoreStopWakesProposers proves that closing commitC closes done and
+// TestKVStoreStopWakesProposers proves that closing applyC closes done and
 // turns every blocked or new proposal and wait into ErrStopped, since a
 // stopping server must not leave handlers hanging.
 func TestKVStoreStopWakesProposers(t *testing.T) {

@@ -86,7 +86,7 @@ func (rc *raftNode) termStartIndex() uint64 { return rc.termStart.Load() }
 // first entry of the term. (A `consistent` read asks the leader with
 // ReadIndex instead: readindex.go.)
 func (rc *raftNode) leaderCatchUpIndex() uint64 {
-	return max(rc.committed.Load(), rc.termStart.Load())
+	return max(rc.commitIndex.Load(), rc.termStart.Load())
 }
 
 // leaderID is the member this node believes leads, or raft.None.

@@ -116,9 +116,9 @@ type raftNode struct {
 	bootIndex uint64
 
 	// Updated from each Ready, read by the HTTP API and the read loop.
-	leader    atomic.Uint64
-	committed atomic.Uint64
-	termStart atomic.Uint64 // see trackLeader
+	leader      atomic.Uint64
+	commitIndex atomic.Uint64
+	termStart   atomic.Uint64 // see trackLeader
 
 	leaderMu      sync.Mutex
 	leaderChangeC chan struct{} // closed when leader changes, made by leaderChange when nil
@@ -339,7 +339,7 @@ func (rc *raftNode) readIndex(ctx context.Context, requestCtx []byte) error {
 }
 
 // committedIndex is the highest index this node knows to be committed.
-func (rc *raftNode) committedIndex() uint64 { return rc.committed.Load() }
+func (rc *raftNode) committedIndex() uint64 { return rc.commitIndex.Load() }
 
 // snapshotIndex is the index of the newest snapshot on disk.
 func (rc *raftNode) snapshotIndex() uint64 { return rc.lastSnapshotIndex.Load() }

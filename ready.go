@@ -114,7 +114,7 @@ func (rc *raftNode) handleReady(rd raft.Ready) error {
 	rc.logLeaderChange(rd) // before trackLeader, which records the new leader
 	rc.trackLeader(rd)
 	if !raft.IsEmptyHardState(rd.HardState) {
-		rc.committed.Store(rd.HardState.GetCommit())
+		rc.commitIndex.Store(rd.HardState.GetCommit())
 	}
 	for _, rs := range rd.ReadStates {
 		select {
