@@ -192,8 +192,8 @@ func (c *faultCluster) waitWritable(limit time.Duration) time.Duration {
 		wg.Go(func() {
 			for time.Since(start) < limit {
 				r, err := e2eTry(faultProbeClient, "PUT", c.url(m, fmt.Sprintf("/keys/probe-%d", m.id)), "alive")
-				if err == nil && r.code == http.StatusNoContent {
-					return
+				if err == nil && (r.code == http.StatusNoContent || r.code == http.StatusCreated) {
+					return // 201 for a probe key this member writes first
 				}
 				time.Sleep(50 * time.Millisecond) // a client's pause between retries
 			}
@@ -289,6 +289,53 @@ func (c *faultCluster) inject(kind faultKind, rng *rand.Rand) (string, func()) {
 	}
 	c.t.Fatalf("unknown fault kind %q", kind)
 	return "", nil
+}
+
+// nemesis injects faults into c for faultTime, and goes on past it until
+// every kind has been injected once, in an order rng picks; then kinds at
+// random. Each fault lasts 0.5–3 s and is followed by a spell without
+// faults once every member takes writes again. With membership, every
+// membershipEvery faults a member joins and another leaves, under load.
+// Each fault is logged at elapsed() and counted in s. TestLinearizable and
+// TestExactlyOnceCounter share it, so both see every fault there is.
+func (c *faultCluster) nemesis(rng *rand.Rand, faultTime time.Duration, membership bool, elapsed func() time.Duration, s *faultSummary) {
+	c.t.Helper()
+	kinds := slices.Clone(faultKinds)
+	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	end := time.Now().Add(faultTime)
+	for i := 0; i < len(kinds) || time.Now().Before(end); i++ {
+		if membership && i%membershipEvery == 2 {
+			joined := c.grow(rng)
+			removed := c.shrink(rng, joined)
+			c.t.Logf("%s: member %d joined and member %d was removed under load", elapsed(), joined.id, removed.id)
+			s.memberChanges++
+		}
+		kind := faultKinds[rng.IntN(len(faultKinds))]
+		if i < len(kinds) {
+			kind = kinds[i]
+		}
+		what, heal := c.inject(kind, rng)
+		hold := time.Duration(500+rng.IntN(2500)) * time.Millisecond
+		time.Sleep(hold) // the fault lasts this long
+		heal()
+		recovery := c.waitWritable(recoveryLimit)
+		c.t.Logf("%s: %s for %s; every member took a write %s after it healed", elapsed(), what, hold, recovery.Round(time.Millisecond))
+		s.fault(kind, recovery)
+		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond) // a spell without faults
+	}
+}
+
+// restartAll kills every member at once and restarts each on its data
+// dir, and returns how long until every member took a write again.
+func (c *faultCluster) restartAll() time.Duration {
+	c.t.Helper()
+	for _, m := range c.active() {
+		c.kill(m)
+	}
+	for _, m := range c.active() {
+		c.start(m)
+	}
+	return c.waitWritable(recoveryLimit)
 }
 
 // setPartition cuts (or heals) every link between minority and the rest

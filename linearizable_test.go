@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -120,42 +122,13 @@ func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, m
 	w := startWorkload(c, seed)
 	defer w.halt()
 	var s faultSummary
-	// Every kind once, in an order the seed picks, then at random.
-	kinds := slices.Clone(faultKinds)
-	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
-	end := time.Now().Add(faultTime)
-	for i := 0; i < len(kinds) || time.Now().Before(end); i++ {
-		if membership && i%membershipEvery == 2 {
-			joined := c.grow(rng)
-			removed := c.shrink(rng, joined)
-			t.Logf("%s: member %d joined and member %d was removed under load", w.elapsed(), joined.id, removed.id)
-			s.memberChanges++
-		}
-		kind := faultKinds[rng.IntN(len(faultKinds))]
-		if i < len(kinds) {
-			kind = kinds[i]
-		}
-		what, heal := c.inject(kind, rng)
-		hold := time.Duration(500+rng.IntN(2500)) * time.Millisecond
-		time.Sleep(hold) // the fault lasts this long
-		heal()
-		recovery := c.waitWritable(recoveryLimit)
-		t.Logf("%s: %s for %s; every member took a write %s after it healed", w.elapsed(), what, hold, recovery.Round(time.Millisecond))
-		s.fault(kind, recovery)
-		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond) // a spell without faults
-	}
+	c.nemesis(rng, faultTime, membership, w.elapsed, &s)
 	w.halt()
 
 	// Durability: every key read back now, and again after every member
 	// is killed at once and restarted on its data dir.
 	w.finalReads()
-	for _, m := range c.active() {
-		c.kill(m)
-	}
-	for _, m := range c.active() {
-		c.start(m)
-	}
-	recovery := c.waitWritable(recoveryLimit)
+	recovery := c.restartAll()
 	t.Logf("%s: killed and restarted every member; every member took a write %s later", w.elapsed(), recovery.Round(time.Millisecond))
 	s.fault(faultRestartAll, recovery)
 	w.finalReads()
@@ -164,24 +137,198 @@ func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, m
 	return s
 }
 
+// kvCond is a write's precondition, as its header states it.
+type kvCond struct {
+	kind condKind
+	tag  uint64 // for condIfMatch: the ETag the write expects
+}
+
+// condKind is which precondition a write carries.
+type condKind uint8
+
+// The preconditions the workload sends.
+const (
+	condNone           condKind = iota
+	condIfMatch                 // If-Match: "tag": the key exists at that version
+	condIfMatchAny              // If-Match: *: the key exists
+	condIfNoneMatchAny          // If-None-Match: *: the key does not exist (create only)
+)
+
+// header is the request header stating c, or "" for none.
+func (c kvCond) header() (name, value string) {
+	switch c.kind {
+	case condIfMatch:
+		return "If-Match", fmt.Sprintf("%q", strconv.FormatUint(c.tag, 10))
+	case condIfMatchAny:
+		return "If-Match", "*"
+	case condIfNoneMatchAny:
+		return "If-None-Match", "*"
+	}
+	return "", ""
+}
+
 // kvInput is one client operation, as porcupine sees it.
 type kvInput struct {
 	op    string // "get" (level=consistent), "put" or "delete"
 	key   string
-	value string // for put
+	value string // for put; unique to the operation
+	cond  kvCond // for put and delete
 }
 
-// kvOutput is what the client learned.
+// kvOutput is what the client learned. Indexes are 0 where the answer
+// carries none.
 type kvOutput struct {
-	found   bool   // get: the key existed; delete: it existed and is gone (204)
+	found   bool   // get: 200, the key existed; delete: 204, it existed and is gone
 	value   string // get: what it read
 	unknown bool   // a write whose outcome the client never learned
+	failed  bool   // a write answered 412: its precondition did not hold, nothing changed
+	created bool   // put: 201, the key was absent
+	etag    uint64 // get 200, put 2xx: the value's ETag; 412: the current ETag, if the key exists
+	create  uint64 // X-Create-Index beside etag
+	index   uint64 // X-Raft-Index: the entry a write was applied (or evaluated) in; what a read reflects
 }
 
-// kvState is one key's state in the model.
+// kvState is one key's state in the model: the value and its version
+// (ETag and creation index), and a floor below which no later write's
+// index can be. A write of unknown outcome leaves the version unknown (0)
+// until an answer shows it: the first ETag seen above the floor is then
+// taken as the version, and every later answer must agree with it.
 type kvState struct {
 	exists bool
 	value  string
+	mod    uint64 // the value's ETag, 0 if unknown
+	create uint64 // its X-Create-Index, 0 if unknown
+	floor  uint64 // the highest index known to have touched the key
+}
+
+// observeMod checks that the value's ETag is etag, or takes it as the
+// ETag if that is unknown (it must then be above the floor).
+func (s kvState) observeMod(etag uint64) (bool, kvState) {
+	if s.mod != 0 {
+		return etag == s.mod, s
+	}
+	if etag <= s.floor {
+		return false, s
+	}
+	s.mod, s.floor = etag, etag
+	return true, s
+}
+
+// observe checks an answer's ETag and X-Create-Index against s, or takes
+// them if unknown; the creation is never after the last write.
+func (s kvState) observe(etag, create uint64) (bool, kvState) {
+	ok, s := s.observeMod(etag)
+	switch {
+	case !ok:
+		return false, s
+	case s.create != 0:
+		return create == s.create, s
+	case create == 0 || create > s.mod:
+		return false, s
+	}
+	s.create = create
+	return true, s
+}
+
+// mayHold reports whether c holds in s, or may: an If-Match tag above the
+// floor may be the unknown ETag a write of unknown outcome left. A tag at
+// or below it cannot be: that write's index is above the floor.
+func (s kvState) mayHold(c kvCond) bool {
+	switch c.kind {
+	case condIfMatch:
+		return s.exists && (c.tag == s.mod || (s.mod == 0 && c.tag > s.floor))
+	case condIfMatchAny:
+		return s.exists
+	case condIfNoneMatchAny:
+		return !s.exists
+	}
+	return true
+}
+
+// kvStep is the model's step: whether out is a right answer to in on a
+// key in state s, and the state after it.
+func kvStep(s kvState, in kvInput, out kvOutput) (bool, kvState) {
+	switch in.op {
+	case "get":
+		switch {
+		case out.found != s.exists || (out.found && out.value != s.value):
+			return false, s
+		case !out.found:
+			return true, s
+		case out.index < out.etag:
+			return false, s // the answer reflects an index before its own value's
+		}
+		return s.observe(out.etag, out.create)
+	case "put", "delete":
+	default:
+		return false, s
+	}
+	if out.unknown {
+		// It took effect here, if its condition held; the other case,
+		// no effect, is the same as taking effect after everything.
+		if !s.mayHold(in.cond) {
+			return true, s
+		}
+		if in.op == "delete" {
+			return true, kvState{floor: s.floor}
+		}
+		next := kvState{exists: true, value: in.value, floor: s.floor}
+		if s.exists {
+			next.create = s.create
+		}
+		return true, next
+	}
+	ok := true
+	if out.failed {
+		// 412: the condition was evaluated in entry out.index and was
+		// false; the answer shows the version it was evaluated against.
+		switch {
+		case s.exists && out.etag == 0, !s.exists && (out.etag != 0 || out.create != 0):
+			return false, s
+		case s.exists:
+			ok, s = s.observe(out.etag, out.create)
+		}
+		if !ok || s.mayHold(in.cond) || out.index <= s.floor {
+			return false, s
+		}
+		s.floor = out.index
+		return true, s
+	}
+	if in.cond.kind == condIfMatch {
+		if !s.exists {
+			return false, s
+		}
+		if ok, s = s.observeMod(in.cond.tag); !ok {
+			return false, s
+		}
+	}
+	if !s.mayHold(in.cond) {
+		return false, s
+	}
+	if in.op == "delete" {
+		if out.found != s.exists || out.index <= s.floor {
+			return false, s
+		}
+		return true, kvState{floor: out.index}
+	}
+	// A PUT's ETag is its entry's index, above every earlier write's;
+	// 201 if and only if the key was absent, which starts a new creation.
+	if out.created == s.exists || out.etag <= s.floor || out.index != out.etag {
+		return false, s
+	}
+	next := kvState{exists: true, value: in.value, mod: out.etag, create: out.etag, floor: out.etag}
+	if s.exists {
+		next.create = s.create
+	}
+	switch {
+	case next.create == 0 && (out.create == 0 || out.create >= out.etag):
+		return false, s // created by a write of unknown outcome, before this one
+	case next.create == 0:
+		next.create = out.create
+	case out.create != next.create:
+		return false, s
+	}
+	return true, next
 }
 
 // kvModel is a single key's specification; the history is split by key
@@ -193,36 +340,57 @@ func kvModel() porcupine.Model {
 	return porcupine.Model{
 		Init: func() any { return kvState{} },
 		Step: func(state, input, output any) (bool, any) {
-			s, in, out := state.(kvState), input.(kvInput), output.(kvOutput)
-			switch in.op {
-			case "get":
-				return out.found == s.exists && out.value == s.value, s
-			case "put":
-				return true, kvState{exists: true, value: in.value}
-			case "delete":
-				return out.unknown || out.found == s.exists, kvState{}
-			}
-			return false, s
+			return kvStep(state.(kvState), input.(kvInput), output.(kvOutput))
 		},
 		DescribeOperation: func(input, output any) string {
-			in, out := input.(kvInput), output.(kvOutput)
-			switch {
-			case out.unknown:
-				return fmt.Sprintf("%s(%s) → unknown", in.op, in.value)
-			case in.op == "put":
-				return fmt.Sprintf("put(%s)", in.value)
-			case in.op == "get" && out.found:
-				return fmt.Sprintf("get() → %s", out.value)
-			default:
-				return fmt.Sprintf("%s() → found=%t", in.op, out.found)
-			}
+			return describeKV(input.(kvInput), output.(kvOutput))
 		},
 		DescribeState: func(state any) string {
-			if s := state.(kvState); s.exists {
-				return s.value
+			s := state.(kvState)
+			if !s.exists {
+				return fmt.Sprintf("(none) floor %d", s.floor)
 			}
-			return "(none)"
+			return fmt.Sprintf("%s %s created %s", s.value, versionString(s.mod), versionString(s.create))
 		},
+	}
+}
+
+// versionString shows an index, or ? for an unknown one.
+func versionString(index uint64) string {
+	if index == 0 {
+		return "?"
+	}
+	return strconv.FormatUint(index, 10)
+}
+
+// describeKV shows an operation and its answer for porcupine's
+// visualization and for lostWrite.
+func describeKV(in kvInput, out kvOutput) string {
+	what := in.op + "(" + in.value + ")"
+	if name, value := in.cond.header(); name != "" {
+		what += " " + name + ": " + value
+	}
+	switch {
+	case out.unknown:
+		return what + " → unknown"
+	case out.failed && out.etag != 0:
+		return fmt.Sprintf("%s → 412, at %d, ETag %d", what, out.index, out.etag)
+	case out.failed:
+		return fmt.Sprintf("%s → 412, at %d, absent", what, out.index)
+	case in.op == "put":
+		code := 204
+		if out.created {
+			code = 201
+		}
+		return fmt.Sprintf("%s → %d, ETag %d created %d", what, code, out.etag, out.create)
+	case in.op == "get" && out.found:
+		return fmt.Sprintf("%s → %s, ETag %d created %d", what, out.value, out.etag, out.create)
+	case in.op == "get":
+		return what + " → 404"
+	case out.found:
+		return fmt.Sprintf("%s → 204, at %d", what, out.index)
+	default:
+		return fmt.Sprintf("%s → 404, at %d", what, out.index)
 	}
 }
 
@@ -237,15 +405,20 @@ type workload struct {
 	wg    sync.WaitGroup
 	once  sync.Once
 
-	mu          sync.Mutex
-	ops         []porcupine.Operation
-	clients     int             // porcupine client ids handed out
-	written     map[string]bool // every value a PUT has carried
-	lastEpoch   int
-	staleReads  int
-	staleBad    []string // reads of values nobody wrote
-	unexpected  []string // answers a correct server never gives
-	finalClient int      // the client id of the final reads, -1 before
+	mu           sync.Mutex
+	ops          []porcupine.Operation
+	clients      int             // porcupine client ids handed out
+	written      map[string]bool // every value a PUT has carried
+	versions     versionLog      // the ETag each value was seen with
+	lastEpoch    int
+	staleReads   int
+	staleBad     []string // reads of values nobody wrote
+	unexpected   []string // answers a correct server never gives
+	finalClient  int      // the client id of the final reads, -1 before
+	firstUnknown int      // writes whose first attempt's outcome was unknown
+	replayed     int      // of those, answered Idempotent-Replayed: true
+	conditional  int      // conditional writes with a definite answer
+	refused      int      // of those, 412
 }
 
 // startWorkload starts the clients against c.
@@ -260,7 +433,8 @@ func startWorkload(c *faultCluster, seed uint64) *workload {
 	return w
 }
 
-// halt stops the clients and waits for their last operations.
+// halt stops the clients and waits for their last operations, which
+// includes retrying a write of unknown outcome until it is resolved.
 func (w *workload) halt() {
 	w.once.Do(func() {
 		close(w.stopC)
@@ -296,11 +470,27 @@ func (w *workload) key(rng *rand.Rand) string {
 // linearizableKey names key i of epoch.
 func linearizableKey(epoch, i int) string { return fmt.Sprintf("e%dk%d", epoch, i) }
 
-// record adds a finished operation to the history.
+// record adds a finished operation to the history, and the version its
+// answer shows to the versions seen.
 func (w *workload) record(op porcupine.Operation) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.ops = append(w.ops, op)
+	in, out := op.Input.(kvInput), op.Output.(kvOutput)
+	switch {
+	case out.unknown || out.failed:
+	case in.op == "put":
+		w.versions.saw(in.value, out.etag, describeKV(in, out))
+	case in.op == "get" && out.found:
+		w.versions.saw(out.value, out.etag, describeKV(in, out))
+	}
+}
+
+// unexpect notes an answer a correct server never gives.
+func (w *workload) unexpect(bad string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unexpected = append(w.unexpected, bad)
 }
 
 // stopped reports whether halt has been called.
@@ -318,33 +508,76 @@ func workloadHTTPClient() *http.Client {
 	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
 }
 
-// client does PUT, DELETE and consistent GET on random keys in play, on
-// random members, until halted; every operation with an effect that may
-// have happened goes into the history.
+// client does PUT (plain, create-only, and compare-and-set on the ETag it
+// last saw), DELETE (plain and conditional) and consistent GET on random
+// keys in play, on random members, until halted; every operation with an
+// effect that may have happened goes into the history. A write whose
+// outcome is unknown is retried with the same Idempotency-Key, on other
+// members, until a definite answer says what happened to it.
 func (w *workload) client(index int) {
 	rng := rand.New(rand.NewPCG(w.seed, uint64(index)+1))
 	hc := workloadHTTPClient()
 	defer hc.CloseIdleConnections()
 	id := w.newClient()
+	tags := make(map[string]uint64) // key -> the last ETag this client saw, for If-Match
 	for seq := 0; !w.stopped(); seq++ {
 		targets := w.c.targets()
 		target := targets[rng.IntN(len(targets))]
 		in := kvInput{op: "get", key: w.key(rng)}
-		switch r := rng.IntN(10); {
+		ifMatch := kvCond{kind: condIfMatchAny}
+		if tag, ok := tags[in.key]; ok {
+			ifMatch = kvCond{kind: condIfMatch, tag: tag}
+		}
+		switch r := rng.IntN(20); {
 		case r < 4:
-			in.op, in.value = "put", fmt.Sprintf("%d.%d", index, seq)
+			in.op = "put"
+		case r < 6:
+			in.op, in.cond = "put", kvCond{kind: condIfNoneMatchAny}
+		case r < 10:
+			in.op, in.cond = "put", ifMatch
+		case r < 12:
+			in.op = "delete"
+		case r < 13:
+			in.op, in.cond = "delete", ifMatch
+		}
+		if in.op == "put" {
+			in.value = fmt.Sprintf("%d.%d", index, seq)
 			w.mu.Lock()
 			w.written[in.value] = true
 			w.mu.Unlock()
-		case r < 6:
-			in.op = "delete"
 		}
+		idemKey := fmt.Sprintf("lin-%d-%d", index, seq)
 		call := w.now()
-		out, known := w.do(hc, target, in)
-		op := porcupine.Operation{ClientId: id, Input: in, Call: call, Output: out, Return: w.now()}
-		switch known {
+		a := attemptKV(hc, target, in, idemKey)
+		if a.knows == outcomeUnknown && a.bad == "" && in.op != "get" {
+			w.mu.Lock()
+			w.firstUnknown++
+			w.mu.Unlock()
+			a = resolveKV(hc, w.c.targets, target, in, idemKey, rng)
+		}
+		if a.bad != "" {
+			w.unexpect(a.bad)
+		}
+		op := porcupine.Operation{ClientId: id, Input: in, Call: call, Output: a.out, Return: w.now()}
+		switch a.knows {
 		case outcomeKnown:
 			w.record(op)
+			w.mu.Lock()
+			if a.replayed {
+				w.replayed++
+			}
+			if in.cond.kind != condNone {
+				w.conditional++
+				if a.out.failed {
+					w.refused++
+				}
+			}
+			w.mu.Unlock()
+			if a.out.etag != 0 && (in.op != "delete" || a.out.failed) {
+				tags[in.key] = a.out.etag
+			} else {
+				delete(tags, in.key)
+			}
 			continue
 		case outcomeUnknown:
 			op.Return = math.MaxInt64 // set after the run, see kvModel
@@ -364,9 +597,47 @@ const (
 	outcomeUnknown                    // it may or may not have happened
 )
 
-// do sends one operation to the member at target and judges the answer.
-func (w *workload) do(hc *http.Client, target string, in kvInput) (kvOutput, clientKnows) {
+// kvAnswer is what one attempt at an operation taught its client.
+type kvAnswer struct {
+	out      kvOutput
+	knows    clientKnows
+	replayed bool   // the answer carried Idempotent-Replayed: true
+	bad      string // an answer a correct server never gives, or ""
+}
+
+const (
+	// resolveLimit bounds how long a client retries a write of unknown
+	// outcome: past every fault's hold and recovery.
+	resolveLimit = 2*recoveryLimit + clientTimeout
+	// resolvePause is a client's pause between those retries.
+	resolvePause = 100 * time.Millisecond
+)
+
+// resolveKV retries a write whose first attempt's outcome is unknown,
+// with the same Idempotency-Key, on a member other than the last one
+// tried each time, until an answer is definite (or is one a correct server
+// never gives) or resolveLimit has passed. A refused connection or "no
+// leader" says nothing of the earlier attempts, so it is retried too.
+func resolveKV(hc *http.Client, targets func() []string, last string, in kvInput, idemKey string, rng *rand.Rand) kvAnswer {
+	for deadline := time.Now().Add(resolveLimit); time.Now().Before(deadline); {
+		time.Sleep(resolvePause) // a client's pause before retrying
+		urls := slices.DeleteFunc(targets(), func(u string) bool { return u == last })
+		if len(urls) == 0 {
+			urls = targets()
+		}
+		last = urls[rng.IntN(len(urls))]
+		if a := attemptKV(hc, last, in, idemKey); a.knows == outcomeKnown || a.bad != "" {
+			return a
+		}
+	}
+	return kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown}
+}
+
+// attemptKV sends in to the member at target, a write with idemKey as its
+// Idempotency-Key and its precondition, and judges the answer.
+func attemptKV(hc *http.Client, target string, in kvInput, idemKey string) kvAnswer {
 	method, url, body := "GET", target+"/keys/"+in.key+"?level=consistent", ""
+	header := http.Header{}
 	switch in.op {
 	case "put":
 		method, body = "PUT", in.value
@@ -375,36 +646,152 @@ func (w *workload) do(hc *http.Client, target string, in kvInput) (kvOutput, cli
 	}
 	if in.op != "get" {
 		url = target + "/keys/" + in.key
+		header.Set("Idempotency-Key", idemKey)
+		if name, value := in.cond.header(); name != "" {
+			header.Set(name, value)
+		}
 	}
-	r, err := e2eTry(hc, method, url, body)
+	r, err := tryWithHeader(hc, method, url, body, header)
+	unknown := kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown}
+	none := kvAnswer{knows: outcomeNone}
 	switch {
 	case err != nil && (in.op == "get" || errors.Is(err, syscall.ECONNREFUSED)):
-		return kvOutput{}, outcomeNone // a read has no effect; a refused connection sent nothing
+		return none // a read has no effect; a refused connection sent nothing
 	case err != nil:
-		return kvOutput{unknown: true}, outcomeUnknown
-	case in.op == "get" && r.code == http.StatusOK:
-		return kvOutput{found: true, value: r.body}, outcomeKnown
-	case in.op == "put" && r.code == http.StatusNoContent:
-		return kvOutput{}, outcomeKnown
-	case in.op == "delete" && r.code == http.StatusNoContent:
-		return kvOutput{found: true}, outcomeKnown
-	case in.op != "put" && r.code == http.StatusNotFound:
-		return kvOutput{}, outcomeKnown // no such key, as of the read or the delete
+		return unknown
 	case r.code == http.StatusServiceUnavailable && strings.HasPrefix(r.body, ErrNoLeader.Error()):
-		return kvOutput{}, outcomeNone // raft refused the proposal: it is in no log
+		return none // raft refused the proposal: it is in no log
 	case r.code >= 500 && in.op == "get":
-		return kvOutput{}, outcomeNone
+		return none
 	case r.code >= 500:
-		return kvOutput{unknown: true}, outcomeUnknown
+		return unknown
 	}
-	w.mu.Lock()
-	w.unexpected = append(w.unexpected, fmt.Sprintf("%s %s: %d %q", method, url, r.code, r.body))
-	w.mu.Unlock()
-	return kvOutput{unknown: in.op != "get"}, outcomeUnknown
+	a := kvAnswer{knows: outcomeKnown, replayed: r.header.Get("Idempotent-Replayed") == "true"}
+	var bad error
+	switch {
+	case in.op == "get" && r.code == http.StatusOK:
+		a.out = kvOutput{found: true, value: r.body}
+		bad = parseVersion(r.header, &a.out, true)
+	case in.op == "get" && r.code == http.StatusNotFound:
+	case in.op == "put" && (r.code == http.StatusCreated || r.code == http.StatusNoContent):
+		a.out.created = r.code == http.StatusCreated
+		bad = parseVersion(r.header, &a.out, true)
+	case in.op == "delete" && (r.code == http.StatusNoContent || r.code == http.StatusNotFound):
+		a.out.found = r.code == http.StatusNoContent
+		a.out.index, bad = headerIndex(r.header, "X-Raft-Index", true)
+	case in.op != "get" && r.code == http.StatusPreconditionFailed:
+		a.out.failed = true
+		bad = parseVersion(r.header, &a.out, false)
+	default:
+		bad = errors.New("not an answer to this request")
+	}
+	if a.replayed && in.op == "get" {
+		bad = errors.Join(bad, errors.New("a read marked Idempotent-Replayed"))
+	}
+	if bad != nil {
+		a = unknown
+		if in.op == "get" {
+			a = none
+		}
+		a.bad = fmt.Sprintf("%s %s: %d %q: %s", method, url, r.code, r.body, oneLine(bad))
+	}
+	return a
+}
+
+// parseVersion reads an answer's ETag, X-Create-Index and X-Raft-Index
+// into out; the first two are required if must, else both or neither.
+func parseVersion(h http.Header, out *kvOutput, must bool) error {
+	var errs [3]error
+	_, has := h["Etag"]
+	out.etag, errs[0] = headerETag(h, must || has)
+	out.create, errs[1] = headerIndex(h, "X-Create-Index", must || has)
+	out.index, errs[2] = headerIndex(h, "X-Raft-Index", true)
+	return errors.Join(errs[:]...)
+}
+
+// headerETag reads a strong ETag, "N" for a log index N ≥ 1: the only
+// kind raftkv sends. It is 0 if absent and not required.
+func headerETag(h http.Header, required bool) (uint64, error) {
+	v := h.Get("ETag")
+	if v == "" && !required {
+		return 0, nil
+	}
+	digits, ok := strings.CutPrefix(v, `"`)
+	if digits, ok = strings.CutSuffix(digits, `"`); !ok {
+		return 0, fmt.Errorf("ETag %q is not a quoted index", v)
+	}
+	n, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil || n == 0 || digits[0] == '+' {
+		return 0, fmt.Errorf("ETag %q is not a quoted index", v)
+	}
+	return n, nil
+}
+
+// headerIndex reads a log index header; 0 if absent and not required.
+func headerIndex(h http.Header, name string, required bool) (uint64, error) {
+	v := h.Get(name)
+	if v == "" && !required {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%s %q is not a log index", name, v)
+	}
+	return n, nil
+}
+
+// tryWithHeader is e2eTry with request headers.
+func tryWithHeader(client *http.Client, method, url, body string, header http.Header) (response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	maps.Copy(req.Header, header)
+	resp, err := client.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return response{}, fmt.Errorf("%s %s: read body: %w", method, url, err)
+	}
+	return response{code: resp.StatusCode, body: string(b), header: resp.Header}, nil
+}
+
+// versionLog is the ETag each PUT's value was seen with. Values are
+// unique to their PUT, so a value seen with two ETags is a PUT applied
+// twice: a retry with the same Idempotency-Key that was not deduplicated,
+// or a replayed answer that is not the first attempt's.
+type versionLog struct {
+	first map[string]seenVersion
+	twice []string // one line per value seen with a second ETag
+}
+
+// seenVersion is the first ETag a value was seen with, and where.
+type seenVersion struct {
+	etag  uint64
+	where string
+}
+
+// saw records that value was seen with etag in the answer described by where.
+func (l *versionLog) saw(value string, etag uint64, where string) {
+	if l.first == nil {
+		l.first = make(map[string]seenVersion)
+	}
+	first, ok := l.first[value]
+	switch {
+	case !ok:
+		l.first[value] = seenVersion{etag, where}
+	case first.etag != etag && first.where != "":
+		l.twice = append(l.twice, fmt.Sprintf("value %q was ETag %d (%s) and ETag %d (%s): a PUT applied twice", value, first.etag, first.where, etag, where))
+		l.first[value] = seenVersion{first.etag, ""} // reported once
+	}
 }
 
 // staleReader reads at a level that may be stale and checks only that
-// what it reads is a value some PUT carried.
+// what it reads is a value some PUT carried, with the ETag every other
+// answer shows it with.
 func (w *workload) staleReader(index int, level string) {
 	rng := rand.New(rand.NewPCG(w.seed, uint64(index)+1))
 	hc := workloadHTTPClient() // follows the default level's redirect to the leader
@@ -418,10 +805,17 @@ func (w *workload) staleReader(index int, level string) {
 			time.Sleep(50 * time.Millisecond) // a client's pause before trying again
 			continue
 		}
+		var out kvOutput
+		bad := parseVersion(r.header, &out, true)
 		w.mu.Lock()
 		w.staleReads++
-		if !w.written[r.body] {
+		switch {
+		case bad != nil:
+			w.unexpected = append(w.unexpected, fmt.Sprintf("GET %s: 200: %s", url, oneLine(bad)))
+		case !w.written[r.body]:
 			w.staleBad = append(w.staleBad, fmt.Sprintf("GET %s → %q, which no PUT wrote", url, r.body))
+		default:
+			w.versions.saw(r.body, out.etag, fmt.Sprintf("a %s read of %s", level, key))
 		}
 		w.mu.Unlock()
 	}
@@ -441,23 +835,25 @@ func (w *workload) finalReads() {
 	for epoch := 0; epoch <= w.lastEpoch; epoch++ {
 		for i := range keysPerEpoch {
 			in := kvInput{op: "get", key: linearizableKey(epoch, i)}
-			var out kvOutput
-			var o clientKnows
 			w.c.procs.eventually(recoveryLimit, "a consistent read of "+in.key, func() bool {
 				call := w.now()
-				out, o = w.do(faultProbeClient, targets[n%len(targets)], in)
+				a := attemptKV(faultProbeClient, targets[n%len(targets)], in, "")
 				n++
-				if o == outcomeKnown {
-					w.record(porcupine.Operation{ClientId: w.finalClient, Input: in, Call: call, Output: out, Return: w.now()})
+				if a.bad != "" {
+					w.unexpect(a.bad)
 				}
-				return o == outcomeKnown
+				if a.knows == outcomeKnown {
+					w.record(porcupine.Operation{ClientId: w.finalClient, Input: in, Call: call, Output: a.out, Return: w.now()})
+				}
+				return a.knows == outcomeKnown
 			})
 		}
 	}
 }
 
 // check runs porcupine on each key's history, looks for acknowledged
-// writes that the final reads show lost, and fails the test on either.
+// writes that the final reads show lost and for PUTs applied twice, and
+// fails the test on any.
 func (w *workload) check(t *testing.T, seed uint64, s *faultSummary) {
 	byKey := make(map[string][]porcupine.Operation)
 	var last int64
@@ -476,6 +872,8 @@ func (w *workload) check(t *testing.T, seed uint64, s *faultSummary) {
 		byKey[key] = append(byKey[key], op)
 	}
 	s.staleReads = w.staleReads
+	s.firstUnknown, s.replayed = w.firstUnknown, w.replayed
+	s.conditional, s.refused = w.conditional, w.refused
 	keys := make([]string, 0, len(byKey))
 	for key := range byKey {
 		keys = append(keys, key)
@@ -507,6 +905,10 @@ func (w *workload) check(t *testing.T, seed uint64, s *faultSummary) {
 		s.violations++
 		t.Errorf("seed %d: %s", seed, bad)
 	}
+	for _, twice := range w.versions.twice {
+		s.twice++
+		t.Errorf("seed %d: %s", seed, twice)
+	}
 	for _, bad := range w.unexpected {
 		t.Errorf("seed %d: unexpected answer %s", seed, bad)
 	}
@@ -532,6 +934,9 @@ func lostWrite(ops []porcupine.Operation, finalClient int) string {
 		}
 		for _, op := range ops {
 			in, o := op.Input.(kvInput), op.Output.(kvOutput)
+			if o.failed {
+				continue
+			}
 			if (out.found && in.op == "put" && in.value == out.value) || (!out.found && in.op == "delete" && (o.found || o.unknown)) {
 				sources = append(sources, op)
 			}
@@ -551,26 +956,28 @@ func lostWrite(ops []porcupine.Operation, finalClient int) string {
 			}
 		}
 		return fmt.Sprintf("a consistent read at %s saw %s, but %s, acknowledged at %s, was last",
-			time.Duration(read.Call), kvModel().DescribeOperation(read.Input, read.Output),
-			kvModel().DescribeOperation(lost.Input, lost.Output), time.Duration(lost.Return))
+			time.Duration(read.Call), describeKV(read.Input.(kvInput), out),
+			describeKV(lost.Input.(kvInput), lost.Output.(kvOutput)), time.Duration(lost.Return))
 	}
 	return ""
 }
 
 // acknowledgedWrite reports whether op changed the key and its client was
-// told so: a 204 to a PUT or a DELETE.
+// told so: a 201 or 204 to a PUT, a 204 to a DELETE.
 func acknowledgedWrite(op porcupine.Operation) bool {
 	in, out := op.Input.(kvInput), op.Output.(kvOutput)
-	return !out.unknown && (in.op == "put" || (in.op == "delete" && out.found))
+	return !out.unknown && !out.failed && (in.op == "put" || (in.op == "delete" && out.found))
 }
 
 // faultSummary is what a run did and found: the summary line.
 type faultSummary struct {
 	ops, unknown, staleReads int
+	firstUnknown, replayed   int // writes of unknown outcome before retrying; answers replayed
+	conditional, refused     int // conditional writes with a definite answer; 412s among them
 	faults                   map[faultKind]int
 	memberChanges            int // a member added and another removed
 	histories, violations    int
-	lost                     int
+	lost, twice              int // acknowledged writes lost; PUTs applied twice
 	worstRecovery            time.Duration
 }
 
@@ -588,6 +995,10 @@ func (s *faultSummary) add(o faultSummary) {
 	s.ops += o.ops
 	s.unknown += o.unknown
 	s.staleReads += o.staleReads
+	s.firstUnknown += o.firstUnknown
+	s.replayed += o.replayed
+	s.conditional += o.conditional
+	s.refused += o.refused
 	if s.faults == nil {
 		s.faults = make(map[faultKind]int)
 	}
@@ -598,17 +1009,23 @@ func (s *faultSummary) add(o faultSummary) {
 	s.histories += o.histories
 	s.violations += o.violations
 	s.lost += o.lost
+	s.twice += o.twice
 	s.worstRecovery = max(s.worstRecovery, o.worstRecovery)
 }
 
-// String is the summary line.
-func (s faultSummary) String() string {
+// faultsString lists the faults injected, by kind, and their total.
+func (s faultSummary) faultsString() string {
 	var faults []string
 	total := 0
 	for _, kind := range faultKinds {
 		faults = append(faults, fmt.Sprintf("%s %d", kind, s.faults[kind]))
 		total += s.faults[kind]
 	}
-	return fmt.Sprintf("%d operations (%d of unknown outcome) + %d stale/default reads, %d faults injected (%s) and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, worst recovery %s",
-		s.ops, s.unknown, s.staleReads, total, strings.Join(faults, ", "), s.memberChanges, s.histories, s.violations, s.lost, s.worstRecovery.Round(time.Millisecond))
+	return fmt.Sprintf("%d faults injected (%s)", total, strings.Join(faults, ", "))
+}
+
+// String is the summary line.
+func (s faultSummary) String() string {
+	return fmt.Sprintf("%d operations (%d writes of unknown outcome, %d before retrying with the same Idempotency-Key; %d answers replayed; %d conditional writes, %d refused with 412) + %d stale/default reads, %s and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, %d PUTs applied twice, worst recovery %s",
+		s.ops, s.unknown, s.firstUnknown, s.replayed, s.conditional, s.refused, s.staleReads, s.faultsString(), s.memberChanges, s.histories, s.violations, s.lost, s.twice, s.worstRecovery.Round(time.Millisecond))
 }
