@@ -192,7 +192,7 @@ func (c *faultCluster) waitWritable(limit time.Duration) time.Duration {
 		wg.Go(func() {
 			for time.Since(start) < limit {
 				r, err := e2eTry(faultProbeClient, "PUT", c.url(m, fmt.Sprintf("/keys/probe-%d", m.id)), "alive")
-				if err == nil && r.code == http.StatusNoContent {
+				if err == nil && (r.code == http.StatusCreated || r.code == http.StatusNoContent) {
 					return
 				}
 				time.Sleep(50 * time.Millisecond) // a client's pause between retries

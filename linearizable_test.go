@@ -384,7 +384,7 @@ func (w *workload) do(hc *http.Client, target string, in kvInput) (kvOutput, cli
 		return kvOutput{unknown: true}, outcomeUnknown
 	case in.op == "get" && r.code == http.StatusOK:
 		return kvOutput{found: true, value: r.body}, outcomeKnown
-	case in.op == "put" && r.code == http.StatusNoContent:
+	case in.op == "put" && (r.code == http.StatusCreated || r.code == http.StatusNoContent):
 		return kvOutput{}, outcomeKnown
 	case in.op == "delete" && r.code == http.StatusNoContent:
 		return kvOutput{found: true}, outcomeKnown
