@@ -140,7 +140,7 @@ func TestBootstrap(t *testing.T) {
 		healthy(id)
 	}
 	advertised()
-	c.expect("PUT", 2, "/keys/k", "still", http.StatusNoContent, "")
+	c.expect("PUT", 2, "/keys/k", "still", http.StatusCreated, "")
 
 	// unchanged fails unless the cluster is as it was and member 2 serves.
 	unchanged := func(before bootstrapState) {

@@ -16,13 +16,13 @@ import (
 // through the client API, except where a test must see a member stop.
 //
 
-// clusterPut writes key=value through member id, requires a 204 with a
-// positive X-Raft-Index, and returns that index.
+// clusterPut writes key=value through member id, requires a 201 (created)
+// or 204 (replaced) with a positive X-Raft-Index, and returns that index.
 func clusterPut(t testing.TB, c *testCluster, id uint64, key, value string) uint64 {
 	t.Helper()
 	r := do(t, http.MethodPut, c.url(id, "/keys/"+key), value)
-	if r.code != http.StatusNoContent {
-		t.Fatalf("PUT %s on member %d: %d %q, want 204", key, id, r.code, r.body)
+	if r.code != http.StatusCreated && r.code != http.StatusNoContent {
+		t.Fatalf("PUT %s on member %d: %d %q, want 201 or 204", key, id, r.code, r.body)
 	}
 	raw := r.header.Get("X-Raft-Index")
 	index, err := strconv.ParseUint(raw, 10, 64)

@@ -15,16 +15,20 @@ import (
 //
 // POST and DELETE /members (membership.go) propose a raft ConfChange on
 // confChangeC; raft logs and commits it like any entry. When it is
-// committed, it applies in two places, in log order:
+// committed, the apply goroutine hands the entries up to it to the kvstore
+// and waits for them to apply (applyConfChangeAt):
 //
-//   - on the apply goroutine, to raft's configuration (node.ApplyConfChange)
-//     and to the transport, which then talks to the new member or stops
-//     talking to the removed one (raftNode.applyConfChanges);
-//   - on the kvstore's goroutine, to the replicated member table, which
-//     wakes the waiting handler (kvstore.applyConfChange).
+//   - the kvstore records it in the replicated member table, or refuses it
+//     (an id already a member, a stranger to remove, an idempotency key
+//     already recorded), and wakes the waiting handler
+//     (kvstore.applyConfChange);
+//   - then, only if the kvstore took it, the apply goroutine applies it to
+//     raft's configuration (node.ApplyConfChange) and to the transport, which
+//     then talks to the new member or stops talking to the removed one.
 //
-// Both follow the same rules (adding a member twice or removing a stranger
-// changes nothing), so the member table and raft's voters agree.
+// Raft lets an application treat a conf change as a no-op by not calling
+// ApplyConfChange; deciding once, in the state machine, keeps the member
+// table and raft's voters the same on every member.
 
 // member is one raft voter as the cluster knows it: where peers and clients
 // reach it. The member table is replicated state: it changes only when a
@@ -47,11 +51,29 @@ func memberFromConfChange(cc *raftpb.ConfChange) (member, error) {
 	return m, nil
 }
 
+// addMemberContext is what an AddNode conf change carries: the member, and
+// the idempotency key of the POST that proposed it, if any.
+type addMemberContext struct {
+	member
+	Idempotency *idempotencyJSON `json:"idempotency,omitempty"`
+}
+
+// idempotencyJSON is idempotent in a conf change's JSON context.
+type idempotencyJSON struct {
+	Key         string `json:"key"`
+	Fingerprint uint64 `json:"fingerprint"`
+	Window      uint64 `json:"window"`
+}
+
 // addMember proposes adding m as a voter and waits for the outcome.
-func (s *kvstore) addMember(ctx context.Context, m member) (uint64, error) {
-	memberCtx, err := json.Marshal(m)
+func (s *kvstore) addMember(ctx context.Context, m member, idem idempotent) (outcome, error) {
+	c := addMemberContext{member: m}
+	if idem.key != "" {
+		c.Idempotency = &idempotencyJSON{Key: idem.key, Fingerprint: idem.fingerprint, Window: idem.window}
+	}
+	memberCtx, err := json.Marshal(c)
 	if err != nil {
-		return 0, err
+		return outcome{}, err
 	}
 	cc := &raftpb.ConfChange{
 		Id:      new(s.requestIDs.Next()),
@@ -63,7 +85,7 @@ func (s *kvstore) addMember(ctx context.Context, m member) (uint64, error) {
 }
 
 // removeMember proposes removing member id and waits for the outcome.
-func (s *kvstore) removeMember(ctx context.Context, id uint64) (uint64, error) {
+func (s *kvstore) removeMember(ctx context.Context, id uint64) (outcome, error) {
 	cc := &raftpb.ConfChange{
 		Id:     new(s.requestIDs.Next()),
 		Type:   raftpb.ConfChangeRemoveNode.Enum(),
@@ -72,47 +94,71 @@ func (s *kvstore) removeMember(ctx context.Context, id uint64) (uint64, error) {
 	return proposeAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
 }
 
-// applyConfChanges applies the conf changes among committed entries to
-// raft's configuration and to the transport, before the apply goroutine
-// hands the entries to the kvstore. It reports whether this member's own
-// removal is among them.
-func (rc *raftNode) applyConfChanges(entries []*raftpb.Entry) (removedSelf bool, err error) {
-	for _, e := range entries {
-		if e.GetType() != raftpb.EntryConfChange {
-			continue
-		}
-		cc := &raftpb.ConfChange{}
-		if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-			return false, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
-		}
-		rc.confState = rc.node.ApplyConfChange(cc)
-		rc.forceSnapshot = true
-		switch id := cc.GetNodeId(); cc.GetType() {
-		case raftpb.ConfChangeAddNode:
-			if m, err := memberFromConfChange(cc); err != nil {
-				rc.lg.Error("conf change without a member", zap.Uint64("index", e.GetIndex()), zap.Error(err))
-			} else if id != rc.id {
-				rc.addPeer(id, m.PeerURLs)
-			}
-		case raftpb.ConfChangeRemoveNode:
-			if id == rc.id {
-				removedSelf = true
-			} else {
-				rc.transport.RemovePeer(types.ID(id))
-			}
+// confChangeEnd is how many of entries to hand the kvstore before the
+// apply goroutine must stop and apply a conf change: up to and including
+// the first one, or all of them.
+func confChangeEnd(entries []*raftpb.Entry) int {
+	for i, e := range entries {
+		if e.GetType() == raftpb.EntryConfChange {
+			return i + 1
 		}
 	}
-	return removedSelf, nil
+	return len(entries)
 }
 
-// applyConfChange records a membership change in the member table and wakes
-// the handler waiting for it; the apply goroutine has already applied it to
-// raft and the transport.
-func (s *kvstore) applyConfChange(e *raftpb.Entry) {
+// applyConfChangeAt applies the conf change that ends batch b to raft and
+// the transport, once the kvstore has applied b and taken the change. It
+// reports whether the change removed this member.
+func (rc *raftNode) applyConfChangeAt(b *applyBatch) (removedSelf bool, err error) {
+	e := b.entries[len(b.entries)-1]
+	select {
+	case <-b.applied:
+	case <-rc.stopC:
+		return false, ErrStopped
+	}
+	if !b.confChangeTaken {
+		return false, nil
+	}
+	cc := &raftpb.ConfChange{}
+	if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+		return false, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
+	}
+	rc.confState = rc.node.ApplyConfChange(cc)
+	rc.forceSnapshot = true
+	switch id := cc.GetNodeId(); cc.GetType() {
+	case raftpb.ConfChangeAddNode:
+		if m, err := memberFromConfChange(cc); err == nil && id != rc.id {
+			rc.addPeer(id, m.PeerURLs)
+		}
+	case raftpb.ConfChangeRemoveNode:
+		if id == rc.id {
+			return true, nil
+		}
+		rc.transport.RemovePeer(types.ID(id))
+	}
+	return false, nil
+}
+
+// applyConfChange records a membership change in the member table, or
+// refuses it, and wakes the handler waiting for it. It reports whether it
+// took the change, which the apply goroutine then applies to raft and the
+// transport.
+func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
 	var cc raftpb.ConfChange
 	if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
 		s.lg.Error("skipping undecodable conf change", zap.Uint64("index", e.GetIndex()), zap.Error(err))
-		return
+		return false
+	}
+	var idem idempotent
+	if cc.GetType() == raftpb.ConfChangeAddNode {
+		var c addMemberContext
+		if json.Unmarshal(cc.GetContext(), &c) == nil && c.Idempotency != nil {
+			idem = idempotent{key: c.Idempotency.Key, fingerprint: c.Idempotency.Fingerprint, window: c.Idempotency.Window}
+		}
+	}
+	if replay, ok := s.replay(idem); ok {
+		s.waiters.Trigger(cc.GetId(), replay)
+		return false
 	}
 	result := outcome{index: e.GetIndex()}
 	id := cc.GetNodeId()
@@ -137,6 +183,12 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) {
 		delete(s.members, id)
 		s.removed[id] = true
 		s.lg.Info("member removed from the cluster", zap.Uint64("member-id", id))
+	default:
+		result.err = fmt.Errorf("%w: conf change type %v", ErrCorruptEntry, cc.GetType())
+	}
+	if idem.key != "" {
+		s.dedup.record(idem, result)
 	}
 	s.waiters.Trigger(cc.GetId(), result)
+	return result.err == nil
 }

@@ -190,7 +190,7 @@ func (k *counter) readAt(hc *http.Client, target string) (int, kvCond, bool) {
 	case a.knows != outcomeKnown:
 		return 0, kvCond{}, false
 	case !a.out.found:
-		return 0, kvCond{kind: condIfNoneMatchAny}, true
+		return 0, kvCond{kind: precondCreateOnly}, true
 	}
 	n, err := strconv.Atoi(a.out.value)
 	if err != nil || n <= 0 {
@@ -200,7 +200,7 @@ func (k *counter) readAt(hc *http.Client, target string) (int, kvCond, bool) {
 	k.mu.Lock()
 	k.versions.saw(a.out.value, a.out.etag, describeKV(in, a.out))
 	k.mu.Unlock()
-	return n, kvCond{kind: condIfMatch, tag: a.out.etag}, true
+	return n, kvCond{kind: precondIfMatch, tag: a.out.etag}, true
 }
 
 // read reads the counter through members in turn until a read succeeds.

@@ -121,8 +121,8 @@ func TestE2EClusterIDIsolation(t *testing.T) {
 		return e2eLogHas(a.running[3], e2eIdentityMismatch) && e2eLogHas(b.running[1], e2eIdentityMismatch) && e2eLogHas(b.running[2], e2eIdentityMismatch)
 	})
 	// Writes on each side stay on that side.
-	a.expect("PUT", 1, "/keys/side", "a", http.StatusNoContent, "")
-	b.expect("PUT", 1, "/keys/side", "b", http.StatusNoContent, "")
+	a.expect("PUT", 1, "/keys/side", "a", http.StatusCreated, "")
+	b.expect("PUT", 1, "/keys/side", "b", http.StatusCreated, "")
 	for id := uint64(1); id <= 3; id++ {
 		a.expect("GET", id, "/keys/side?level=consistent", "", http.StatusOK, "a")
 		if got := e2eIdentityOf(a, id); got != viewA {
@@ -146,7 +146,7 @@ func TestE2ERejoinUnderNewID(t *testing.T) {
 	c.startThree()
 	e2eIdentitySettled(c, 1, 2, 3)
 	for _, k := range []string{"a", "b", "c"} {
-		c.expect("PUT", 1, "/keys/"+k, "before-"+k, http.StatusNoContent, "")
+		c.expect("PUT", 1, "/keys/"+k, "before-"+k, http.StatusCreated, "")
 	}
 	c.expect("GET", 2, "/keys/c?level=consistent", "", http.StatusOK, "before-c")
 
@@ -191,10 +191,10 @@ func TestE2ERejoinUnderNewID(t *testing.T) {
 	}
 	c.waitExit(stopped, 10*time.Second, "after SIGTERM")
 	e2eIdentityLeaderAmong(c, 1, 3)
-	c.expect("PUT", 1, "/keys/d", "while-4-was-down", http.StatusNoContent, "")
+	c.expect("PUT", 1, "/keys/d", "while-4-was-down", http.StatusCreated, "")
 	c.start(4, "raftkv4-restarted", args...)
 	c.eventuallyGet(4, "/keys/d?level=consistent", "while-4-was-down", 20*time.Second)
-	c.expect("PUT", 4, "/keys/e", "through-4", http.StatusNoContent, "")
+	c.expect("PUT", 4, "/keys/e", "through-4", http.StatusCreated, "")
 	c.expect("GET", 3, "/keys/e?level=consistent", "", http.StatusOK, "through-4")
 	// Stopping member 4 may have cost an election; nothing else changed.
 	if got := e2eIdentitySettled(c, 1, 3, 4); got.clusterID != view.clusterID || got.members != want {

@@ -427,7 +427,7 @@ func e2eClusterFlow(t *testing.T, bin string) {
 	t.Logf("%s: three members healthy", time.Since(start).Round(time.Millisecond))
 
 	// Writes and the three read levels.
-	r := c.expect("PUT", 1, "/keys/hello", "world", http.StatusNoContent, "")
+	r := c.expect("PUT", 1, "/keys/hello", "world", http.StatusCreated, "")
 	if r.header.Get("X-Raft-Index") == "" {
 		t.Errorf("PUT: no X-Raft-Index header")
 	}
@@ -506,14 +506,14 @@ func e2eClusterFlow(t *testing.T, bin string) {
 
 	// Fault tolerance: a follower stops on SIGTERM, misses a write, and
 	// serves it after a restart; what it had before is there at once.
-	c.expect("PUT", 1, "/keys/durable", "yes", http.StatusNoContent, "")
+	c.expect("PUT", 1, "/keys/durable", "yes", http.StatusCreated, "")
 	c.expect("GET", follower, "/keys/durable?level=consistent", "", http.StatusOK, "yes")
 	stopped := c.expectExit(follower)
 	if err := stopped.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	c.waitExit(stopped, 10*time.Second, "after SIGTERM")
-	c.expect("PUT", leader, "/keys/hello", "again", http.StatusNoContent, "")
+	c.expect("PUT", leader, "/keys/hello", "again", http.StatusCreated, "")
 	c.start(follower, fmt.Sprintf("raftkv%d-restarted", follower), c.args(follower, 3)...)
 	var first response
 	c.eventually(10*time.Second, fmt.Sprintf("restarted member %d to accept requests", follower), func() bool {
@@ -564,7 +564,7 @@ func e2eClusterFlow(t *testing.T, bin string) {
 			t.Errorf("GET /members on member %d after removing member 2: ids %v, want [1 3 4]", id, ids)
 		}
 	}
-	c.expect("PUT", id4, "/keys/after", "removal", http.StatusNoContent, "")
+	c.expect("PUT", id4, "/keys/after", "removal", http.StatusCreated, "")
 	for _, id := range []uint64{1, 3, 4} {
 		c.expect("GET", id, "/keys/after?level=consistent", "", http.StatusOK, "removal")
 	}

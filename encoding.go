@@ -20,6 +20,15 @@ import (
 //	opPut:       key length (uvarint) | key | value (the rest)
 //	opDelete:    key (the rest)
 //	opAdvertise: member id (uvarint) | client URL (the rest)
+//	opPutIf:     condition | key length (uvarint) | key | value (the rest)
+//	opDeleteIf:  condition | key (the rest)
+//
+// opPutIf and opDeleteIf are writes with a precondition or an idempotency
+// key (versions.go, idempotency.go), evaluated when the entry applies:
+//
+//	condition: flags (1 byte) | If-Match tags, if listed | If-None-Match tags, if listed |
+//	           idempotency key (length-prefixed) | fingerprint (8 bytes) | window (uvarint), if keyed
+//	tags:      count (uvarint) | per tag: modIndex<<1 | weak (uvarint)
 //
 // The request id is the wait-registry key of the handler waiting for the
 // entry; it is unique across the cluster, so any member can apply the entry
@@ -39,6 +48,17 @@ const (
 	opDelete    op = 2 // remove key
 	opAdvertise op = 3 // record a member's client URL, so followers can redirect to the leader
 	opBatch     op = 4 // several of the commands above, applied in order
+	opPutIf     op = 5 // opPut with a precondition or an idempotency key
+	opDeleteIf  op = 6 // opDelete with a precondition or an idempotency key
+)
+
+// The flags of a condition.
+const (
+	condIfMatch        = 1 << iota // If-Match given
+	condIfMatchAny                 // If-Match: *
+	condIfNoneMatch                // If-None-Match given
+	condIfNoneMatchAny             // If-None-Match: *
+	condIdempotencyKey             // an idempotency key follows the tags
 )
 
 // ErrCorruptEntry reports a log entry or snapshot that cannot be decoded.
@@ -48,10 +68,12 @@ var ErrCorruptEntry = errors.New("corrupt entry")
 type command struct {
 	op        op
 	requestID uint64
-	key       []byte // opPut, opDelete
-	value     []byte // opPut
-	memberID  uint64 // opAdvertise
-	clientURL string // opAdvertise
+	key       []byte       // opPut, opDelete
+	value     []byte       // opPut
+	memberID  uint64       // opAdvertise
+	clientURL string       // opAdvertise
+	cond      precondition // opPutIf, opDeleteIf
+	idem      idempotent   // opPutIf, opDeleteIf
 }
 
 // encodePut returns the entry that sets key to value.
@@ -78,6 +100,120 @@ func encodeAdvertise(requestID, memberID uint64, clientURL string) []byte {
 	b = binary.AppendUvarint(b, requestID)
 	b = binary.AppendUvarint(b, memberID)
 	return append(b, clientURL...)
+}
+
+// encodeWrite returns the entry for a PUT (put true) or a DELETE of key:
+// opPut or opDelete, or opPutIf or opDeleteIf when it carries a condition
+// or an idempotency key.
+func encodeWrite(requestID uint64, put bool, key string, value []byte, cond precondition, idem idempotent) []byte {
+	if !cond.given() && idem.key == "" {
+		if put {
+			return encodePut(requestID, key, value)
+		}
+		return encodeDelete(requestID, key)
+	}
+	b := make([]byte, 0, 2+4*binary.MaxVarintLen64+len(idem.key)+len(key)+len(value))
+	if put {
+		b = append(b, byte(opPutIf))
+	} else {
+		b = append(b, byte(opDeleteIf))
+	}
+	b = binary.AppendUvarint(b, requestID)
+	b = appendCondition(b, cond, idem)
+	if put {
+		b = appendString(b, key)
+		return append(b, value...)
+	}
+	return append(b, key...)
+}
+
+// appendCondition appends a condition's flags, tags and idempotency key.
+func appendCondition(b []byte, cond precondition, idem idempotent) []byte {
+	var flags byte
+	if cond.ifMatch.given() {
+		flags |= condIfMatch
+		if cond.ifMatch.any {
+			flags |= condIfMatchAny
+		}
+	}
+	if cond.ifNoneMatch.given() {
+		flags |= condIfNoneMatch
+		if cond.ifNoneMatch.any {
+			flags |= condIfNoneMatchAny
+		}
+	}
+	if idem.key != "" {
+		flags |= condIdempotencyKey
+	}
+	b = append(b, flags)
+	for _, l := range []*tagList{cond.ifMatch, cond.ifNoneMatch} {
+		if l.given() && !l.any {
+			b = binary.AppendUvarint(b, uint64(len(l.indexes)))
+			for i, index := range l.indexes {
+				tag := index << 1
+				if l.weak[i] {
+					tag |= 1
+				}
+				b = binary.AppendUvarint(b, tag)
+			}
+		}
+	}
+	if idem.key != "" {
+		b = appendString(b, idem.key)
+		b = binary.BigEndian.AppendUint64(b, idem.fingerprint)
+		b = binary.AppendUvarint(b, idem.window)
+	}
+	return b
+}
+
+// condition reads what appendCondition wrote.
+func (d *decoder) condition() (precondition, idempotent) {
+	var cond precondition
+	var idem idempotent
+	if len(d.buf) == 0 {
+		d.fail("missing condition")
+		return cond, idem
+	}
+	flags := d.buf[0]
+	d.buf = d.buf[1:]
+	if flags&^(condIfMatch|condIfMatchAny|condIfNoneMatch|condIfNoneMatchAny|condIdempotencyKey) != 0 {
+		d.fail("unknown condition flags %#x", flags)
+		return cond, idem
+	}
+	tags := func(given, any byte) *tagList {
+		if flags&given == 0 {
+			if flags&any != 0 {
+				d.fail("condition flags %#x: * without the header", flags)
+			}
+			return nil
+		}
+		if flags&any != 0 {
+			return &tagList{any: true}
+		}
+		l := &tagList{}
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			tag := d.uvarint()
+			l.indexes = append(l.indexes, tag>>1)
+			l.weak = append(l.weak, tag&1 == 1)
+		}
+		return l
+	}
+	cond.ifMatch = tags(condIfMatch, condIfMatchAny)
+	cond.ifNoneMatch = tags(condIfNoneMatch, condIfNoneMatchAny)
+	if flags&condIdempotencyKey != 0 {
+		idem.key = string(d.bytes())
+		if len(d.buf) < 8 {
+			d.fail("truncated fingerprint")
+			return cond, idem
+		}
+		idem.fingerprint = binary.BigEndian.Uint64(d.buf)
+		d.buf = d.buf[8:]
+		idem.window = d.uvarint()
+		if d.err == nil && idem.key == "" {
+			d.fail("empty idempotency key")
+		}
+	}
+	return cond, idem
 }
 
 // encodeBatch returns one entry carrying commands, each made by one of the
@@ -135,6 +271,13 @@ func decodeCommand(data []byte) (command, error) {
 	case opAdvertise:
 		c.memberID = d.uvarint()
 		c.clientURL = string(d.rest())
+	case opPutIf:
+		c.cond, c.idem = d.condition()
+		c.key = d.bytes()
+		c.value = d.rest()
+	case opDeleteIf:
+		c.cond, c.idem = d.condition()
+		c.key = d.rest()
 	default:
 		return command{}, fmt.Errorf("%w: unknown op %d", ErrCorruptEntry, c.op)
 	}
@@ -147,16 +290,29 @@ func decodeCommand(data []byte) (command, error) {
 //	version (1 byte)
 //	member count (uvarint), then per member: id, peer URLs, client URLs
 //	removed id count (uvarint), then the ids
-//	key count (uvarint), then per key: key, value
+//	key count (uvarint), then per key: key, value, createIndex, modIndex
+//	record count (uvarint), then per idempotency record, oldest first:
+//	  key, fingerprint (8 bytes), result code, index, flags (1 byte), createIndex, modIndex
 //
-// Ids are uvarints; strings, URL lists and values are length-prefixed.
-const snapshotVersion = 1
+// Ids and indexes are uvarints; strings, URL lists and values are
+// length-prefixed. Version 1, written before versions existed, has no
+// indexes per key and no records; its keys load at version 0.
+const (
+	snapshotVersion   = 2
+	snapshotVersionV1 = 1
+)
+
+// The flags of a recorded result.
+const (
+	resultCreated    = 1 << iota // a PUT that created its key
+	resultHasVersion             // the result carries the key's version
+)
 
 // encodeSnapshot serialises the state machine's state.
-func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[string][]byte) []byte {
+func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[string]keyValue, records []*dedupRecord) []byte {
 	size := 64
 	for k, v := range kv {
-		size += len(k) + len(v) + 2*binary.MaxVarintLen32
+		size += len(k) + len(v.value) + 4*binary.MaxVarintLen32
 	}
 	b := make([]byte, 0, size)
 	b = append(b, snapshotVersion)
@@ -173,22 +329,44 @@ func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[
 	b = binary.AppendUvarint(b, uint64(len(kv)))
 	for k, v := range kv {
 		b = appendString(b, k)
-		b = binary.AppendUvarint(b, uint64(len(v)))
-		b = append(b, v...)
+		b = binary.AppendUvarint(b, uint64(len(v.value)))
+		b = append(b, v.value...)
+		b = binary.AppendUvarint(b, v.createIndex)
+		b = binary.AppendUvarint(b, v.modIndex)
+	}
+	b = binary.AppendUvarint(b, uint64(len(records)))
+	for _, r := range records {
+		b = appendString(b, r.key)
+		b = binary.BigEndian.AppendUint64(b, r.fingerprint)
+		b = binary.AppendUvarint(b, resultCode(r.result.err))
+		b = binary.AppendUvarint(b, r.result.index)
+		var flags byte
+		if r.result.created {
+			flags |= resultCreated
+		}
+		if r.result.hasVersion {
+			flags |= resultHasVersion
+		}
+		b = append(b, flags)
+		b = binary.AppendUvarint(b, r.result.version.createIndex)
+		b = binary.AppendUvarint(b, r.result.version.modIndex)
 	}
 	return b
 }
 
-// snapshotDecoder reads a snapshot section by section; decodeMembers must be
-// called before decodeKeys.
-type snapshotDecoder struct{ decoder }
+// snapshotDecoder reads a snapshot section by section, in order:
+// decodeMembers, decodeKeys, decodeRecords.
+type snapshotDecoder struct {
+	decoder
+	version byte
+}
 
 // newSnapshotDecoder checks the version byte.
 func newSnapshotDecoder(data []byte) (*snapshotDecoder, error) {
-	if len(data) == 0 || data[0] != snapshotVersion {
+	if len(data) == 0 || (data[0] != snapshotVersion && data[0] != snapshotVersionV1) {
 		return nil, fmt.Errorf("%w: unknown snapshot version", ErrCorruptEntry)
 	}
-	return &snapshotDecoder{decoder{buf: data[1:]}}, nil
+	return &snapshotDecoder{decoder: decoder{buf: data[1:]}, version: data[0]}, nil
 }
 
 // decodeMembers reads the member table and the removed ids.
@@ -207,19 +385,64 @@ func (d *snapshotDecoder) decodeMembers() (map[uint64]*member, map[uint64]bool, 
 	return members, removed, d.err
 }
 
-// decodeKeys reads the key-value pairs. Values are copied out of the
-// snapshot so that the snapshot's memory can be released.
-func (d *snapshotDecoder) decodeKeys() (map[string][]byte, error) {
+// decodeKeys reads the keys, values and versions. Values are copied out of
+// the snapshot so that the snapshot's memory can be released.
+func (d *snapshotDecoder) decodeKeys() (map[string]keyValue, error) {
 	n := d.count()
-	kv := make(map[string][]byte, n)
+	kv := make(map[string]keyValue, n)
 	for ; n > 0 && d.err == nil; n-- {
 		k := string(d.bytes())
-		kv[k] = append([]byte(nil), d.bytes()...)
-	}
-	if len(d.buf) != 0 {
-		d.fail("%d trailing bytes", len(d.buf))
+		v := keyValue{value: append([]byte(nil), d.bytes()...)}
+		if d.version != snapshotVersionV1 {
+			v.createIndex = d.uvarint()
+			v.modIndex = d.uvarint()
+		}
+		kv[k] = v
 	}
 	return kv, d.err
+}
+
+// decodeRecords reads the idempotency records, oldest first, and checks
+// that nothing follows them.
+func (d *snapshotDecoder) decodeRecords() (*dedup, error) {
+	records := newDedup()
+	if d.version != snapshotVersionV1 {
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			r := &dedupRecord{key: string(d.bytes())}
+			if len(d.buf) < 8 {
+				d.fail("truncated fingerprint")
+				break
+			}
+			r.fingerprint = binary.BigEndian.Uint64(d.buf)
+			d.buf = d.buf[8:]
+			code := d.uvarint()
+			if code >= uint64(len(resultErrors)) {
+				d.fail("unknown result code %d", code)
+				break
+			}
+			r.result.err = resultErrors[code]
+			r.result.index = d.uvarint()
+			if len(d.buf) < 1 {
+				d.fail("truncated record")
+				break
+			}
+			flags := d.buf[0]
+			d.buf = d.buf[1:]
+			r.result.created = flags&resultCreated != 0
+			r.result.hasVersion = flags&resultHasVersion != 0
+			r.result.version.createIndex = d.uvarint()
+			r.result.version.modIndex = d.uvarint()
+			if _, dup := records.byKey[r.key]; dup && d.err == nil {
+				d.fail("idempotency key %q recorded twice", r.key)
+			}
+			records.byKey[r.key] = r
+			records.order = append(records.order, r)
+		}
+	}
+	if d.err == nil && len(d.buf) != 0 {
+		d.fail("%d trailing bytes", len(d.buf))
+	}
+	return records, d.err
 }
 
 // appendString appends s with its length in front.

@@ -99,7 +99,32 @@ func TestDecodeCommandCorrupt(t *testing.T) {
 type snapshotContent struct {
 	members map[uint64]*member
 	removed map[uint64]bool
-	kv      map[string][]byte
+	kv      map[string]keyValue
+	records []*dedupRecord
+}
+
+// snapKV is kv with every key at version 0, as values only.
+func snapKV(values map[string][]byte) map[string]keyValue {
+	kv := make(map[string]keyValue, len(values))
+	for k, v := range values {
+		kv[k] = keyValue{value: v}
+	}
+	return kv
+}
+
+// snapKVEqual reports whether two keys hold the same value and version.
+func snapKVEqual(a, b keyValue) bool {
+	return bytes.Equal(a.value, b.value) && a.keyVersion == b.keyVersion
+}
+
+// snapRecordsEqual reports whether two idempotency records are the same,
+// in the same order.
+func snapRecordsEqual(a, b []*dedupRecord) bool {
+	return slices.EqualFunc(a, b, func(x, y *dedupRecord) bool {
+		return x.key == y.key && x.fingerprint == y.fingerprint && errors.Is(x.result.err, y.result.err) && (x.result.err == nil) == (y.result.err == nil) &&
+			x.result.index == y.result.index && x.result.version == y.result.version &&
+			x.result.hasVersion == y.result.hasVersion && x.result.created == y.result.created
+	})
 }
 
 // fullSnapshotContent has every kind of content a snapshot can hold; small
@@ -112,12 +137,18 @@ func fullSnapshotContent() snapshotContent {
 			1 << 40: {ID: 1 << 40, ClientURLs: []string{""}},
 		},
 		removed: map[uint64]bool{3: true, math.MaxUint64: true},
-		kv: map[string][]byte{
-			"a":         []byte("1"),
-			"empty":     {},
-			"dir/key":   {0, 1, 0, 2},
-			"":          []byte("empty key"),
-			"\x00\xff/": bytes.Repeat([]byte{0}, 300),
+		kv: map[string]keyValue{
+			"a":         {value: []byte("1"), keyVersion: keyVersion{createIndex: 4, modIndex: 9}},
+			"empty":     {value: []byte{}, keyVersion: keyVersion{createIndex: 5, modIndex: 5}},
+			"dir/key":   {value: []byte{0, 1, 0, 2}, keyVersion: keyVersion{createIndex: math.MaxUint64, modIndex: math.MaxUint64}},
+			"":          {value: []byte("empty key")},
+			"\x00\xff/": {value: bytes.Repeat([]byte{0}, 300), keyVersion: keyVersion{createIndex: 1, modIndex: 1 << 40}},
+		},
+		records: []*dedupRecord{
+			{key: "k1", fingerprint: 1, result: outcome{index: 9, version: keyVersion{createIndex: 4, modIndex: 9}, hasVersion: true}},
+			{key: "k2", fingerprint: math.MaxUint64, result: outcome{index: 5, created: true, version: keyVersion{createIndex: 5, modIndex: 5}, hasVersion: true}},
+			{key: "!~", result: outcome{index: 10, err: ErrPreconditionFailed}},
+			{key: "member", result: outcome{index: 11, err: ErrMemberExists}},
 		},
 	}
 }
@@ -135,6 +166,11 @@ func decodeWholeSnapshot(data []byte) (snapshotContent, error) {
 	if st.kv, err = d.decodeKeys(); err != nil {
 		return snapshotContent{}, err
 	}
+	records, err := d.decodeRecords()
+	if err != nil {
+		return snapshotContent{}, err
+	}
+	st.records = records.records()
 	return st, nil
 }
 
@@ -145,22 +181,22 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	large := snapshotContent{
 		members: map[uint64]*member{7: {ID: 7, PeerURLs: []string{"http://p"}, ClientURLs: []string{"http://c"}}},
 		removed: map[uint64]bool{},
-		kv:      map[string][]byte{"large": bytes.Repeat([]byte{0xab, 0}, 512<<10)},
+		kv:      snapKV(map[string][]byte{"large": bytes.Repeat([]byte{0xab, 0}, 512<<10)}),
 	}
 	for i := range 100 {
-		large.kv[fmt.Sprintf("key-%03d", i)] = []byte(strings.Repeat("v", i))
+		large.kv[fmt.Sprintf("key-%03d", i)] = keyValue{value: []byte(strings.Repeat("v", i)), keyVersion: keyVersion{uint64(i), uint64(2 * i)}}
 	}
 	tests := []struct {
 		name string
 		in   snapshotContent
 	}{
-		{"empty state", snapshotContent{members: map[uint64]*member{}, removed: map[uint64]bool{}, kv: map[string][]byte{}}},
+		{"empty state", snapshotContent{members: map[uint64]*member{}, removed: map[uint64]bool{}, kv: map[string]keyValue{}}},
 		{"every kind of content", fullSnapshotContent()},
 		{"many keys and a large value", large},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data := encodeSnapshot(tt.in.members, tt.in.removed, tt.in.kv)
+			data := encodeSnapshot(tt.in.members, tt.in.removed, tt.in.kv, tt.in.records)
 			got, err := decodeWholeSnapshot(data)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
@@ -171,13 +207,16 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			if !maps.Equal(got.removed, tt.in.removed) {
 				t.Errorf("removed = %v, want %v", got.removed, tt.in.removed)
 			}
-			if !maps.EqualFunc(got.kv, tt.in.kv, bytes.Equal) {
-				t.Errorf("decoded %d keys, want %d, or some value differs", len(got.kv), len(tt.in.kv))
+			if !maps.EqualFunc(got.kv, tt.in.kv, snapKVEqual) {
+				t.Errorf("decoded %d keys, want %d, or some value or version differs", len(got.kv), len(tt.in.kv))
+			}
+			if !snapRecordsEqual(got.records, tt.in.records) {
+				t.Errorf("decoded %d idempotency records, want %d, or some differ", len(got.records), len(tt.in.records))
 			}
 			// Values must be copies: the kvstore keeps them after the
 			// snapshot's buffer is released or reused.
 			clear(data)
-			if !maps.EqualFunc(got.kv, tt.in.kv, bytes.Equal) {
+			if !maps.EqualFunc(got.kv, tt.in.kv, snapKVEqual) {
 				t.Errorf("decoded values alias the snapshot buffer")
 			}
 		})
@@ -190,7 +229,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 // silently diverge a member from its cluster.
 func TestSnapshotCorrupt(t *testing.T) {
 	st := fullSnapshotContent()
-	valid := encodeSnapshot(st.members, st.removed, st.kv)
+	valid := encodeSnapshot(st.members, st.removed, st.kv, st.records)
 	if _, err := decodeWholeSnapshot(valid); err != nil {
 		t.Fatalf("valid snapshot does not decode: %v", err)
 	}
@@ -199,7 +238,7 @@ func TestSnapshotCorrupt(t *testing.T) {
 		data []byte
 	}{
 		{"version 0", append([]byte{0}, valid[1:]...)},
-		{"version 2", append([]byte{snapshotVersion + 1}, valid[1:]...)},
+		{"version 3", append([]byte{snapshotVersion + 1}, valid[1:]...)},
 		{"trailing zero byte", append(slices.Clone(valid), 0)},
 		{"trailing garbage", append(slices.Clone(valid), "garbage"...)},
 		{"member count beyond input", []byte{snapshotVersion, 0xff, 0xff, 0xff, 0xff, 0x0f}},

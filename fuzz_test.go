@@ -36,12 +36,12 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			}
 			return
 		}
-		again, err := decodeWholeSnapshot(encodeSnapshot(got.members, got.removed, got.kv))
+		again, err := decodeWholeSnapshot(encodeSnapshot(got.members, got.removed, got.kv, got.records))
 		if err != nil {
 			t.Fatalf("decode %.64x: re-encoded content does not decode: %v", data, err)
 		}
 		if !maps.EqualFunc(again.members, got.members, snapMemberEqual) || !maps.Equal(again.removed, got.removed) ||
-			!maps.EqualFunc(again.kv, got.kv, bytes.Equal) {
+			!maps.EqualFunc(again.kv, got.kv, snapKVEqual) || !snapRecordsEqual(again.records, got.records) {
 			t.Fatalf("decode %.64x: re-encoding changed the content: members %v, removed %v, %d keys; then members %v, removed %v, %d keys",
 				data, snapMemberList(got.members), got.removed, len(got.kv), snapMemberList(again.members), again.removed, len(again.kv))
 		}
@@ -202,7 +202,10 @@ func fuzzCapture(s *server) fuzzState {
 	st := fuzzState{applied: s.store.appliedIndex.Load(), committed: s.raft.committedIndex(), members: s.store.memberList()}
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	st.kv, st.removed = maps.Clone(s.store.kv), maps.Clone(s.store.removed)
+	st.kv, st.removed = make(map[string][]byte, len(s.store.kv)), maps.Clone(s.store.removed)
+	for k, v := range s.store.kv {
+		st.kv[k] = v.value
+	}
 	return st
 }
 
@@ -256,17 +259,28 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	switch code := rec.Code; {
 	case code >= 500:
 		t.Fatalf("%s: %d %q from a healthy lone member", what, code, rec.Body.String())
-	case slices.Contains([]int{400, 404, 405, 409, 413, 415}, code):
+	case slices.Contains([]int{400, 404, 405, 409, 412, 413, 415, 422}, code):
 		httpTestOneLine(t, what, rec.Body.String())
 		if index := rec.Header().Get("X-Raft-Index"); index != "" {
-			if !isKey || req.Method != http.MethodDelete || code != http.StatusNotFound {
+			switch {
+			case isKey && read && (code == http.StatusNotFound || code == http.StatusPreconditionFailed):
+				// The applied index the answer reflects.
+			case isKey && !read && (code == http.StatusNotFound || code == http.StatusPreconditionFailed || code == http.StatusUnprocessableEntity):
+				wrote() // applied, changing nothing
+			default:
 				t.Fatalf("%s: %d with X-Raft-Index %q", what, code, index)
 			}
-			wrote() // the delete of an absent key is applied
 		}
-	case code == http.StatusNoContent && isKey && req.Method == http.MethodPut:
+	case code == http.StatusNotModified && isKey && read:
+		if _, ok := before.kv[key]; !ok || req.Header.Get("If-None-Match") == "" {
+			t.Fatalf("%s: 304 for key %.60q (present %t)", what, key, ok)
+		}
+	case (code == http.StatusNoContent || code == http.StatusCreated) && isKey && req.Method == http.MethodPut:
 		if !fuzzValidKey(key) || !complete || len(value) > httpTestMaxValue {
-			t.Fatalf("%s: 204 for key %.60q, value %.40q (read cleanly %t)", what, key, value, complete)
+			t.Fatalf("%s: %d for key %.60q, value %.40q (read cleanly %t)", what, code, key, value, complete)
+		}
+		if _, existed := before.kv[key]; existed != (code == http.StatusNoContent) {
+			t.Fatalf("%s: %d for key %.60q, which existed: %t", what, code, key, existed)
 		}
 		wrote()
 		want.kv[key] = value
@@ -333,9 +347,14 @@ func fuzzRefusal(req *http.Request, params []string) string {
 			return fmt.Sprintf("the query gives %q %d times, and the route takes %v", name, len(values), params)
 		}
 	}
-	refused := []string{"If-Match", "If-Unmodified-Since"}
-	if req.Method != http.MethodGet && req.Method != http.MethodHead {
-		refused = append(refused, "If-None-Match")
+	refused := []string{"If-Unmodified-Since"}
+	_, isKey := strings.CutPrefix(req.URL.Path, "/keys/")
+	switch {
+	case isKey:
+	case req.Method == http.MethodGet || req.Method == http.MethodHead:
+		refused = append(refused, "If-Match")
+	default:
+		refused = append(refused, "If-Match", "If-None-Match")
 	}
 	if req.Method == http.MethodPut {
 		if coding := req.Header.Get("Content-Encoding"); coding != "" && coding != "identity" {

@@ -82,16 +82,17 @@ func (c *testCluster) allocate() uint64 {
 // config is member id's config; join is "" or a client URL to join through.
 func (c *testCluster) config(id uint64, join string) config {
 	cfg := config{
-		id:             id,
-		cluster:        positionalCluster(c.peerURLs),
-		clientURL:      c.clients[id-1],
-		dataDir:        filepath.Join(c.dir, fmt.Sprintf("member-%d", id)),
-		join:           join,
-		snapshotCount:  10000,
-		requestTimeout: 3 * time.Second,
-		maxValueBytes:  1 << 20,
-		logLevel:       zapcore.InfoLevel,
-		tickInterval:   testTick,
+		id:                id,
+		cluster:           positionalCluster(c.peerURLs),
+		clientURL:         c.clients[id-1],
+		dataDir:           filepath.Join(c.dir, fmt.Sprintf("member-%d", id)),
+		join:              join,
+		snapshotCount:     10000,
+		requestTimeout:    3 * time.Second,
+		maxValueBytes:     1 << 20,
+		idempotencyWindow: defaultIdempotencyWindow,
+		logLevel:          zapcore.InfoLevel,
+		tickInterval:      testTick,
 	}
 	if join == "" {
 		cfg.clusterID = deriveClusterID(cfg.cluster, defaultClusterToken)

@@ -44,6 +44,7 @@ type httpAPI struct {
 	reads          *readLoop
 	requestTimeout time.Duration
 	maxValueBytes  int64
+	idemWindow     uint64      // --idempotency-window, carried in each keyed entry
 	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
 }
@@ -57,18 +58,19 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		reads:          reads,
 		requestTimeout: cfg.requestTimeout,
 		maxValueBytes:  cfg.maxValueBytes,
+		idemWindow:     cfg.idempotencyWindow,
 		answerLog:      newAnswerLogger(store.lg),
 		mux:            http.NewServeMux(),
 	}
 	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
 	// The empty key, /keys/, is refused by keyFrom; a listing of keys
 	// would take GET /keys/{$}, which ServeMux prefers for that path.
-	h.handle("PUT /keys/{key...}", h.putKey)
-	h.handle("GET /keys/{key...}", h.getKey, "level")
-	h.handle("DELETE /keys/{key...}", h.deleteKey)
+	h.handleTaking("PUT /keys/{key...}", takesConditions|takesIdempotencyKey, h.putKey)
+	h.handleTaking("GET /keys/{key...}", takesConditions, h.getKey, "level")
+	h.handleTaking("DELETE /keys/{key...}", takesConditions|takesIdempotencyKey, h.deleteKey)
 	h.mux.HandleFunc("/keys", noKey)
 	h.handle("GET /members", h.listMembers)
-	h.handle("POST /members", h.addMember)
+	h.handleTaking("POST /members", takesIdempotencyKey, h.addMember)
 	h.handle("GET /members/{id}", h.getMember)
 	h.handle("DELETE /members/{id}", h.removeMember)
 	h.handle("GET /status", h.getStatus)
@@ -105,14 +107,20 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// putKey handles PUT /keys/{key}: 204 once the write is committed and
-// applied on this member.
+// putKey handles PUT /keys/{key}: 201 if it created the key, 204 if it
+// replaced a value, once the write is committed and applied on this member;
+// 412 if its If-Match or If-None-Match was false then.
 func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
 	}
 	if !checkValueHeaders(w, r) {
+		return
+	}
+	cond, err := parsePrecondition(r.Header)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if r.ContentLength > h.maxValueBytes {
@@ -132,15 +140,55 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	idem, ok := h.idempotencyFrom(w, r, "PUT", key, value)
+	if !ok {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	index, err := h.store.put(ctx, key, value)
+	o, err := h.store.put(ctx, key, value, cond, idem)
+	code := http.StatusNoContent
+	if o.created {
+		code = http.StatusCreated
+	}
+	h.answerWrite(w, o, err, code)
+}
+
+// idempotencyFrom returns the request's Idempotency-Key, with the
+// fingerprint of what the request asks (method, the parts given, and its
+// conditions), or answers 400.
+func (h *httpAPI) idempotencyFrom(w http.ResponseWriter, r *http.Request, method, target string, body []byte) (idempotent, bool) {
+	key, err := parseIdempotencyKey(r.Header)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return idempotent{}, false
+	}
+	if key == "" {
+		return idempotent{}, true
+	}
+	fp := fingerprint([]byte(method), []byte(target), body,
+		[]byte(strings.Join(r.Header["If-Match"], ",")), []byte(strings.Join(r.Header["If-None-Match"], ",")))
+	return idempotent{key: key, fingerprint: fp, window: h.idemWindow}, true
+}
+
+// answerWrite answers a write with code, or with err's status: the entry's
+// index, the key's version when it exists, and whether this is a replay
+// of an earlier attempt's answer.
+func (h *httpAPI) answerWrite(w http.ResponseWriter, o outcome, err error, code int) {
+	if o.index != 0 {
+		setRaftIndex(w, o.index)
+	}
+	if o.hasVersion {
+		setVersion(w, o.version)
+	}
+	if o.replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	if err != nil {
 		h.writeError(w, err)
 		return
 	}
-	setRaftIndex(w, index)
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(code)
 }
 
 // checkValueHeaders refuses a PUT whose body is not the whole value as
@@ -182,12 +230,18 @@ func readLevel(rawQuery string) (string, error) {
 
 // getKey handles GET /keys/{key}?level=stale|default|consistent, and HEAD,
 // which ServeMux routes here too: the same status and headers, no body.
+// If-None-Match that matches is 304, If-Match that does not is 412.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
 	}
 	level, err := readLevel(r.URL.RawQuery)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	cond, err := parsePrecondition(r.Header)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -220,17 +274,28 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	value, ok := h.store.get(key)
-	if !ok {
+	kv, applied, ok := h.store.get(key)
+	setRaftIndex(w, applied)
+	if ok {
+		setVersion(w, kv.keyVersion)
+	}
+	switch {
+	case cond.ifMatch.given() && !(ok && cond.ifMatch.matches(kv.modIndex, true)):
+		http.Error(w, ErrPreconditionFailed.Error()+": If-Match", http.StatusPreconditionFailed)
+		return
+	case !ok:
 		http.Error(w, ErrKeyNotFound.Error(), http.StatusNotFound)
+		return
+	case cond.ifNoneMatch.given() && cond.ifNoneMatch.matches(kv.modIndex, false):
+		w.WriteHeader(http.StatusNotModified)
 		return
 	}
 	// Set, not left to the server: it counts only a body short enough to
 	// buffer whole, and a HEAD writes none.
-	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(kv.value)))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if r.Method != http.MethodHead {
-		w.Write(value)
+		w.Write(kv.value)
 	}
 }
 
@@ -248,23 +313,26 @@ func (h *httpAPI) redirectToLeader(w http.ResponseWriter, r *http.Request, leade
 }
 
 // deleteKey handles DELETE /keys/{key}: 204 if the key existed, 404 if
-// not, both once the delete is applied on this member.
+// not, both once the delete is applied on this member; 412 if its
+// If-Match or If-None-Match was false then.
 func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.delete(ctx, key)
-	if index != 0 {
-		setRaftIndex(w, index)
-	}
+	cond, err := parsePrecondition(r.Header)
 	if err != nil {
-		h.writeError(w, err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	idem, ok := h.idempotencyFrom(w, r, "DELETE", key, nil)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	o, err := h.store.delete(ctx, key, cond, idem)
+	h.answerWrite(w, o, err, http.StatusNoContent)
 }
 
 // statusView is the body of GET /status.
@@ -301,6 +369,10 @@ func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
 		http.Error(w, oneLine(err), http.StatusNotFound)
 	case errors.Is(err, ErrMemberExists):
 		http.Error(w, oneLine(err), http.StatusConflict)
+	case errors.Is(err, ErrPreconditionFailed):
+		http.Error(w, oneLine(err), http.StatusPreconditionFailed)
+	case errors.Is(err, ErrIdempotencyKeyReused):
+		http.Error(w, oneLine(err), http.StatusUnprocessableEntity)
 	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
 		w.Header().Set("Retry-After", "1")
 		h.serverError(w, oneLine(err), http.StatusServiceUnavailable)

@@ -135,7 +135,7 @@ func httpTestGetMembers(t *testing.T, h http.Handler) []memberView {
 	return members
 }
 
-// TestHTTPKeys proves PUT, GET at every level and DELETE answer 204/200/404 with the stored bytes and a growing X-Raft-Index.
+// TestHTTPKeys proves PUT (201 creating, 204 replacing), GET at every level and DELETE answer with the stored bytes, a growing X-Raft-Index on writes, and on reads the applied index they reflect.
 func TestHTTPKeys(t *testing.T) {
 	c, h := httpTestCluster(t, nil)
 	longKey := strings.Repeat("k", maxKeyBytes)
@@ -155,7 +155,7 @@ func TestHTTPKeys(t *testing.T) {
 		{name: "absent key", method: "GET", target: "/keys/hello", code: 404},
 		{name: "absent key stale", method: "GET", target: "/keys/hello?level=stale", code: 404},
 		{name: "absent key consistent", method: "GET", target: "/keys/hello?level=consistent", code: 404},
-		{name: "put", method: "PUT", target: "/keys/hello", body: "world", code: 204, index: true},
+		{name: "put", method: "PUT", target: "/keys/hello", body: "world", code: 201, index: true},
 		{name: "get no level", method: "GET", target: "/keys/hello", code: 200, want: "world"},
 		{name: "get default", method: "GET", target: "/keys/hello?level=default", code: 200, want: "world"},
 		{name: "get stale", method: "GET", target: "/keys/hello?level=stale", code: 200, want: "world"},
@@ -165,18 +165,18 @@ func TestHTTPKeys(t *testing.T) {
 		{name: "get level twice", method: "GET", target: "/keys/hello?level=stale&level=consistent", code: 400},
 		{name: "overwrite", method: "PUT", target: "/keys/hello", body: "again", code: 204, index: true},
 		{name: "get overwritten", method: "GET", target: "/keys/hello", code: 200, want: "again"},
-		{name: "put empty value", method: "PUT", target: "/keys/empty", code: 204, index: true},
+		{name: "put empty value", method: "PUT", target: "/keys/empty", code: 201, index: true},
 		{name: "get empty value", method: "GET", target: "/keys/empty", code: 200, want: ""},
-		{name: "put key with slashes", method: "PUT", target: "/keys/a/b/c", body: "nested", code: 204, index: true},
+		{name: "put key with slashes", method: "PUT", target: "/keys/a/b/c", body: "nested", code: 201, index: true},
 		{name: "get key with slashes", method: "GET", target: "/keys/a/b/c", code: 200, want: "nested"},
 		{name: "parent of key with slashes", method: "GET", target: "/keys/a/b", code: 404},
-		{name: "put longest key", method: "PUT", target: "/keys/" + longKey, body: "long", code: 204, index: true},
+		{name: "put longest key", method: "PUT", target: "/keys/" + longKey, body: "long", code: 201, index: true},
 		{name: "get longest key", method: "GET", target: "/keys/" + longKey, code: 200, want: "long"},
-		{name: "put largest value", method: "PUT", target: "/keys/big", body: maxValue, code: 204, index: true},
+		{name: "put largest value", method: "PUT", target: "/keys/big", body: maxValue, code: 201, index: true},
 		{name: "get largest value", method: "GET", target: "/keys/big", code: 200, want: maxValue},
-		{name: "put largest value chunked", method: "PUT", target: "/keys/big2", body: maxValue, unknownLength: true, code: 204, index: true},
+		{name: "put largest value chunked", method: "PUT", target: "/keys/big2", body: maxValue, unknownLength: true, code: 201, index: true},
 		{name: "get largest value chunked", method: "GET", target: "/keys/big2", code: 200, want: maxValue},
-		{name: "binary value", method: "PUT", target: "/keys/bin", body: "\x00\xff\n\r", code: 204, index: true},
+		{name: "binary value", method: "PUT", target: "/keys/bin", body: "\x00\xff\n\r", code: 201, index: true},
 		{name: "get binary value", method: "GET", target: "/keys/bin?level=consistent", code: 200, want: "\x00\xff\n\r"},
 		{name: "delete", method: "DELETE", target: "/keys/hello", code: 204, index: true},
 		{name: "get deleted", method: "GET", target: "/keys/hello", code: 404},
@@ -202,9 +202,9 @@ func TestHTTPKeys(t *testing.T) {
 			if ct := rec.Header().Get("Content-Type"); ct != "application/octet-stream" {
 				t.Errorf("%s: Content-Type %q, want application/octet-stream", what, ct)
 			}
-		case s.code == 204:
+		case s.code == 204, s.code == 201:
 			if rec.Body.Len() != 0 {
-				t.Errorf("%s: 204 with body %q", what, rec.Body.String())
+				t.Errorf("%s: %d with body %q", what, s.code, rec.Body.String())
 			}
 		default:
 			httpTestOneLine(t, what, rec.Body.String())
@@ -215,6 +215,10 @@ func TestHTTPKeys(t *testing.T) {
 				t.Errorf("%s: X-Raft-Index %d, want more than the last write's %d", what, index, lastIndex)
 			}
 			lastIndex = index
+		} else if s.method == "GET" && s.code != 400 {
+			if index := httpTestRaftIndex(t, what, rec); index < lastIndex {
+				t.Errorf("%s: X-Raft-Index %d, before the last write's %d", what, index, lastIndex)
+			}
 		} else if v := rec.Header().Get("X-Raft-Index"); v != "" {
 			t.Errorf("%s: X-Raft-Index %q on a request that wrote nothing", what, v)
 		}
@@ -277,7 +281,7 @@ func TestHTTPRejectedWrites(t *testing.T) {
 				t.Errorf("X-Raft-Index %q on a rejected request", v)
 			}
 			for _, k := range tc.keys {
-				if v, ok := c.server(1).store.get(k); ok {
+				if v, ok := testValue(c.server(1).store, k); ok {
 					t.Errorf("key %.40q holds %.40q after a rejected PUT", k, v)
 				}
 			}
@@ -506,7 +510,7 @@ func TestHTTPStatusAndHealth(t *testing.T) {
 	var last uint64
 	for i := range 2 * snapshotCount {
 		rec := httpTestServe(h, "PUT", fmt.Sprintf("/keys/k%d", i), "v", false)
-		if rec.Code != http.StatusNoContent {
+		if rec.Code != http.StatusCreated {
 			t.Fatalf("PUT: %d %q", rec.Code, rec.Body.String())
 		}
 		last = httpTestRaftIndex(t, "PUT", rec)
@@ -578,7 +582,7 @@ func TestHTTPNoLeader(t *testing.T) {
 	if rec := httpTestServe(h, "GET", "/keys/x?level=stale", "", false); rec.Code != http.StatusNotFound {
 		t.Errorf("GET stale without a leader: %d %q, want 404", rec.Code, rec.Body.String())
 	}
-	if v, ok := c.server(1).store.get("x"); ok {
+	if v, ok := testValue(c.server(1).store, "x"); ok {
 		t.Errorf("key x holds %q though no write could commit", v)
 	}
 	st := httpTestGetStatus(t, h)

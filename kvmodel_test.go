@@ -20,8 +20,8 @@ func TestKVModel(t *testing.T) {
 	del := func(cond kvCond) kvInput { return kvInput{op: "delete", key: "k", cond: cond} }
 	get := kvInput{op: "get", key: "k"}
 	none := kvCond{}
-	ifMatch := func(tag uint64) kvCond { return kvCond{kind: condIfMatch, tag: tag} }
-	createOnly := kvCond{kind: condIfNoneMatchAny}
+	ifMatch := func(tag uint64) kvCond { return kvCond{kind: precondIfMatch, tag: tag} }
+	createOnly := kvCond{kind: precondCreateOnly}
 	// Answers: a 201 or 204 to a PUT, a 412, a 200 to a GET, a DELETE's.
 	created := func(etag uint64) kvOutput { return kvOutput{created: true, etag: etag, create: etag, index: etag} }
 	replaced := func(etag, create uint64) kvOutput { return kvOutput{etag: etag, create: create, index: etag} }

@@ -24,20 +24,25 @@ var (
 	ErrStopped        = errors.New("server is shutting down")
 )
 
-// proposal is a command on its way into the raft log: the encoded entry and
-// the wait-registry key of the handler blocked on it.
+// proposal is a command on its way into the raft log: the encoded entry,
+// the wait-registry key of the handler blocked on it, and the key it
+// writes, if any, so that one entry never writes a key twice (see
+// versions.go).
 type proposal struct {
 	requestID uint64
 	data      []byte
+	key       string
 }
 
 // outcome is what a waiting handler learns about its entry.
 type outcome struct {
-	index uint64 // the entry's raft index
-	err   error  // why the entry changed nothing (ErrKeyNotFound, ...), or why it never made it into the log
+	index      uint64     // the entry's raft index; for a replay, the first attempt's
+	err        error      // why the entry changed nothing (ErrKeyNotFound, ...), or why it never made it into the log
+	version    keyVersion // the key's version after a write, or when a precondition failed
+	hasVersion bool       // version is set: the key exists
+	created    bool       // a PUT that created its key
+	replayed   bool       // an idempotency key's recorded outcome, not this entry's
 }
-
-func (o outcome) unpack() (uint64, error) { return o.index, o.err }
 
 // applyBatch is what the raft node's apply goroutine sends the kvstore on
 // applyC, in log order: a snapshot to load first, if any, then committed
@@ -49,6 +54,9 @@ type applyBatch struct {
 	// when the state matches the index it handed over and a snapshot may be
 	// taken.
 	applied chan struct{}
+	// confChangeTaken is set, before applied closes, when the batch's last
+	// entry is a conf change that the kvstore took (confchange.go).
+	confChangeTaken bool
 }
 
 // kvstore is the replicated state machine. It proposes commands through
@@ -69,9 +77,10 @@ type kvstore struct {
 	appliedIndex atomic.Uint64 // the last entry applied to kv and members
 
 	mu      sync.RWMutex
-	kv      map[string][]byte
+	kv      map[string]keyValue
 	members map[uint64]*member
 	removed map[uint64]bool // ids that left the cluster; peers refuse their messages
+	dedup   *dedup          // recent idempotency keys and their outcomes
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
@@ -85,29 +94,36 @@ func newKVStore(lg *zap.Logger, id uint64, proposeC chan<- proposal, confChangeC
 		waiters:     wait.New(),
 		appliedWait: wait.NewTimeList(),
 		done:        make(chan struct{}),
-		kv:          make(map[string][]byte),
+		kv:          make(map[string]keyValue),
 		members:     make(map[uint64]*member),
 		removed:     make(map[uint64]bool),
+		dedup:       newDedup(),
 	}
 }
 
 // put sets key to value and returns once this member has applied it.
-func (s *kvstore) put(ctx context.Context, key string, value []byte) (uint64, error) {
+// If cond is given, it applies only if cond holds then (else
+// ErrPreconditionFailed); with an idempotency key, only once.
+func (s *kvstore) put(ctx context.Context, key string, value []byte, cond precondition, idem idempotent) (outcome, error) {
 	id := s.requestIDs.Next()
-	return s.propose(ctx, id, encodePut(id, key, value))
+	data := encodeWrite(id, true, key, value, cond, idem)
+	return proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
 }
 
 // delete removes key and returns once this member has applied it;
-// ErrKeyNotFound if the key was absent when the entry applied.
-func (s *kvstore) delete(ctx context.Context, key string) (uint64, error) {
+// ErrKeyNotFound if the key was absent when the entry applied. cond and
+// idem are as for put.
+func (s *kvstore) delete(ctx context.Context, key string, cond precondition, idem idempotent) (outcome, error) {
 	id := s.requestIDs.Next()
-	return s.propose(ctx, id, encodeDelete(id, key))
+	data := encodeWrite(id, false, key, nil, cond, idem)
+	return proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
 }
 
-// propose hands a command to the raft node and waits for this member to
-// apply it.
+// propose hands a command that writes no key to the raft node and waits
+// for this member to apply it.
 func (s *kvstore) propose(ctx context.Context, requestID uint64, data []byte) (uint64, error) {
-	return proposeAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: data})
+	o, err := proposeAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: data})
+	return o.index, err
 }
 
 // proposeAndWait registers a waiter for requestID, sends msg to the raft
@@ -116,33 +132,35 @@ func (s *kvstore) propose(ctx context.Context, requestID uint64, data []byte) (u
 // requestID has a waiter to wake: a follower may apply before the leader,
 // and any member can wake its own handler. The raft node wakes it too, with
 // ErrNoLeader, if raft refuses the proposal.
-func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (uint64, error) {
+func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (outcome, error) {
 	outcomeC := s.waiters.Register(requestID)
 	select {
 	case c <- msg:
 	case <-ctx.Done():
 		s.waiters.Trigger(requestID, nil)
-		return 0, ctx.Err()
+		return outcome{}, ctx.Err()
 	case <-s.done:
 		s.waiters.Trigger(requestID, nil)
-		return 0, ErrStopped
+		return outcome{}, ErrStopped
 	}
 	select {
 	case x := <-outcomeC:
-		return x.(outcome).unpack()
+		o := x.(outcome)
+		return o, o.err
 	case <-ctx.Done():
 		// Unregister: the entry may still apply later, and must find no one.
 		s.waiters.Trigger(requestID, nil)
-		return 0, ctx.Err()
+		return outcome{}, ctx.Err()
 	case <-s.done:
 		// The entry may have applied just before the store stopped (a
 		// member applying its own removal): its outcome wins.
 		select {
 		case x := <-outcomeC:
-			return x.(outcome).unpack()
+			o := x.(outcome)
+			return o, o.err
 		default:
 			s.waiters.Trigger(requestID, nil)
-			return 0, ErrStopped
+			return outcome{}, ErrStopped
 		}
 	}
 }
@@ -159,13 +177,13 @@ func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
-// get reads key from the applied state. The returned slice is never
-// modified: a put stores a new slice.
-func (s *kvstore) get(key string) ([]byte, bool) {
+// get reads key from the applied state, with the applied index the answer
+// reflects. The returned value is never modified: a put stores a new slice.
+func (s *kvstore) get(key string) (keyValue, uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	v, ok := s.kv[key]
-	return v, ok
+	return v, s.appliedIndex.Load(), ok
 }
 
 // memberList returns the applied member table, ordered by id.
@@ -232,7 +250,7 @@ func (s *kvstore) apply(b *applyBatch) error {
 		case raftpb.EntryNormal:
 			s.applyNormal(e)
 		case raftpb.EntryConfChange:
-			s.applyConfChange(e)
+			b.confChangeTaken = s.applyConfChange(e)
 		}
 	}
 	return nil
@@ -262,26 +280,85 @@ func (s *kvstore) applyCommand(index uint64, data []byte) {
 		s.lg.Error("skipping undecodable command", zap.Uint64("index", index), zap.Error(err))
 		return
 	}
-	result := outcome{index: index}
-	switch cmd.op {
-	case opPut:
-		// Copy the value out of the entry so that the map does not pin the
-		// whole entry after raft compacts its log.
-		s.kv[string(cmd.key)] = append([]byte(nil), cmd.value...)
-	case opDelete:
-		if _, ok := s.kv[string(cmd.key)]; ok {
-			delete(s.kv, string(cmd.key))
-		} else {
-			result.err = ErrKeyNotFound
-		}
-	case opAdvertise:
+	if cmd.op == opAdvertise {
+		result := outcome{index: index}
 		if m, ok := s.members[cmd.memberID]; ok {
 			m.ClientURLs = []string{cmd.clientURL}
 		} else {
 			result.err = ErrMemberNotFound
 		}
+		s.waiters.Trigger(cmd.requestID, result)
+		return
+	}
+	if replay, ok := s.replay(cmd.idem); ok {
+		s.waiters.Trigger(cmd.requestID, replay)
+		return
+	}
+	result := s.applyWrite(index, cmd)
+	if cmd.idem.key != "" {
+		s.dedup.record(cmd.idem, result)
 	}
 	s.waiters.Trigger(cmd.requestID, result)
+}
+
+// recorded is the outcome recorded for idem's key, if any, as an entry
+// carrying idem would be answered now.
+func (s *kvstore) recorded(idem idempotent) (outcome, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.replay(idem)
+}
+
+// replay is the outcome of an entry whose idempotency key is already
+// recorded: the recorded one, or ErrIdempotencyKeyReused if the key was
+// recorded for another request. Either way the entry changes nothing.
+func (s *kvstore) replay(idem idempotent) (outcome, bool) {
+	if idem.key == "" {
+		return outcome{}, false
+	}
+	r, ok := s.dedup.lookup(idem.key)
+	if !ok {
+		return outcome{}, false
+	}
+	if r.fingerprint != idem.fingerprint {
+		return outcome{err: ErrIdempotencyKeyReused}, true
+	}
+	replay := r.result
+	replay.replayed = true
+	return replay, true
+}
+
+// applyWrite applies a PUT or a DELETE at index, if its precondition holds.
+// The condition is checked here, when the entry applies, against the state
+// every entry before it left: only the log order decides between racing
+// writes, and every member decides alike.
+func (s *kvstore) applyWrite(index uint64, cmd command) outcome {
+	result := outcome{index: index}
+	key := string(cmd.key)
+	cur, exists := s.kv[key]
+	if !cmd.cond.holds(cur.keyVersion, exists) {
+		result.err = ErrPreconditionFailed
+		result.version, result.hasVersion = cur.keyVersion, exists
+		return result
+	}
+	switch cmd.op {
+	case opPut, opPutIf:
+		v := keyVersion{createIndex: index, modIndex: index}
+		if exists {
+			v.createIndex = cur.createIndex
+		}
+		// Copy the value out of the entry so that the map does not pin the
+		// whole entry after raft compacts its log.
+		s.kv[key] = keyValue{value: append([]byte(nil), cmd.value...), keyVersion: v}
+		result.version, result.hasVersion, result.created = v, true, !exists
+	case opDelete, opDeleteIf:
+		if exists {
+			delete(s.kv, key)
+		} else {
+			result.err = ErrKeyNotFound
+		}
+	}
+	return result
 }
 
 // snapshot serialises the applied state. The raft node calls it only when
@@ -289,25 +366,30 @@ func (s *kvstore) applyCommand(index uint64, data []byte) {
 func (s *kvstore) snapshot() []byte {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return encodeSnapshot(s.members, s.removed, s.kv)
+	return encodeSnapshot(s.members, s.removed, s.kv, s.dedup.records())
 }
 
 // loadSnapshot replaces the whole state with a snapshot's; s.mu must be held.
 func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
+	index := snap.GetMetadata().GetIndex()
 	d, err := newSnapshotDecoder(snap.GetData())
 	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", snap.GetMetadata().GetIndex(), err)
+		return fmt.Errorf("load snapshot at index %d: %w", index, err)
 	}
 	members, removed, err := d.decodeMembers()
 	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", snap.GetMetadata().GetIndex(), err)
+		return fmt.Errorf("load snapshot at index %d: %w", index, err)
 	}
 	kv, err := d.decodeKeys()
 	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", snap.GetMetadata().GetIndex(), err)
+		return fmt.Errorf("load snapshot at index %d: %w", index, err)
 	}
-	s.kv, s.members, s.removed = kv, members, removed
-	s.appliedIndex.Store(snap.GetMetadata().GetIndex())
-	s.lg.Info("loaded snapshot", zap.Uint64("index", snap.GetMetadata().GetIndex()), zap.Int("keys", len(kv)))
+	records, err := d.decodeRecords()
+	if err != nil {
+		return fmt.Errorf("load snapshot at index %d: %w", index, err)
+	}
+	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
+	s.appliedIndex.Store(index)
+	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", len(kv)))
 	return nil
 }

@@ -16,6 +16,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// testValue is key's value in s's applied state, if it is there.
+func testValue(s *kvstore, key string) ([]byte, bool) {
+	kv, _, ok := s.get(key)
+	return kv.value, ok
+}
+
 // kvTimeout bounds every wait in these tests, so that a bug fails a test in
 // seconds instead of hanging the run.
 const kvTimeout = 5 * time.Second
@@ -142,26 +148,42 @@ func (h *kvTest) advertise(memberID uint64, url string) func(context.Context) (u
 }
 
 func (h *kvTest) put(key, value string) func(context.Context) (uint64, error) {
-	return func(ctx context.Context) (uint64, error) { return h.s.put(ctx, key, []byte(value)) }
+	return func(ctx context.Context) (uint64, error) {
+		o, err := h.s.put(ctx, key, []byte(value), precondition{}, idempotent{})
+		return o.index, err
+	}
 }
 
 func (h *kvTest) del(key string) func(context.Context) (uint64, error) {
-	return func(ctx context.Context) (uint64, error) { return h.s.delete(ctx, key) }
+	return func(ctx context.Context) (uint64, error) {
+		o, err := h.s.delete(ctx, key, precondition{}, idempotent{})
+		return o.index, err
+	}
 }
 
 func (h *kvTest) addMember(m member) func(context.Context) (uint64, error) {
-	return func(ctx context.Context) (uint64, error) { return h.s.addMember(ctx, m) }
+	return func(ctx context.Context) (uint64, error) {
+		o, err := h.s.addMember(ctx, m, idempotent{})
+		return o.index, err
+	}
 }
 
 func (h *kvTest) removeMember(id uint64) func(context.Context) (uint64, error) {
-	return func(ctx context.Context) (uint64, error) { return h.s.removeMember(ctx, id) }
+	return func(ctx context.Context) (uint64, error) {
+		o, err := h.s.removeMember(ctx, id)
+		return o.index, err
+	}
 }
 
 // kv returns a copy of the applied key-value map.
 func (h *kvTest) kv() map[string][]byte {
 	h.s.mu.RLock()
 	defer h.s.mu.RUnlock()
-	return maps.Clone(h.s.kv)
+	values := make(map[string][]byte, len(h.s.kv))
+	for k, v := range h.s.kv {
+		values[k] = v.value
+	}
+	return values
 }
 
 // checkKV fails the test unless the applied keys are exactly want.
@@ -275,7 +297,7 @@ func TestKVStoreApplyEntries(t *testing.T) {
 		}
 		h.checkKV(step.want)
 	}
-	if v, ok := h.s.get("a"); ok {
+	if v, ok := testValue(h.s, "a"); ok {
 		t.Errorf("get(a) = %q after delete, want absent", v)
 	}
 }
@@ -287,7 +309,7 @@ func TestKVStoreCopiesValue(t *testing.T) {
 	data := encodePut(1, "k", []byte("value"))
 	h.apply(kvEntry(1, data))
 	clear(data)
-	if v, ok := h.s.get("k"); !ok || string(v) != "value" {
+	if v, ok := testValue(h.s, "k"); !ok || string(v) != "value" {
 		t.Errorf("get(k) = %q, %v after the entry buffer changed, want \"value\", true", v, ok)
 	}
 }
@@ -489,7 +511,7 @@ func TestKVStoreSnapshotRecovery(t *testing.T) {
 // stops the apply loop with an ErrCorruptEntry error and leaves the state
 // untouched, since applying past it would silently diverge from the cluster.
 func TestKVStoreCorruptSnapshotStops(t *testing.T) {
-	valid := encodeSnapshot(map[uint64]*member{1: {ID: 1}}, nil, map[string][]byte{"new": []byte("v")})
+	valid := encodeSnapshot(map[uint64]*member{1: {ID: 1}}, nil, snapKV(map[string][]byte{"new": []byte("v")}), nil)
 	tests := []struct {
 		name string
 		data []byte
@@ -541,7 +563,7 @@ func TestKVStoreStopWakesProposers(t *testing.T) {
 	if h.s.err != nil {
 		t.Errorf("store error after a clean stop = %v, want nil", h.s.err)
 	}
-	if _, err := h.s.delete(kvContext(t), "a"); !errors.Is(err, ErrStopped) {
+	if _, err := h.s.delete(kvContext(t), "a", precondition{}, idempotent{}); !errors.Is(err, ErrStopped) {
 		t.Errorf("delete after stop = %v, want ErrStopped", err)
 	}
 }

@@ -139,29 +139,29 @@ func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, m
 
 // kvCond is a write's precondition, as its header states it.
 type kvCond struct {
-	kind condKind
-	tag  uint64 // for condIfMatch: the ETag the write expects
+	kind precondKind
+	tag  uint64 // for precondIfMatch: the ETag the write expects
 }
 
-// condKind is which precondition a write carries.
-type condKind uint8
+// precondKind is which precondition a write carries.
+type precondKind uint8
 
 // The preconditions the workload sends.
 const (
-	condNone           condKind = iota
-	condIfMatch                 // If-Match: "tag": the key exists at that version
-	condIfMatchAny              // If-Match: *: the key exists
-	condIfNoneMatchAny          // If-None-Match: *: the key does not exist (create only)
+	precondNone       precondKind = iota
+	precondIfMatch                // If-Match: "tag": the key exists at that version
+	precondIfMatchAny             // If-Match: *: the key exists
+	precondCreateOnly             // If-None-Match: *: the key does not exist (create only)
 )
 
 // header is the request header stating c, or "" for none.
 func (c kvCond) header() (name, value string) {
 	switch c.kind {
-	case condIfMatch:
+	case precondIfMatch:
 		return "If-Match", fmt.Sprintf("%q", strconv.FormatUint(c.tag, 10))
-	case condIfMatchAny:
+	case precondIfMatchAny:
 		return "If-Match", "*"
-	case condIfNoneMatchAny:
+	case precondCreateOnly:
 		return "If-None-Match", "*"
 	}
 	return "", ""
@@ -235,11 +235,11 @@ func (s kvState) observe(etag, create uint64) (bool, kvState) {
 // or below it cannot be: that write's index is above the floor.
 func (s kvState) mayHold(c kvCond) bool {
 	switch c.kind {
-	case condIfMatch:
+	case precondIfMatch:
 		return s.exists && (c.tag == s.mod || (s.mod == 0 && c.tag > s.floor))
-	case condIfMatchAny:
+	case precondIfMatchAny:
 		return s.exists
-	case condIfNoneMatchAny:
+	case precondCreateOnly:
 		return !s.exists
 	}
 	return true
@@ -294,7 +294,7 @@ func kvStep(s kvState, in kvInput, out kvOutput) (bool, kvState) {
 		s.floor = out.index
 		return true, s
 	}
-	if in.cond.kind == condIfMatch {
+	if in.cond.kind == precondIfMatch {
 		if !s.exists {
 			return false, s
 		}
@@ -524,15 +524,15 @@ func (w *workload) client(index int) {
 		targets := w.c.targets()
 		target := targets[rng.IntN(len(targets))]
 		in := kvInput{op: "get", key: w.key(rng)}
-		ifMatch := kvCond{kind: condIfMatchAny}
+		ifMatch := kvCond{kind: precondIfMatchAny}
 		if tag, ok := tags[in.key]; ok {
-			ifMatch = kvCond{kind: condIfMatch, tag: tag}
+			ifMatch = kvCond{kind: precondIfMatch, tag: tag}
 		}
 		switch r := rng.IntN(20); {
 		case r < 4:
 			in.op = "put"
 		case r < 6:
-			in.op, in.cond = "put", kvCond{kind: condIfNoneMatchAny}
+			in.op, in.cond = "put", kvCond{kind: precondCreateOnly}
 		case r < 10:
 			in.op, in.cond = "put", ifMatch
 		case r < 12:
@@ -566,7 +566,7 @@ func (w *workload) client(index int) {
 			if a.replayed {
 				w.replayed++
 			}
-			if in.cond.kind != condNone {
+			if in.cond.kind != precondNone {
 				w.conditional++
 				if a.out.failed {
 					w.refused++

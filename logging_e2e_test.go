@@ -115,7 +115,7 @@ func TestE2ELogs(t *testing.T) {
 	}
 
 	for i := range 20 {
-		c.expect("PUT", leader, fmt.Sprintf("/keys/k%d", i), "v", http.StatusNoContent, "")
+		c.expect("PUT", leader, fmt.Sprintf("/keys/k%d", i), "v", http.StatusCreated, "")
 	}
 	stopped := uint64(2)
 	if leader == 2 {

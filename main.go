@@ -39,9 +39,12 @@ type config struct {
 	snapshotCount  uint64
 	requestTimeout time.Duration
 	maxValueBytes  int64
-	logLevel       zapcore.Level
-	enablePprof    bool          // serve Go's profiles under /debug/pprof/ on the client URL
-	tickInterval   time.Duration // one raft clock tick; not a flag, tests shorten it
+	// idempotencyWindow is how many Idempotency-Keys the cluster remembers;
+	// this member's entries carry it (idempotency.go).
+	idempotencyWindow uint64
+	logLevel          zapcore.Level
+	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
+	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
@@ -110,6 +113,7 @@ func parseFlags(args []string) (config, error) {
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
 	maxValueBytes := fs.Int64("max-value-bytes", 1<<20, "largest value a PUT accepts")
+	idempotencyWindow := fs.Uint64("idempotency-window", defaultIdempotencyWindow, "how many recent Idempotency-Keys the cluster remembers, to answer retries exactly once")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 
@@ -126,16 +130,17 @@ func parseFlags(args []string) (config, error) {
 	}
 
 	cfg := config{
-		id:             *id,
-		listenPeerURL:  *listenPeerURL,
-		clientURL:      *clientURL,
-		dataDir:        *dataDir,
-		join:           *join,
-		snapshotCount:  *snapshotCount,
-		requestTimeout: *requestTimeout,
-		maxValueBytes:  *maxValueBytes,
-		tickInterval:   100 * time.Millisecond,
-		enablePprof:    *enablePprof,
+		id:                *id,
+		listenPeerURL:     *listenPeerURL,
+		clientURL:         *clientURL,
+		dataDir:           *dataDir,
+		join:              *join,
+		snapshotCount:     *snapshotCount,
+		requestTimeout:    *requestTimeout,
+		maxValueBytes:     *maxValueBytes,
+		idempotencyWindow: *idempotencyWindow,
+		tickInterval:      100 * time.Millisecond,
+		enablePprof:       *enablePprof,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -185,6 +190,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.requestTimeout <= 0 {
 		return config{}, errors.New("--request-timeout must be positive")
+	}
+	if cfg.idempotencyWindow < 1 || cfg.idempotencyWindow > maxIdempotencyWindow {
+		return config{}, fmt.Errorf("--idempotency-window must be 1 to %d", maxIdempotencyWindow)
 	}
 	if cfg.maxValueBytes < 1 || cfg.maxValueBytes > maxValueLimit {
 		return config{}, fmt.Errorf("--max-value-bytes must be 1 to %d", maxValueLimit)

@@ -265,16 +265,17 @@ func TestFlagsErrors(t *testing.T) {
 func flagTestConfig(t *testing.T, dataDir string) config {
 	cluster := map[uint64]string{1: "http://" + freeAddr(t)}
 	return config{
-		id:             1,
-		cluster:        cluster,
-		clusterID:      deriveClusterID(cluster, defaultClusterToken),
-		clientURL:      "http://" + freeAddr(t),
-		dataDir:        dataDir,
-		snapshotCount:  10000,
-		requestTimeout: 3 * time.Second,
-		maxValueBytes:  1 << 20,
-		logLevel:       zapcore.InfoLevel,
-		tickInterval:   testTick,
+		id:                1,
+		cluster:           cluster,
+		clusterID:         deriveClusterID(cluster, defaultClusterToken),
+		clientURL:         "http://" + freeAddr(t),
+		dataDir:           dataDir,
+		snapshotCount:     10000,
+		requestTimeout:    3 * time.Second,
+		maxValueBytes:     1 << 20,
+		idempotencyWindow: defaultIdempotencyWindow,
+		logLevel:          zapcore.InfoLevel,
+		tickInterval:      testTick,
 	}
 }
 

@@ -63,6 +63,26 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	body, _ := json.Marshal(req) // numbers and strings: cannot fail
+	idem, ok := h.idempotencyFrom(w, r, "POST", "/members", body)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	if idem.key != "" {
+		// A retry of an add that applied would fail the checks below
+		// (the member exists now): look for its record first, after one
+		// ReadIndex round, so that every earlier attempt is applied here.
+		if err := h.afterLeaderSettled(ctx); err != nil {
+			h.writeError(w, err)
+			return
+		}
+		if o, ok := h.store.recorded(idem); ok {
+			h.answerMemberAdded(w, m, o, o.err)
+			return
+		}
+	}
 	if err := h.checkNewMember(m); err != nil {
 		http.Error(w, err.Error(), http.StatusConflict)
 		return
@@ -71,18 +91,25 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		h.refuseChange(w, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
 	if err := h.afterLeaderSettled(ctx); err != nil {
 		h.writeError(w, err)
 		return
 	}
-	index, err := h.store.addMember(ctx, m)
+	o, err := h.store.addMember(ctx, m, idem)
+	h.answerMemberAdded(w, m, o, err)
+}
+
+// answerMemberAdded answers POST /members: 201 with the member, or err's
+// status.
+func (h *httpAPI) answerMemberAdded(w http.ResponseWriter, m member, o outcome, err error) {
+	if o.replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	if err != nil {
 		h.writeError(w, err)
 		return
 	}
-	setRaftIndex(w, index)
+	setRaftIndex(w, o.index)
 	w.Header().Set("Location", fmt.Sprintf("/members/%d", m.ID))
 	writeJSON(w, http.StatusCreated, withLists(m))
 }
@@ -187,7 +214,7 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, err)
 		return
 	}
-	index, err := h.store.removeMember(ctx, m.ID)
+	o, err := h.store.removeMember(ctx, m.ID)
 	if errors.Is(err, ErrStopped) && m.ID == h.id && h.raft.stoppedRemoved(ctx) {
 		// A member removing itself may hear of it from a peer that applied
 		// the removal, and stop, before it has applied the entry itself:
@@ -199,7 +226,7 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, err)
 		return
 	}
-	setRaftIndex(w, index)
+	setRaftIndex(w, o.index)
 	w.WriteHeader(http.StatusNoContent)
 }
 

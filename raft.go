@@ -246,19 +246,27 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMach
 // for a leader to be elected.
 func (rc *raftNode) serveProposals() {
 	var batch []proposal
+	var next *proposal // held back from the last batch, which wrote its key
+	keys := make(map[string]struct{})
 	for {
-		select {
-		case p := <-rc.proposeC:
-			// Handlers that arrived while raft took the last proposal are
-			// waiting to send theirs: take them all and propose one entry,
-			// which raft logs, fsyncs, replicates and commits once.
-			batch = rc.takeWaiting(append(batch[:0], p))
-			rc.proposeBatch(batch)
-		case cc := <-rc.confChangeC:
-			rc.propose([]uint64{cc.GetId()}, func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, cc) })
-		case <-rc.stopC:
-			return
+		var p proposal
+		if next != nil {
+			p, next = *next, nil
+		} else {
+			select {
+			case p = <-rc.proposeC:
+			case cc := <-rc.confChangeC:
+				rc.propose([]uint64{cc.GetId()}, func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, cc) })
+				continue
+			case <-rc.stopC:
+				return
+			}
 		}
+		// Handlers that arrived while raft took the last proposal are
+		// waiting to send theirs: take them all and propose one entry,
+		// which raft logs, fsyncs, replicates and commits once.
+		batch, next = rc.takeWaiting(append(batch[:0], p), keys)
+		rc.proposeBatch(batch)
 	}
 }
 
@@ -268,22 +276,35 @@ func (rc *raftNode) serveProposals() {
 const maxBatchBytes = 512 << 10
 
 // takeWaiting adds to batch the proposals handlers are waiting to send, if
-// any, until it holds maxBatchBytes.
-func (rc *raftNode) takeWaiting(batch []proposal) []proposal {
+// any, until it holds maxBatchBytes or the next one writes a key the batch
+// already writes: that one is returned, to start the next batch. One entry
+// writes a key at most once, so a key's modIndex names one value of it
+// (versions.go).
+func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) ([]proposal, *proposal) {
+	clear(keys)
 	size := 0
 	for _, p := range batch {
 		size += len(p.data)
+		if p.key != "" {
+			keys[p.key] = struct{}{}
+		}
 	}
 	for size < maxBatchBytes {
 		select {
 		case p := <-rc.proposeC:
+			if _, repeated := keys[p.key]; repeated && p.key != "" {
+				return batch, &p
+			}
+			if p.key != "" {
+				keys[p.key] = struct{}{}
+			}
 			batch = append(batch, p)
 			size += len(p.data)
 		default:
-			return batch
+			return batch, nil
 		}
 	}
-	return batch
+	return batch, nil
 }
 
 // proposeBatch proposes the commands of batch as one entry.

@@ -309,9 +309,9 @@ func (rc *raftNode) serveCommitted() {
 	}
 }
 
-// handCommitted hands one piece of committed work to the kvstore. Conf
-// changes take effect in raft and the transport first (membership.go); the
-// kvstore records them in the member table when it applies the batch.
+// handCommitted hands one piece of committed work to the kvstore. A conf
+// change ends a batch: the kvstore applies it first, then raft and the
+// transport, if the kvstore took it (confchange.go).
 func (rc *raftNode) handCommitted(c committed) error {
 	if c.snapshot != nil {
 		return rc.installLeaderSnapshot(c.snapshot)
@@ -323,19 +323,24 @@ func (rc *raftNode) handCommitted(c committed) error {
 	if first := c.entries[0].GetIndex(); first > rc.queuedIndex+1 {
 		return fmt.Errorf("first committed entry %d is past index %d + 1, the last one handed to the kvstore", first, rc.queuedIndex)
 	}
-	removedSelf, err := rc.applyConfChanges(c.entries)
-	if err != nil {
-		return err
-	}
-	b := &applyBatch{entries: c.entries, applied: make(chan struct{})}
-	if err := rc.sendToApply(b); err != nil {
-		return err
-	}
-	rc.queuedIndex = c.entries[len(c.entries)-1].GetIndex()
-	if removedSelf {
-		// Handed over first, so the kvstore still wakes the handler of the
-		// removal if it is waiting on this member.
-		return ErrRemoved
+	var b *applyBatch
+	for entries := c.entries; len(entries) > 0; {
+		n := confChangeEnd(entries)
+		b = &applyBatch{entries: entries[:n], applied: make(chan struct{})}
+		if err := rc.sendToApply(b); err != nil {
+			return err
+		}
+		rc.queuedIndex = entries[n-1].GetIndex()
+		if entries[n-1].GetType() == raftpb.EntryConfChange {
+			removedSelf, err := rc.applyConfChangeAt(b)
+			if err != nil {
+				return err
+			}
+			if removedSelf {
+				return ErrRemoved // the kvstore has woken the removal's handler
+			}
+		}
+		entries = entries[n:]
 	}
 	rc.sendResponses(c.responses)
 	return rc.maybeSnapshot(b.applied)

@@ -152,7 +152,7 @@ func recoveryKV(t testing.TB, c *testCluster, id uint64) map[string]string {
 	defer s.store.mu.RUnlock()
 	kv := make(map[string]string, len(s.store.kv))
 	for k, v := range s.store.kv {
-		kv[k] = string(v)
+		kv[k] = string(v.value)
 	}
 	return kv
 }

@@ -24,21 +24,39 @@ var (
 )
 
 // ErrConditionalRequest is a request carrying a precondition (If-Match and
-// the like) that raftkv cannot evaluate yet.
-var ErrConditionalRequest = errors.New("conditional requests are not supported yet")
+// the like) that its route cannot evaluate.
+var ErrConditionalRequest = errors.New("this route evaluates no such condition")
+
+// ErrNotIdempotent is an Idempotency-Key on a route that takes none.
+var ErrNotIdempotent = errors.New("only PUT and DELETE /keys/{key} and POST /members take one")
+
+// takes says which request headers a route evaluates, beyond the ones
+// every route does.
+type takes uint8
+
+const (
+	takesConditions     takes = 1 << iota // If-Match and If-None-Match (versions.go)
+	takesIdempotencyKey                   // Idempotency-Key (idempotency.go)
+)
 
 // handle registers handler for pattern, taking only the query parameters
-// named in params (at most 64), and refusing preconditions. Every route of
-// the API is registered this way (noKey and noRoute, which only refuse,
-// are not), so a route added later declares its parameters where it is
-// registered.
+// named in params (at most 64), and refusing preconditions and
+// idempotency keys.
 func (h *httpAPI) handle(pattern string, handler http.HandlerFunc, params ...string) {
+	h.handleTaking(pattern, 0, handler, params...)
+}
+
+// handleTaking is handle for a route that evaluates the headers in t.
+// Every route of the API is registered this way (noKey and noRoute, which
+// only refuse, are not), so a route added later declares what it takes
+// where it is registered.
+func (h *httpAPI) handleTaking(pattern string, t takes, handler http.HandlerFunc, params ...string) {
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if err := checkQuery(r.URL.RawQuery, params); err != nil {
 			http.Error(w, oneLine(err), http.StatusBadRequest)
 			return
 		}
-		if err := checkPreconditions(r); err != nil {
+		if err := checkPreconditions(r, t); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
@@ -101,17 +119,16 @@ func queryValue(rawQuery, name string) (string, bool) {
 	return "", false
 }
 
-// checkPreconditions refuses the preconditions raftkv cannot evaluate.
+// checkPreconditions refuses the preconditions a route cannot evaluate,
+// and an Idempotency-Key on a route that takes none.
 //
 // RFC 9110 §13.1 requires an origin server to evaluate If-Match,
 // If-None-Match and If-Unmodified-Since before performing the method, and
-// not to perform it when the condition is false. raftkv keeps no entity
-// tags or modification dates yet, and a condition checked here and then
-// written through raft would race with other writes anyway: only the
-// state machine can evaluate one, atomically with the write. So these are
-// refused, on every route, rather than ignored, which would turn "write
-// only if unchanged" (If-Match) or "create only if absent"
-// (If-None-Match: *) into an unconditional overwrite.
+// not to perform it when the condition is false. Keys have entity tags
+// (versions.go), so the key routes evaluate If-Match and If-None-Match.
+// No route keeps modification dates, and members have no tags: there
+// these are refused rather than ignored, which would turn "write only if
+// unchanged" (If-Match) into an unconditional one.
 //
 // The refusal is 400 Bad Request. 412 Precondition Failed would claim the
 // condition was evaluated and is false: a client retrying an If-Match
@@ -122,24 +139,32 @@ func queryValue(rawQuery, name string) (string, bool) {
 // fault. 400 says this request, as sent, will not be processed; the
 // reason names the header.
 //
-// On GET and HEAD, If-None-Match and If-Modified-Since ask "send the value
-// unless it is the one I have". A server with no validators never knows
-// the client has it, so for every tag list and date the condition holds
+// On GET and HEAD of a route without tags (members, status) and of keys
+// for If-Modified-Since, which has no dates, If-None-Match and
+// If-Modified-Since ask "send it unless it is the one I have". Without the
+// validator, the server never knows the client has it, so the condition holds
 // (RFC 9110 §13.2.2: a tag list matches no representation that has no
 // entity tag, and a representation without a modification date is never
 // "not modified since"): answering with the value is evaluating them, not
 // ignoring them. If-Modified-Since on other methods, and If-Range without
 // a Range (raftkv serves no ranges, and RFC 9110 §14.2 lets a server
 // ignore Range), are to be ignored by RFC 9110 §13.1.3 and §13.1.5.
-func checkPreconditions(r *http.Request) error {
-	refused := []string{"If-Match", "If-Unmodified-Since", "If-None-Match"}
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
-		refused = refused[:2]
+func checkPreconditions(r *http.Request, t takes) error {
+	refused := []string{"If-Unmodified-Since"}
+	switch {
+	case t&takesConditions != 0:
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		refused = append(refused, "If-Match")
+	default:
+		refused = append(refused, "If-Match", "If-None-Match")
 	}
 	for _, name := range refused {
 		if _, ok := r.Header[name]; ok {
 			return fmt.Errorf("%s: %w", name, ErrConditionalRequest)
 		}
+	}
+	if _, ok := r.Header["Idempotency-Key"]; ok && t&takesIdempotencyKey == 0 {
+		return fmt.Errorf("Idempotency-Key: %w", ErrNotIdempotent)
 	}
 	return nil
 }

@@ -279,7 +279,7 @@ func TestClientConnectionFlood(t *testing.T) {
 		flood[i] = dial() // the kernel completes the handshake; the member may not accept
 	}
 	for i := range 5 {
-		if got := send(first, "PUT", fmt.Sprintf("/keys/k%d", i), "v"); got != "204 No Content" {
+		if got := send(first, "PUT", fmt.Sprintf("/keys/k%d", i), "v"); got != "201 Created" {
 			t.Fatalf("PUT %d during the flood of %d connections: %s", i, len(flood), got)
 		}
 	}
