@@ -56,15 +56,75 @@ const (
 	fuzzMaxBody = 4 << 20
 )
 
+// fuzzHeaders are the header lines a FuzzHTTPAPI request may carry, picked
+// by its header byte: none, the preconditions, the headers that change
+// what a PUT's body means, and idempotency keys. The seed corpus names
+// them by position, so new ones go at the end. In a line, {etag} stands
+// for the named key's current ETag ("0" if it is absent), {etag63} for
+// that index plus 2^63 (a tag no key has, whose index needs all 64 bits),
+// and {fresh} for an Idempotency-Key no request has carried; a request
+// with a fresh key is sent twice, so the second must be a replay.
+var fuzzHeaders = []string{
+	"",
+	"If-Match: \"1\"",
+	"If-None-Match: *",
+	"If-Unmodified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
+	"If-Modified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
+	"If-None-Match: \"1\"",
+	"Range: bytes=0-0",
+	"Content-Range: bytes 0-0/1",
+	"Content-Encoding: gzip",
+	"Content-Encoding: identity",
+	// 10: preconditions on the key's version.
+	"If-Match: {etag}",
+	"If-Match: *",
+	"If-Match: \"1\", {etag}",
+	"If-Match: W/{etag}", // weak: If-Match never matches it
+	"If-None-Match: {etag}",
+	"If-None-Match: W/{etag}", // weak comparison: matches
+	"If-None-Match: \"1\", W/\"2\", {etag}",
+	"If-Match: {etag},", // an empty list element (RFC 9110 §5.6.1)
+	"If-Match: *\r\nIf-None-Match: *",
+	"If-Match: {etag}\r\nIf-None-Match: \"1\"",
+	"If-Match: \"1\"\r\nIf-Match: {etag}", // two lines, one list
+	"If-Match: {etag63}",
+	"If-None-Match: {etag63}",
+	// 23: malformed preconditions.
+	"If-Match: 1",
+	"If-Match: \"x1\"",
+	"If-Match: *, {etag}",
+	"If-None-Match: ,",
+	"If-Match: \"18446744073709551616\"",
+	"If-None-Match: w/{etag}",
+	"If-Match:",
+	// 30: idempotency keys.
+	"Idempotency-Key: {fresh}",
+	"Idempotency-Key: {fresh}\r\nIf-Match: {etag}",
+	"Idempotency-Key: {fresh}\r\nIf-None-Match: *",
+	"Idempotency-Key: fuzz-a", // reused by every input that picks it
+	"Idempotency-Key: fuzz-b\r\nIf-Match: {etag}",
+	"Idempotency-Key: " + strings.Repeat("k", maxIdempotencyKey),
+	"Idempotency-Key: " + strings.Repeat("k", maxIdempotencyKey+1),
+	"Idempotency-Key: a b",
+	"Idempotency-Key:",
+	"Idempotency-Key: \u043a\u043b\u044e\u0447",
+	"Idempotency-Key: fuzz-a\r\nIdempotency-Key: fuzz-a",
+}
+
 // FuzzHTTPAPI sends arbitrary requests (method, path with any bytes, query,
 // body of any size, framed with a right, wrong or missing length, and a
-// header line from a list) to the handler of a healthy one-member cluster, and
-// proves that every answer is a documented one: never a panic, a redirect
-// or a 5xx; every 4xx a one-line reason that changed nothing (DELETE of an
-// absent key excepted: it is applied, so the log grows, and the keys stay
-// as they were); every 2xx right for the request, and changing exactly
-// what it reports. A 2xx needs a query of only the parameters its route
-// takes, each once, and no header the route refuses.
+// header line from fuzzHeaders) to the handler of a healthy one-member
+// cluster, and proves that every answer is a documented one: never a
+// panic, a redirect or a 5xx; every 4xx a one-line reason that changed
+// nothing (a DELETE of an absent key, a 412 to a write and a 422 are
+// applied, so the log grows, and the keys stay as they were); every 2xx,
+// 304 and 412 right for the request and the key's version, and changing
+// exactly what it reports. A 2xx needs a query of only the parameters its
+// route takes, each once, no header the route refuses, and well-formed
+// preconditions and Idempotency-Key. A write with an Idempotency-Key that
+// was applied is recorded: the same request again must be answered as the
+// first one was, marked Idempotent-Replayed, and another request with the
+// key 422, neither changing anything.
 //
 // The request is parsed with http.ReadRequest from the bytes a client would
 // send, so the handler sees only what the real server can hand it.
@@ -73,20 +133,8 @@ const (
 func FuzzHTTPAPI(f *testing.F) {
 	c := newTestCluster(f, 1, func(cfg *config) { cfg.maxValueBytes = httpTestMaxValue })
 	s := c.server(1)
-	// The header lines a request may carry: none, the preconditions, and
-	// the headers that change what a PUT's body means.
-	headers := []string{
-		"",
-		"If-Match: \"1\"",
-		"If-None-Match: *",
-		"If-Unmodified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
-		"If-Modified-Since: Mon, 02 Jan 2006 15:04:05 GMT",
-		"If-None-Match: \"1\"",
-		"Range: bytes=0-0",
-		"Content-Range: bytes 0-0/1",
-		"Content-Encoding: gzip",
-		"Content-Encoding: identity",
-	}
+	used := make(map[string]fuzzFirst) // Idempotency-Key -> the applied request that first carried it
+	fresh := 0
 	f.Fuzz(func(t *testing.T, method, path, query string, body []byte, framing, grow, header uint8) {
 		if method == "" || strings.ContainsFunc(method, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
 			return // not a method but more of the request line, or headers
@@ -97,7 +145,8 @@ func FuzzHTTPAPI(f *testing.F) {
 		if grow > 0 && grow < 32 && len(body)<<grow <= fuzzMaxBody {
 			body = bytes.Repeat(body, 1<<grow)
 		}
-		raw, value, complete := fuzzRequest(method, path, query, headers[int(header)%len(headers)], body, framing)
+		line := fuzzHeaders[int(header)%len(fuzzHeaders)]
+		raw, value, complete := fuzzRequest(method, path, query, line, body, framing)
 		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
 		if err != nil || (req.Method == http.MethodOptions && req.RequestURI == "*") {
 			return // the server answers itself; the handler never sees it
@@ -105,13 +154,32 @@ func FuzzHTTPAPI(f *testing.F) {
 		if req.Method == http.MethodPost && req.URL.Path == "/members" && fuzzMightAddMember(s, value) {
 			return
 		}
-		before := fuzzCapture(s)
-		rec := httptest.NewRecorder()
-		s.http.Handler.ServeHTTP(rec, req)
-		after := fuzzCapture(s)
-		fuzzCheck(t, req, value, complete, rec, before, after)
-		if len(after.kv) > fuzzMaxKeys {
-			fuzzDeleteAll(t, s.http.Handler, after.kv)
+		sends := 1
+		if strings.Contains(line, "{") {
+			if strings.Contains(line, "{fresh}") {
+				fresh++
+				line = strings.ReplaceAll(line, "{fresh}", fmt.Sprintf("fuzz-fresh-%d", fresh))
+				sends = 2
+			}
+			key, _ := strings.CutPrefix(req.URL.Path, "/keys/")
+			kv, _, _ := s.store.get(key)
+			line = strings.ReplaceAll(line, "{etag63}", etag(kv.modIndex+1<<63))
+			line = strings.ReplaceAll(line, "{etag}", etag(kv.modIndex))
+			raw, value, complete = fuzzRequest(method, path, query, line, body, framing)
+		}
+		for range sends {
+			req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+			if err != nil {
+				t.Fatalf("%q parsed once, and then: %v", raw, err)
+			}
+			before := fuzzCapture(s)
+			rec := httptest.NewRecorder()
+			s.http.Handler.ServeHTTP(rec, req)
+			after := fuzzCapture(s)
+			fuzzCheck(t, req, value, complete, rec, before, after, used)
+			if len(after.kv) > fuzzMaxKeys {
+				fuzzDeleteAll(t, s.http.Handler, after.kv)
+			}
 		}
 	})
 }
@@ -191,9 +259,10 @@ func fuzzMightAddMember(s *server, body []byte) bool {
 // fuzzState is everything a request could change on the lone member.
 type fuzzState struct {
 	applied, committed uint64
-	kv                 map[string][]byte
+	kv                 map[string]keyValue
 	members            []member
 	removed            map[uint64]bool
+	records            map[string]dedupRecord // the idempotency keys recorded
 }
 
 // fuzzCapture reads s's state. Values are never modified in place (a put
@@ -202,9 +271,10 @@ func fuzzCapture(s *server) fuzzState {
 	st := fuzzState{applied: s.store.appliedIndex.Load(), committed: s.raft.committedIndex(), members: s.store.memberList()}
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	st.kv, st.removed = make(map[string][]byte, len(s.store.kv)), maps.Clone(s.store.removed)
-	for k, v := range s.store.kv {
-		st.kv[k] = v.value
+	st.kv, st.removed = maps.Clone(s.store.kv), maps.Clone(s.store.removed)
+	st.records = make(map[string]dedupRecord, len(s.store.dedup.byKey))
+	for key, r := range s.store.dedup.byKey {
+		st.records[key] = *r
 	}
 	return st
 }
@@ -216,8 +286,8 @@ func (got fuzzState) diff(want fuzzState) string {
 		d = append(d, fmt.Sprintf("applied/committed index %d/%d, want %d/%d", got.applied, got.committed, want.applied, want.committed))
 	}
 	for _, k := range slices.Sorted(maps.Keys(got.kv)) {
-		if w, ok := want.kv[k]; !ok || !bytes.Equal(got.kv[k], w) {
-			d = append(d, fmt.Sprintf("key %.60q holds %.40q, want %.40q (present %t)", k, got.kv[k], w, ok))
+		if w, ok := want.kv[k]; !ok || !bytes.Equal(got.kv[k].value, w.value) || got.kv[k].keyVersion != w.keyVersion {
+			d = append(d, fmt.Sprintf("key %.60q holds %.40q at %+v, want %.40q at %+v (present %t)", k, got.kv[k].value, got.kv[k].keyVersion, w.value, w.keyVersion, ok))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(want.kv)) {
@@ -228,87 +298,350 @@ func (got fuzzState) diff(want fuzzState) string {
 	if !reflect.DeepEqual(got.members, want.members) || !maps.Equal(got.removed, want.removed) {
 		d = append(d, fmt.Sprintf("members %+v removed %v, want %+v removed %v", got.members, got.removed, want.members, want.removed))
 	}
+	for _, k := range slices.Sorted(maps.Keys(got.records)) {
+		if w, ok := want.records[k]; !ok || !reflect.DeepEqual(got.records[k], w) {
+			d = append(d, fmt.Sprintf("Idempotency-Key %.40q recorded as %+v, want %+v (recorded %t)", k, got.records[k], w, ok))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(want.records)) {
+		if _, ok := got.records[k]; !ok {
+			d = append(d, fmt.Sprintf("Idempotency-Key %.40q is no longer recorded", k))
+		}
+	}
 	return strings.Join(d, "; ")
+}
+
+// fuzzFirst is the first applied request with an Idempotency-Key, and
+// the answer every later one with the same request must replay.
+type fuzzFirst struct {
+	fingerprint string
+	code        int
+	headers     [3]string // ETag, X-Create-Index, X-Raft-Index
+}
+
+// fuzzVersionHeaders are the headers a replay must repeat.
+var fuzzVersionHeaders = [3]string{"ETag", "X-Create-Index", "X-Raft-Index"}
+
+// fuzzAnswerHeaders is rec's version headers, for fuzzFirst.
+func fuzzAnswerHeaders(rec *httptest.ResponseRecorder) [3]string {
+	var h [3]string
+	for i, name := range fuzzVersionHeaders {
+		h[i] = rec.Header().Get(name)
+	}
+	return h
 }
 
 // fuzzCheck fails t unless rec is a documented answer to req, whose body
 // reads as value (cleanly if complete), and the state went from before to
-// after only as the answer says.
-func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec *httptest.ResponseRecorder, before, after fuzzState) {
+// after only as the answer says. used is the Idempotency-Keys applied so
+// far; fuzzCheck adds req's if it was.
+func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec *httptest.ResponseRecorder, before, after fuzzState, used map[string]fuzzFirst) {
 	t.Helper()
-	what := fmt.Sprintf("%s %.200q (%d-byte body)", req.Method, req.RequestURI, len(value))
+	what := fmt.Sprintf("%s %.200q (%d-byte body, %s)", req.Method, req.RequestURI, len(value), fuzzShowHeaders(req.Header))
 	key, isKey := strings.CutPrefix(req.URL.Path, "/keys/")
 	read := req.Method == http.MethodGet || req.Method == http.MethodHead
-	if rec.Code < 300 {
-		params := []string{}
-		if isKey && read {
-			params = []string{"level"}
-		}
-		if why := fuzzRefusal(req, params); why != "" {
-			t.Fatalf("%s: %d %q, though %s", what, rec.Code, rec.Body.String(), why)
-		}
+	write := isKey && (req.Method == http.MethodPut || req.Method == http.MethodDelete)
+	code := rec.Code
+	params := []string{}
+	if isKey && read {
+		params = []string{"level"}
+	}
+	refusal := fuzzRefusal(req, params)
+	if refusal != "" && (code < 300 || slices.Contains([]int{304, 412, 422}, code)) {
+		t.Fatalf("%s: %d %q, though %s", what, code, rec.Body.String(), refusal)
+	}
+	cond := fuzzCondition(req.Header)
+	cur, exists := before.kv[key]
+	idemKey := ""
+	if keys := req.Header["Idempotency-Key"]; write && len(keys) == 1 && fuzzValidIdempotencyKey(keys[0]) {
+		idemKey = keys[0]
+	}
+	fp := fuzzFingerprint(req, key, value)
+	first, reused := used[idemKey]
+	replayed := rec.Header().Get("Idempotent-Replayed")
+	if replayed != "" && (!reused || replayed != "true") {
+		t.Fatalf("%s: %d with Idempotent-Replayed %q, for a request not seen before", what, code, replayed)
 	}
 	want := before // what the state must be afterwards
-	wrote := func() {
-		index, err := strconv.ParseUint(rec.Header().Get("X-Raft-Index"), 10, 64)
-		if err != nil || index <= before.applied {
-			t.Fatalf("%s: %d with X-Raft-Index %q, want an index past %d", what, rec.Code, rec.Header().Get("X-Raft-Index"), before.applied)
+	index := func() uint64 {
+		n, err := strconv.ParseUint(rec.Header().Get("X-Raft-Index"), 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %d with X-Raft-Index %q", what, code, rec.Header().Get("X-Raft-Index"))
 		}
-		want.applied, want.committed, want.kv = index, index, maps.Clone(before.kv)
+		return n
 	}
-	switch code := rec.Code; {
+	// applied: the request's entry applied at the index the answer gives.
+	applied := func() {
+		if n := index(); n <= before.applied {
+			t.Fatalf("%s: %d with X-Raft-Index %d, want an index past %d", what, code, n, before.applied)
+		}
+		want.applied, want.committed, want.kv = index(), index(), maps.Clone(before.kv)
+		if idemKey != "" {
+			used[idemKey] = fuzzFirst{fingerprint: fp, code: code, headers: fuzzAnswerHeaders(rec)}
+			r, ok := after.records[idemKey]
+			if !ok {
+				t.Fatalf("%s: %d, applied, and Idempotency-Key %q is not recorded", what, code, idemKey)
+			}
+			want.records = maps.Clone(before.records)
+			want.records[idemKey] = r
+		}
+	}
+	// version: the answer shows the key's version before the request.
+	version := func() {
+		h := fuzzAnswerHeaders(rec)
+		if wantTag, wantCreate := etag(cur.modIndex), strconv.FormatUint(cur.createIndex, 10); exists && (h[0] != wantTag || h[1] != wantCreate) {
+			t.Fatalf("%s: %d with ETag %q, X-Create-Index %q; the key is at %s, created at %s", what, code, h[0], h[1], wantTag, wantCreate)
+		}
+		if !exists && (h[0] != "" || h[1] != "") {
+			t.Fatalf("%s: %d with ETag %q, X-Create-Index %q for an absent key", what, code, h[0], h[1])
+		}
+	}
+	// readIndex: a read reflects the applied state.
+	readIndex := func() {
+		if n := index(); n != before.applied {
+			t.Fatalf("%s: %d with X-Raft-Index %d; the member has applied %d", what, code, n, before.applied)
+		}
+	}
+	refusedBefore := slices.Contains([]int{400, 404, 405, 409, 413, 415}, code) && rec.Header().Get("X-Raft-Index") == ""
+	switch {
 	case code >= 500:
 		t.Fatalf("%s: %d %q from a healthy lone member", what, code, rec.Body.String())
-	case slices.Contains([]int{400, 404, 405, 409, 412, 413, 415, 422}, code):
+	case refusedBefore:
+		// Refused before it was proposed, whatever its Idempotency-Key.
 		httpTestOneLine(t, what, rec.Body.String())
-		if index := rec.Header().Get("X-Raft-Index"); index != "" {
-			switch {
-			case isKey && read && (code == http.StatusNotFound || code == http.StatusPreconditionFailed):
-				// The applied index the answer reflects.
-			case isKey && !read && (code == http.StatusNotFound || code == http.StatusPreconditionFailed || code == http.StatusUnprocessableEntity):
-				wrote() // applied, changing nothing
-			default:
-				t.Fatalf("%s: %d with X-Raft-Index %q", what, code, index)
-			}
+	case reused && refusal == "" && first.fingerprint == fp && idemKey != "":
+		// A retry: the first answer again, and no change but the entry.
+		if code != first.code || fuzzAnswerHeaders(rec) != first.headers || replayed != "true" {
+			t.Fatalf("%s: %d %v (Idempotent-Replayed %q), a retry of a request answered %d %v", what, code, fuzzAnswerHeaders(rec), replayed, first.code, first.headers)
 		}
+		want.applied, want.committed = max(after.applied, before.applied), max(after.applied, before.applied)
+	case reused && refusal == "" && idemKey != "" && code != http.StatusUnprocessableEntity:
+		t.Fatalf("%s: %d %q, though Idempotency-Key %q was used for another request", what, code, rec.Body.String(), idemKey)
+	case code == http.StatusUnprocessableEntity:
+		httpTestOneLine(t, what, rec.Body.String())
+		if !reused || idemKey == "" {
+			t.Fatalf("%s: 422 %q for a key not used before", what, rec.Body.String())
+		}
+		want.applied, want.committed = max(after.applied, before.applied), max(after.applied, before.applied)
+	case slices.Contains([]int{400, 404, 405, 409, 413, 415}, code):
+		httpTestOneLine(t, what, rec.Body.String())
+		switch {
+		case !isKey || code != http.StatusNotFound || refusal != "":
+			t.Fatalf("%s: %d with X-Raft-Index %q", what, code, rec.Header().Get("X-Raft-Index"))
+		case exists || cond.ifMatch != nil || !cond.holds(cur, exists):
+			t.Fatalf("%s: 404; the key is present %t, condition %s", what, exists, cond)
+		case req.Method == http.MethodDelete:
+			applied() // the delete of an absent key is applied
+		case read:
+			readIndex()
+		default:
+			t.Fatalf("%s: %d with X-Raft-Index %q", what, code, rec.Header().Get("X-Raft-Index"))
+		}
+	case code == http.StatusPreconditionFailed && write:
+		httpTestOneLine(t, what, rec.Body.String())
+		if cond.holds(cur, exists) || (cond.ifMatch == nil && cond.ifNoneMatch == nil) {
+			t.Fatalf("%s: 412, but the condition %s holds for the key at %+v (present %t)", what, cond, cur.keyVersion, exists)
+		}
+		version()
+		applied()
+	case code == http.StatusPreconditionFailed && isKey && read:
+		httpTestOneLine(t, what, rec.Body.String())
+		if cond.ifMatch == nil || (exists && cond.ifMatch.matches(cur.modIndex, true)) {
+			t.Fatalf("%s: 412, but If-Match %s holds for the key at %+v (present %t)", what, cond.ifMatch, cur.keyVersion, exists)
+		}
+		version()
+		readIndex()
 	case code == http.StatusNotModified && isKey && read:
-		if _, ok := before.kv[key]; !ok || req.Header.Get("If-None-Match") == "" {
-			t.Fatalf("%s: 304 for key %.60q (present %t)", what, key, ok)
+		if !exists || !cond.holdsIfMatch(cur, exists) || cond.ifNoneMatch == nil || !cond.ifNoneMatch.matches(cur.modIndex, false) || rec.Body.Len() != 0 {
+			t.Fatalf("%s: 304 %q; the key is at %+v (present %t), condition %s", what, rec.Body.String(), cur.keyVersion, exists, cond)
 		}
-	case (code == http.StatusNoContent || code == http.StatusCreated) && isKey && req.Method == http.MethodPut:
+		version()
+		readIndex()
+	case (code == http.StatusCreated || code == http.StatusNoContent) && write && req.Method == http.MethodPut:
 		if !fuzzValidKey(key) || !complete || len(value) > httpTestMaxValue {
 			t.Fatalf("%s: %d for key %.60q, value %.40q (read cleanly %t)", what, code, key, value, complete)
 		}
-		if _, existed := before.kv[key]; existed != (code == http.StatusNoContent) {
-			t.Fatalf("%s: %d for key %.60q, which existed: %t", what, code, key, existed)
+		if !cond.holds(cur, exists) || (code == http.StatusCreated) == exists {
+			t.Fatalf("%s: %d; the key is at %+v (present %t), condition %s", what, code, cur.keyVersion, exists, cond)
 		}
-		wrote()
-		want.kv[key] = value
-	case code == http.StatusNoContent && isKey && req.Method == http.MethodDelete:
-		if _, ok := before.kv[key]; !ok {
-			t.Fatalf("%s: 204 for absent key %.60q", what, key)
+		applied()
+		v := keyVersion{createIndex: index(), modIndex: index()}
+		if exists {
+			v.createIndex = cur.createIndex
 		}
-		wrote()
+		if h := fuzzAnswerHeaders(rec); h[0] != etag(v.modIndex) || h[1] != strconv.FormatUint(v.createIndex, 10) {
+			t.Fatalf("%s: %d with ETag %q, X-Create-Index %q; want %s, %d", what, code, h[0], h[1], etag(v.modIndex), v.createIndex)
+		}
+		want.kv[key] = keyValue{value: value, keyVersion: v}
+	case code == http.StatusNoContent && write && req.Method == http.MethodDelete:
+		if !exists || !cond.holds(cur, exists) {
+			t.Fatalf("%s: 204; the key is at %+v (present %t), condition %s", what, cur.keyVersion, exists, cond)
+		}
+		applied()
 		delete(want.kv, key)
 	case code == http.StatusOK && isKey && read:
-		v, ok := before.kv[key]
+		v := cur.value
 		if req.Method == http.MethodHead {
 			v = nil // the same answer as a GET, without the body
 		}
-		if !fuzzValidLevel(req.URL.RawQuery) || !ok || !bytes.Equal(rec.Body.Bytes(), v) {
-			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, ok)
+		if !fuzzValidLevel(req.URL.RawQuery) || !exists || !bytes.Equal(rec.Body.Bytes(), v) {
+			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, exists)
 		}
-		if got, want := rec.Header().Get("Content-Length"), strconv.Itoa(len(before.kv[key])); got != want {
+		if !cond.holdsIfMatch(cur, exists) || (cond.ifNoneMatch != nil && cond.ifNoneMatch.matches(cur.modIndex, false)) {
+			t.Fatalf("%s: 200; the key is at %+v, condition %s", what, cur.keyVersion, cond)
+		}
+		if got, want := rec.Header().Get("Content-Length"), strconv.Itoa(len(cur.value)); got != want {
 			t.Fatalf("%s: 200 with Content-Length %q, want %s", what, got, want)
 		}
+		version()
+		readIndex()
 	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
 	case code == http.StatusOK && read && fuzzIsMember(before, req.URL.Path):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())
 	}
 	if d := after.diff(want); d != "" {
-		t.Fatalf("%s: %d %q, and then %s", what, rec.Code, rec.Body.String(), d)
+		t.Fatalf("%s: %d %q, and then %s", what, code, rec.Body.String(), d)
 	}
+}
+
+// fuzzShowHeaders lists the headers fuzzHeaders can set, for messages.
+func fuzzShowHeaders(h http.Header) string {
+	var shown []string
+	for _, name := range []string{"If-Match", "If-None-Match", "Idempotency-Key", "If-Unmodified-Since", "Content-Range", "Content-Encoding"} {
+		for _, v := range h[name] {
+			shown = append(shown, fmt.Sprintf("%s: %.40q", name, v))
+		}
+	}
+	if len(shown) == 0 {
+		return "no precondition"
+	}
+	return strings.Join(shown, ", ")
+}
+
+// fuzzFingerprint is what makes two requests with one Idempotency-Key
+// the same request: method, key, body (a DELETE's is not read) and the
+// conditions as sent.
+func fuzzFingerprint(req *http.Request, key string, value []byte) string {
+	if req.Method == http.MethodDelete {
+		value = nil
+	}
+	return fmt.Sprintf("%s %q %q %q %q", req.Method, key, value, strings.Join(req.Header["If-Match"], ","), strings.Join(req.Header["If-None-Match"], ","))
+}
+
+// fuzzValidIdempotencyKey is the contract's rule: 1 to 128 characters,
+// each visible ASCII.
+func fuzzValidIdempotencyKey(key string) bool {
+	return len(key) >= 1 && len(key) <= maxIdempotencyKey && !strings.ContainsFunc(key, func(r rune) bool { return r < 0x21 || r > 0x7e })
+}
+
+// fuzzTags is an If-Match or If-None-Match list as the contract reads it,
+// written apart from the server's parser so that each checks the other.
+type fuzzTags struct {
+	any  bool
+	tags []uint64
+	weak []bool
+}
+
+// matches compares the list with a key at modIndex: strongly (If-Match,
+// a weak tag never matches) or weakly (If-None-Match).
+func (l *fuzzTags) matches(modIndex uint64, strong bool) bool {
+	if l.any {
+		return true
+	}
+	for i, tag := range l.tags {
+		if tag == modIndex && !(strong && l.weak[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// fuzzParseTags parses the lines of one header as a list: nil, false if
+// malformed. Elements are "*", "N" or W/"N" for a decimal N of 64 bits,
+// with optional whitespace around; empty elements are skipped (RFC 9110
+// §5.6.1); "*" stands alone.
+func fuzzParseTags(lines []string) (*fuzzTags, bool) {
+	l := &fuzzTags{}
+	n := 0
+	for _, line := range lines {
+		for elem := range strings.SplitSeq(line, ",") {
+			elem = strings.Trim(elem, " \t")
+			if elem == "" {
+				continue
+			}
+			n++
+			if elem == "*" {
+				l.any = true
+				continue
+			}
+			opaque, weak := strings.CutPrefix(elem, "W/")
+			digits, ok := strings.CutPrefix(opaque, `"`)
+			digits, ok2 := strings.CutSuffix(digits, `"`)
+			tag, err := strconv.ParseUint(digits, 10, 64)
+			if !ok || !ok2 || err != nil || strings.HasPrefix(digits, "+") {
+				return nil, false
+			}
+			l.tags, l.weak = append(l.tags, tag), append(l.weak, weak)
+		}
+	}
+	return l, n > 0 && !(l.any && n > 1)
+}
+
+// String shows the list as a header would.
+func (l *fuzzTags) String() string {
+	if l == nil {
+		return "none"
+	}
+	if l.any {
+		return "*"
+	}
+	var tags []string
+	for i, tag := range l.tags {
+		t := strconv.Quote(strconv.FormatUint(tag, 10))
+		if l.weak[i] {
+			t = "W/" + t
+		}
+		tags = append(tags, t)
+	}
+	return strings.Join(tags, ", ")
+}
+
+// String shows the preconditions, for messages.
+func (c fuzzCond) String() string {
+	return fmt.Sprintf("If-Match %s, If-None-Match %s", c.ifMatch, c.ifNoneMatch)
+}
+
+// fuzzCond is a request's preconditions; nil lists are headers not sent.
+type fuzzCond struct {
+	ifMatch, ifNoneMatch *fuzzTags
+	malformed            bool
+}
+
+// fuzzCondition reads the preconditions of h.
+func fuzzCondition(h http.Header) fuzzCond {
+	var c fuzzCond
+	for name, list := range map[string]**fuzzTags{"If-Match": &c.ifMatch, "If-None-Match": &c.ifNoneMatch} {
+		if lines, ok := h[name]; ok {
+			var valid bool
+			if *list, valid = fuzzParseTags(lines); !valid {
+				c.malformed = true
+			}
+		}
+	}
+	return c
+}
+
+// holdsIfMatch reports whether If-Match, if sent, holds for a key at cur.
+func (c fuzzCond) holdsIfMatch(cur keyValue, exists bool) bool {
+	return c.ifMatch == nil || (exists && c.ifMatch.matches(cur.modIndex, true))
+}
+
+// holds reports whether a write's conditions hold for a key at cur: If-Match
+// (strong comparison, false for an absent key) and If-None-Match (weak,
+// true for an absent key).
+func (c fuzzCond) holds(cur keyValue, exists bool) bool {
+	return c.holdsIfMatch(cur, exists) && (c.ifNoneMatch == nil || !exists || !c.ifNoneMatch.matches(cur.modIndex, false))
 }
 
 // fuzzIsMember reports whether path is /members/{id} for a member in st.
@@ -333,10 +666,11 @@ func fuzzValidKey(key string) bool {
 	return true
 }
 
-// fuzzRefusal says why req must not be answered with a 2xx, by the README's
-// rules, on a route taking the query parameters params; or returns "".
-// url.ParseQuery is the reference for what a query says: one it cannot
-// parse may have meant something the server cannot see.
+// fuzzRefusal says why req must not be answered with a 2xx, 304, 412 or
+// 422, by the README's rules, on a route taking the query parameters
+// params; or returns "". url.ParseQuery is the reference for what a query
+// says: one it cannot parse may have meant something the server cannot
+// see.
 func fuzzRefusal(req *http.Request, params []string) string {
 	q, err := url.ParseQuery(req.URL.RawQuery)
 	if err != nil {
@@ -347,14 +681,18 @@ func fuzzRefusal(req *http.Request, params []string) string {
 			return fmt.Sprintf("the query gives %q %d times, and the route takes %v", name, len(values), params)
 		}
 	}
+	isKey := strings.HasPrefix(req.URL.Path, "/keys/")
+	read := req.Method == http.MethodGet || req.Method == http.MethodHead
 	refused := []string{"If-Unmodified-Since"}
-	_, isKey := strings.CutPrefix(req.URL.Path, "/keys/")
-	switch {
-	case isKey:
-	case req.Method == http.MethodGet || req.Method == http.MethodHead:
+	if !isKey {
 		refused = append(refused, "If-Match")
-	default:
-		refused = append(refused, "If-Match", "If-None-Match")
+		if !read {
+			refused = append(refused, "If-None-Match")
+		}
+	}
+	idempotent := (isKey && (req.Method == http.MethodPut || req.Method == http.MethodDelete)) || (req.Method == http.MethodPost && req.URL.Path == "/members")
+	if !idempotent {
+		refused = append(refused, "Idempotency-Key")
 	}
 	if req.Method == http.MethodPut {
 		if coding := req.Header.Get("Content-Encoding"); coding != "" && coding != "identity" {
@@ -363,9 +701,15 @@ func fuzzRefusal(req *http.Request, params []string) string {
 		refused = append(refused, "Content-Range")
 	}
 	for _, name := range refused {
-		if req.Header.Get(name) != "" {
+		if _, ok := req.Header[name]; ok {
 			return "the request has " + name
 		}
+	}
+	if isKey && fuzzCondition(req.Header).malformed {
+		return "a precondition is malformed"
+	}
+	if keys, ok := req.Header["Idempotency-Key"]; ok && (len(keys) != 1 || !fuzzValidIdempotencyKey(keys[0])) {
+		return fmt.Sprintf("the Idempotency-Key %q is not 1 to %d visible ASCII characters, once", keys, maxIdempotencyKey)
 	}
 	return ""
 }
@@ -380,7 +724,7 @@ func fuzzValidLevel(rawQuery string) bool {
 
 // fuzzDeleteAll deletes keys through h, so that the fuzz target's state
 // stays small.
-func fuzzDeleteAll(t *testing.T, h http.Handler, kv map[string][]byte) {
+func fuzzDeleteAll(t *testing.T, h http.Handler, kv map[string]keyValue) {
 	for key := range kv {
 		req := httptest.NewRequest(http.MethodDelete, "/", nil)
 		req.URL.Path = "/keys/" + key // EscapedPath escapes what it must
