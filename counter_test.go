@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,10 +16,11 @@ import (
 // increment one key under the nemesis of TestLinearizable. Each reads the
 // counter (level=consistent), then PUTs the next number with If-Match of
 // the read's ETag and a fresh Idempotency-Key; on 412 it reads again and
-// tries again with a new key; on an unknown outcome (a timeout, a broken
-// connection, a 5xx other than "no leader") it sends the same request with
-// the same key to other members until the answer is definite. At the end
-// the counter must equal the number of acknowledged increments exactly,
+// tries again with a new key; without a definite answer (a timeout, a
+// broken or refused connection, a 5xx) it sends the same request with the
+// same key to other members until there is one. Some first attempts have
+// a deadline of a few milliseconds, to make more of those. At the end the
+// counter must equal the number of acknowledged increments exactly,
 // before and after every member is killed and restarted: no increment
 // lost, none applied twice, none applied without being acknowledged.
 // Compare-and-set alone does not give that: a retry with a new key of an
@@ -71,6 +73,11 @@ const (
 	// counterSnapshotCount makes snapshots frequent, so the idempotency
 	// records go through snapshots and restarts from them too.
 	counterSnapshotCount = 100
+	// counterHastyEvery: one increment in counterHastyEvery is first sent
+	// with a deadline of a few milliseconds (see hastyClient), so that
+	// many increments apply with their outcome unknown to their client,
+	// faults or not.
+	counterHastyEvery = 4
 	// counterKey is the counter.
 	counterKey = "counter"
 )
@@ -85,19 +92,20 @@ type counter struct {
 	once  sync.Once
 
 	mu           sync.Mutex
-	acked        map[int]uint64 // acknowledged increments: the value written -> its ETag
-	ackedTwice   []string       // values two increments were acknowledged for
-	versions     versionLog     // the ETag each value was seen with
-	refused      int            // increments answered 412
-	firstUnknown int            // increments whose first attempt's outcome was unknown
-	replayed     int            // answers carrying Idempotent-Replayed: true
-	unresolved   int            // increments still of unknown outcome after retrying
-	unexpected   []string       // answers a correct server never gives
+	acked        map[int]uint64   // acknowledged increments: the value written -> its ETag
+	ackedTwice   []string         // values two increments were acknowledged for
+	versions     versionLog       // the ETag each value was seen with
+	refused      int              // increments answered 412
+	firstUnknown int              // increments whose first attempt got no definite answer
+	replayed     int              // answers carrying Idempotent-Replayed: true
+	unresolved   int              // increments still without one after retrying
+	unexpected   []string         // answers a correct server never gives
+	trails       map[int][]string // number -> the attempts of each increment to it not acknowledged at once
 }
 
 // startCounter starts counterClients incrementing against c.
 func startCounter(c *faultCluster, seed uint64) *counter {
-	k := &counter{c: c, seed: seed, start: time.Now(), stopC: make(chan struct{}), acked: make(map[int]uint64)}
+	k := &counter{c: c, seed: seed, start: time.Now(), stopC: make(chan struct{}), acked: make(map[int]uint64), trails: make(map[int][]string)}
 	for i := range counterClients {
 		k.wg.Go(func() { k.client(i) })
 	}
@@ -133,8 +141,8 @@ func (k *counter) unexpect(bad string) {
 }
 
 // client increments the counter until halted: read, compare-and-set with
-// a fresh Idempotency-Key, and on an unknown outcome the same request again
-// until it is definite.
+// a fresh Idempotency-Key, and without a definite answer the same request
+// again until there is one.
 func (k *counter) client(index int) {
 	rng := rand.New(rand.NewPCG(k.seed, uint64(index)+1))
 	hc := workloadHTTPClient()
@@ -149,14 +157,26 @@ func (k *counter) client(index int) {
 		idemKey := fmt.Sprintf("inc-%d-%d", index, seq)
 		targets := k.c.targets()
 		target := targets[rng.IntN(len(targets))]
-		a := attemptKV(hc, target, in, idemKey)
+		first := hc
+		if rng.IntN(counterHastyEvery) == 0 {
+			first = hastyClient(hc, rng)
+		}
+		a := attemptKV(first, target, in, idemKey)
+		trail := []string{a.String(target)}
 		if a.knows == outcomeUnknown && a.bad == "" {
 			k.mu.Lock()
 			k.firstUnknown++
 			k.mu.Unlock()
-			a = resolveKV(hc, k.c.targets, target, in, idemKey, rng)
+			var retries []string
+			a, retries = resolveKV(hc, k.c.targets, target, in, idemKey, rng)
+			trail = append(trail, retries...)
 		}
 		k.mu.Lock()
+		if len(trail) > 1 || a.knows != outcomeKnown || a.out.failed {
+			// Not acknowledged, or after retries: what to show if the
+			// number it tried to write is missing.
+			k.trails[n+1] = append(k.trails[n+1], fmt.Sprintf("%s (If-Match %s): %s", idemKey, in.cond.tagString(), strings.Join(trail, "; ")))
+		}
 		switch {
 		case a.bad != "":
 			k.unexpected = append(k.unexpected, a.bad)
@@ -220,7 +240,7 @@ func (k *counter) read() int {
 func (k *counter) summary(afterFaults, afterRestart int, s faultSummary) string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return fmt.Sprintf("%d increments acknowledged; the counter reads %d after the faults and %d after restarting every member; %d increments of unknown outcome, %d before retrying with the same Idempotency-Key; %d answers replayed; %d refused with 412; %s, worst recovery %s",
+	return fmt.Sprintf("%d increments acknowledged; the counter reads %d after the faults and %d after restarting every member; %d increments of unknown outcome, %d without a definite answer before retrying with the same Idempotency-Key; %d answers replayed; %d refused with 412; %s, worst recovery %s",
 		len(k.acked), afterFaults, afterRestart, k.unresolved, k.firstUnknown, k.replayed, k.refused, s.faultsString(), s.worstRecovery.Round(time.Millisecond))
 }
 
@@ -257,6 +277,11 @@ func (k *counter) check(afterFaults, afterRestart int) []string {
 	}
 	if len(missing) > 0 {
 		bad = append(bad, fmt.Sprintf("no increment to %s was acknowledged", listInts(missing, 10)))
+	}
+	for _, n := range missing[:min(len(missing), 3)] {
+		for _, trail := range k.trails[n] {
+			bad = append(bad, fmt.Sprintf("an increment to %d: %s", n, trail))
+		}
 	}
 	bad = append(bad, k.ackedTwice...)
 	bad = append(bad, k.versions.twice...)
@@ -301,4 +326,10 @@ func TestCounterCheck(t *testing.T) {
 	}) {
 		t.Errorf("a count changed by a restart: %q", got)
 	}
+}
+
+// tagString is the tag an If-Match condition names, or *.
+func (c kvCond) tagString() string {
+	_, value := c.header()
+	return value
 }

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -93,6 +92,9 @@ const (
 	// linearizableClients do PUT, DELETE and consistent GET, checked
 	// by porcupine; staleReaders do stale and default GETs beside them.
 	linearizableClients = 8
+	// hastyEvery: one write in hastyEvery is first sent with a deadline
+	// of a few milliseconds (see hastyClient).
+	hastyEvery = 10
 )
 
 // linearizableFlags reads RAFTKV_SOAK and RAFTKV_SEED.
@@ -415,7 +417,7 @@ type workload struct {
 	staleBad     []string // reads of values nobody wrote
 	unexpected   []string // answers a correct server never gives
 	finalClient  int      // the client id of the final reads, -1 before
-	firstUnknown int      // writes whose first attempt's outcome was unknown
+	firstUnknown int      // writes whose first attempt got no definite answer
 	replayed     int      // of those, answered Idempotent-Replayed: true
 	conditional  int      // conditional writes with a definite answer
 	refused      int      // of those, 412
@@ -508,6 +510,15 @@ func workloadHTTPClient() *http.Client {
 	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
 }
 
+// hastyClient is hc in a hurry: a deadline of 1–10 ms, picked with rng,
+// which a write often passes after the member has proposed it. Its
+// outcome is then unknown although it applies, as after a fault, so the
+// retries with the same Idempotency-Key get replays without waiting for
+// one.
+func hastyClient(hc *http.Client, rng *rand.Rand) *http.Client {
+	return &http.Client{Transport: hc.Transport, Timeout: time.Duration(1+rng.IntN(9)) * time.Millisecond}
+}
+
 // client does PUT (plain, create-only, and compare-and-set on the ETag it
 // last saw), DELETE (plain and conditional) and consistent GET on random
 // keys in play, on random members, until halted; every operation with an
@@ -547,13 +558,17 @@ func (w *workload) client(index int) {
 			w.mu.Unlock()
 		}
 		idemKey := fmt.Sprintf("lin-%d-%d", index, seq)
+		first := hc
+		if in.op != "get" && rng.IntN(hastyEvery) == 0 {
+			first = hastyClient(hc, rng)
+		}
 		call := w.now()
-		a := attemptKV(hc, target, in, idemKey)
-		if a.knows == outcomeUnknown && a.bad == "" && in.op != "get" {
+		a := attemptKV(first, target, in, idemKey)
+		if a.knows == outcomeUnknown && a.bad == "" {
 			w.mu.Lock()
 			w.firstUnknown++
 			w.mu.Unlock()
-			a = resolveKV(hc, w.c.targets, target, in, idemKey, rng)
+			a, _ = resolveKV(hc, w.c.targets, target, in, idemKey, rng)
 		}
 		if a.bad != "" {
 			w.unexpect(a.bad)
@@ -593,7 +608,7 @@ type clientKnows int
 
 const (
 	outcomeKnown   clientKnows = iota // it happened, with the output given
-	outcomeNone                       // it certainly had no effect
+	outcomeNone                       // a read that failed: it had no effect
 	outcomeUnknown                    // it may or may not have happened
 )
 
@@ -603,6 +618,7 @@ type kvAnswer struct {
 	knows    clientKnows
 	replayed bool   // the answer carried Idempotent-Replayed: true
 	bad      string // an answer a correct server never gives, or ""
+	why      string // the status and body, or the error: for trails
 }
 
 const (
@@ -613,12 +629,13 @@ const (
 	resolvePause = 100 * time.Millisecond
 )
 
-// resolveKV retries a write whose first attempt's outcome is unknown,
+// resolveKV retries a write whose first attempt got no definite answer,
 // with the same Idempotency-Key, on a member other than the last one
 // tried each time, until an answer is definite (or is one a correct server
-// never gives) or resolveLimit has passed. A refused connection or "no
-// leader" says nothing of the earlier attempts, so it is retried too.
-func resolveKV(hc *http.Client, targets func() []string, last string, in kvInput, idemKey string, rng *rand.Rand) kvAnswer {
+// never gives) or resolveLimit has passed. It returns the last answer and
+// what each retry got, for messages.
+func resolveKV(hc *http.Client, targets func() []string, last string, in kvInput, idemKey string, rng *rand.Rand) (kvAnswer, []string) {
+	var trail []string
 	for deadline := time.Now().Add(resolveLimit); time.Now().Before(deadline); {
 		time.Sleep(resolvePause) // a client's pause before retrying
 		urls := slices.DeleteFunc(targets(), func(u string) bool { return u == last })
@@ -626,11 +643,21 @@ func resolveKV(hc *http.Client, targets func() []string, last string, in kvInput
 			urls = targets()
 		}
 		last = urls[rng.IntN(len(urls))]
-		if a := attemptKV(hc, last, in, idemKey); a.knows == outcomeKnown || a.bad != "" {
-			return a
+		a := attemptKV(hc, last, in, idemKey)
+		trail = append(trail, a.String(last))
+		if a.knows == outcomeKnown || a.bad != "" {
+			return a, trail
 		}
 	}
-	return kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown}
+	return kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown}, trail
+}
+
+// String shows an attempt sent to target and its answer, for messages.
+func (a kvAnswer) String(target string) string {
+	if a.replayed {
+		return fmt.Sprintf("%s: %s, replayed", target, a.why)
+	}
+	return fmt.Sprintf("%s: %s", target, a.why)
 }
 
 // attemptKV sends in to the member at target, a write with idemKey as its
@@ -652,21 +679,25 @@ func attemptKV(hc *http.Client, target string, in kvInput, idemKey string) kvAns
 		}
 	}
 	r, err := tryWithHeader(hc, method, url, body, header)
-	unknown := kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown}
-	none := kvAnswer{knows: outcomeNone}
+	why := fmt.Sprintf("%d %q", r.code, strings.TrimSpace(r.body))
+	if err != nil {
+		why = oneLine(err)
+	}
+	unknown := kvAnswer{out: kvOutput{unknown: true}, knows: outcomeUnknown, why: why}
+	none := kvAnswer{knows: outcomeNone, why: why}
+	// A read that fails has no effect. A write that fails may have been
+	// applied, whatever the error: even a refused connection or "no
+	// leader", because Go's Transport resends a request carrying an
+	// Idempotency-Key on a new connection when a kept-alive one breaks, so
+	// the error may answer the resend of a request the member had already
+	// proposed. Only retrying with the same key tells.
 	switch {
-	case err != nil && (in.op == "get" || errors.Is(err, syscall.ECONNREFUSED)):
-		return none // a read has no effect; a refused connection sent nothing
-	case err != nil:
-		return unknown
-	case r.code == http.StatusServiceUnavailable && strings.HasPrefix(r.body, ErrNoLeader.Error()):
-		return none // raft refused the proposal: it is in no log
-	case r.code >= 500 && in.op == "get":
+	case (err != nil || r.code >= 500) && in.op == "get":
 		return none
-	case r.code >= 500:
+	case err != nil || r.code >= 500:
 		return unknown
 	}
-	a := kvAnswer{knows: outcomeKnown, replayed: r.header.Get("Idempotent-Replayed") == "true"}
+	a := kvAnswer{knows: outcomeKnown, replayed: r.header.Get("Idempotent-Replayed") == "true", why: why}
 	var bad error
 	switch {
 	case in.op == "get" && r.code == http.StatusOK:
@@ -972,7 +1003,7 @@ func acknowledgedWrite(op porcupine.Operation) bool {
 // faultSummary is what a run did and found: the summary line.
 type faultSummary struct {
 	ops, unknown, staleReads int
-	firstUnknown, replayed   int // writes of unknown outcome before retrying; answers replayed
+	firstUnknown, replayed   int // writes without a definite answer before retrying; answers replayed
 	conditional, refused     int // conditional writes with a definite answer; 412s among them
 	faults                   map[faultKind]int
 	memberChanges            int // a member added and another removed
@@ -1026,6 +1057,6 @@ func (s faultSummary) faultsString() string {
 
 // String is the summary line.
 func (s faultSummary) String() string {
-	return fmt.Sprintf("%d operations (%d writes of unknown outcome, %d before retrying with the same Idempotency-Key; %d answers replayed; %d conditional writes, %d refused with 412) + %d stale/default reads, %s and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, %d PUTs applied twice, worst recovery %s",
+	return fmt.Sprintf("%d operations (%d writes of unknown outcome, %d without a definite answer before retrying with the same Idempotency-Key; %d answers replayed; %d conditional writes, %d refused with 412) + %d stale/default reads, %s and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, %d PUTs applied twice, worst recovery %s",
 		s.ops, s.unknown, s.firstUnknown, s.replayed, s.conditional, s.refused, s.staleReads, s.faultsString(), s.memberChanges, s.histories, s.violations, s.lost, s.twice, s.worstRecovery.Round(time.Millisecond))
 }
