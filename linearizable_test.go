@@ -815,7 +815,7 @@ func (l *versionLog) saw(value string, etag uint64, where string) {
 	case !ok:
 		l.first[value] = seenVersion{etag, where}
 	case first.etag != etag && first.where != "":
-		l.twice = append(l.twice, fmt.Sprintf("value %q was ETag %d (%s) and ETag %d (%s): a PUT applied twice", value, first.etag, first.where, etag, where))
+		l.twice = append(l.twice, fmt.Sprintf("value %q was ETag %d (%s) and ETag %d (%s): a PUT applied twice, or an answer with a wrong ETag", value, first.etag, first.where, etag, where))
 		l.first[value] = seenVersion{first.etag, ""} // reported once
 	}
 }
