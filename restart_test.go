@@ -22,14 +22,13 @@ import (
 // member down, so that all it knows is what its own data dir holds.
 //
 // startServer serves nothing until the kvstore has applied the commit index
-// found in the WAL (raftNode.replayIndex). Raft runs with asynchronous
-// storage writes: a new commit index goes to the append goroutine and the
-// entries it commits to the apply goroutine side by side, and etcd's
-// wal.Save fsyncs only when raft.MustSync says so (new entries, term or
-// vote). A hard state that only moves the commit index waits in the WAL
-// encoder's buffer, in this process's memory, for the next fsync or for
-// wal.Close. So what the WAL's commit index covers depends on how the member
-// stopped:
+// found in the WAL. Raft runs with asynchronous storage writes: a new commit
+// index goes to the append goroutine and the entries it commits to the
+// apply goroutine side by side, and etcd's wal.Save fsyncs only when
+// raft.MustSync says so (new entries, term or vote). A hard state that only
+// moves the commit index waits in the WAL encoder's buffer, in this
+// process's memory, for the next fsync or for wal.Close. So what the WAL's
+// commit index covers depends on how the member stopped:
 //
 //   - A clean stop (SIGTERM, server.stop) stops serving clients, then
 //     saves the appends still queued (saveQueuedAppends) and closes the
@@ -61,13 +60,20 @@ var restartWrites = []restartWrite{
 	{method: http.MethodPut, key: "restart/a", value: "a3"},
 }
 
+// restartAcknowledged reports whether a write's answer acknowledges it: a
+// 204, or a 201 from a server that answers a PUT creating a key so.
+func restartAcknowledged(code int) bool {
+	return code == http.StatusNoContent || code == http.StatusCreated
+}
+
 // restartDo makes one write through member id of an in-process cluster,
-// requires a 204 with a positive X-Raft-Index, and returns that index.
+// requires it acknowledged with a positive X-Raft-Index, and returns that
+// index.
 func restartDo(t testing.TB, c *testCluster, id uint64, w restartWrite) uint64 {
 	t.Helper()
 	r := do(t, w.method, c.url(id, "/keys/"+w.key), w.value)
-	if r.code != http.StatusNoContent {
-		t.Fatalf("%s %s on member %d: %d %q, want 204", w.method, w.key, id, r.code, r.body)
+	if !restartAcknowledged(r.code) {
+		t.Fatalf("%s %s on member %d: %d %q, want 204 or 201", w.method, w.key, id, r.code, r.body)
 	}
 	index, err := strconv.ParseUint(r.header.Get("X-Raft-Index"), 10, 64)
 	if err != nil || index == 0 {
@@ -255,11 +261,14 @@ func restartReadWAL(t testing.TB, dataDir string) restartWALState {
 	return st
 }
 
-// restartE2EPut writes key=value through member id, requires a 204 and
-// returns its X-Raft-Index.
+// restartE2EPut writes key=value through member id, requires it
+// acknowledged and returns its X-Raft-Index.
 func restartE2EPut(c *e2eCluster, id uint64, key, value string) uint64 {
 	c.t.Helper()
-	r := c.expect("PUT", id, "/keys/"+key, value, http.StatusNoContent, "")
+	r := c.do("PUT", id, "/keys/"+key, value)
+	if !restartAcknowledged(r.code) {
+		c.t.Fatalf("PUT %s on member %d: %d %q, want 204 or 201", key, id, r.code, r.body)
+	}
 	index, err := strconv.ParseUint(r.header.Get("X-Raft-Index"), 10, 64)
 	if err != nil || index == 0 {
 		c.t.Fatalf("PUT %s on member %d: X-Raft-Index %q is not a positive integer", key, id, r.header.Get("X-Raft-Index"))
