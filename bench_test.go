@@ -449,10 +449,10 @@ func benchHTTPOp(hc *http.Client, urls []string, method, query string) benchOp {
 // benchIdempotentPutOp is benchHTTPOp's PUT with a fresh Idempotency-Key on
 // every request, so that every entry also records its outcome.
 func benchIdempotentPutOp(hc *http.Client, urls []string) benchOp {
-	run := rand.Uint64()
+	var sent atomic.Uint64 // benchDrive runs the op again for each b.N
 	return func(w, i int, rng *rand.Rand) error {
 		return benchRequest(hc, http.MethodPut, urls[(w+i)%len(urls)]+benchKeyPath(rng.IntN(benchKeys)),
-			"Idempotency-Key", fmt.Sprintf("%x-%d-%d", run, w, i))
+			"Idempotency-Key", fmt.Sprintf("bench-%d", sent.Add(1)))
 	}
 }
 
@@ -498,12 +498,17 @@ const benchLoadAttempts = 10
 // together write keys 0 to n-1, each once. Loading is not what is measured,
 // so a failed PUT (a 504 while a slow fsync holds the WAL up, say) is sent
 // again after a client's pause, which writing the same value makes
-// harmless; retries counts how many were.
-func benchLoadOp(hc *http.Client, urls []string, c int, retries *atomic.Int64) benchOp {
+// harmless; retries counts how many were. With idempotent, each write
+// carries an Idempotency-Key of UUID length, the same on its retries.
+func benchLoadOp(hc *http.Client, urls []string, c int, retries *atomic.Int64, idempotent bool) benchOp {
 	return func(w, i int, _ *rand.Rand) error {
 		url := urls[(w+i)%len(urls)] + benchKeyPath(w+i*c)
+		var header []string
+		if idempotent {
+			header = []string{"Idempotency-Key", fmt.Sprintf("%036d", w+i*c)}
+		}
 		for attempt := 1; ; attempt++ {
-			err := benchRequest(hc, http.MethodPut, url)
+			err := benchRequest(hc, http.MethodPut, url, header...)
 			if err == nil || attempt == benchLoadAttempts {
 				return err
 			}
@@ -522,7 +527,7 @@ func benchPreload(b *testing.B, urls []string, n int) {
 	hc := newBenchClient(b, benchPreloadClients)
 	defer hc.CloseIdleConnections()
 	var retries atomic.Int64
-	if _, err := runLoad(n, benchPreloadClients, benchLoadOp(hc, urls, benchPreloadClients, &retries)); err != nil {
+	if _, err := runLoad(n, benchPreloadClients, benchLoadOp(hc, urls, benchPreloadClients, &retries, false)); err != nil {
 		b.Fatalf("pre-load %d keys: %v", n, err)
 	}
 	if retries.Load() > 0 {
@@ -755,8 +760,9 @@ type benchMetric struct {
 // with b.N == 1.
 var benchMemoryLast []benchMetric
 
-// BenchmarkMemory loads 1 000 000 keys of 64 bytes and reports how long
-// that took, the largest member RSS, a follower's data dir size, and how
+// BenchmarkMemory loads 1 000 000 keys of 64 bytes, each write with an
+// Idempotency-Key, so that the record of them is full too, and reports how
+// long that took, the largest member RSS, a follower's data dir size, and how
 // long the follower takes from restart until it serves consistent reads.
 //
 // It is one long measurement, not b.N operations: it measures when Go
@@ -796,7 +802,7 @@ func measureMemory(b *testing.B, keys int) []benchMetric {
 	c := startBenchCluster(b)
 	hc := newBenchClient(b, benchMemoryClients)
 	var retries atomic.Int64
-	res, err := runLoad(keys, benchMemoryClients, benchLoadOp(hc, c.urls(), benchMemoryClients, &retries))
+	res, err := runLoad(keys, benchMemoryClients, benchLoadOp(hc, c.urls(), benchMemoryClients, &retries, true))
 	if err != nil {
 		b.Fatalf("load %d keys (%d retries): %v", keys, retries.Load(), err)
 	}

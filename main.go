@@ -269,8 +269,11 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	}
 	s := &server{cfg: cfg, lg: lg, store: store, raft: rn}
 
-	// Serve nothing until the state on disk is applied, so that even a
-	// stale read after a restart sees what this member had before.
+	// Serve nothing until the kvstore has applied what the WAL records as
+	// committed (bootIndex). After a clean stop that is everything this
+	// member had applied; after a crash the newest commit index may be lost
+	// (see saveAppends), so a stale read can miss the last writes this
+	// member acknowledged until the leader's next message (restart_test.go).
 	if err := store.waitApplied(ctx, rn.bootIndex); err != nil {
 		clientLn.Close()
 		if stopErr := rn.stop(); stopErr != nil {

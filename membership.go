@@ -39,9 +39,10 @@ type addMemberRequest struct {
 	ClientURL string `json:"clientURL"`
 }
 
-// addMember handles POST /members: 201 once the new voter is applied here,
-// 409 if it clashes with a member or would cost the cluster its quorum
-// (mayAddMember). The new member must then be started with --join.
+// addMember handles POST /members: 201 once the new voter is committed and
+// in the member table here, 409 if it clashes with a member or would cost
+// the cluster its quorum (mayAddMember). The new member must then be
+// started with --join.
 func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	var req addMemberRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))

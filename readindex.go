@@ -24,7 +24,11 @@ const readIndexRetry = 500 * time.Millisecond
 // machine has applied that far, and then reads locally, on any member.
 //
 // Reads that arrive while a round is in flight wait for the next round, so
-// one ReadIndex serves every read that was waiting when it was sent. Each
+// one ReadIndex serves every read that was waiting when it was sent. The
+// answer comes back from raft in a Ready, which handleReady puts on
+// readStateC; if the loop is so far behind that readStateC is full, the
+// answer is dropped (with a warning) and the loop asks again after
+// readIndexRetry. Each
 // read then waits for the apply itself, so the loop can send the next
 // ReadIndex while the state machine catches up with the last.
 type readLoop struct {

@@ -27,7 +27,7 @@ import (
 // it, so that no step waits for another's disk:
 //
 //	step     goroutine                       function here     channel in
-//	route    raft        (serveReady)        handleReady       node.Ready()
+//	hand out raft        (serveReady)        handleReady       node.Ready()
 //	send     raft                            handleReady       -
 //	persist  append      (serveAppends)      saveAppends       appendC
 //	send     append                          sendResponses     -
@@ -81,8 +81,8 @@ type committed struct {
 	snapshot  *raftpb.Snapshot
 }
 
-// serveReady is the raft goroutine: it ticks raft's clock and routes each
-// Ready, and on the way out shuts everything down.
+// serveReady is the raft goroutine: it ticks raft's clock and hands out
+// each Ready, and on the way out shuts everything down.
 func (rc *raftNode) serveReady() {
 	defer rc.shutdown()
 
@@ -107,7 +107,7 @@ func (rc *raftNode) serveReady() {
 	}
 }
 
-// handleReady routes one Ready and never waits for a disk: the disk work
+// handleReady hands out one Ready and never waits for a disk: the disk work
 // goes to the append goroutine (appendC) and the apply goroutine
 // (committedC), and every other message goes to peers now.
 func (rc *raftNode) handleReady(rd raft.Ready) error {
@@ -149,8 +149,8 @@ func (rc *raftNode) handleReady(rd raft.Ready) error {
 
 // The append side: persist, then send what the fsync made true.
 
-// serveAppends is raft's append thread: it makes MsgStorageAppend messages
-// durable and then delivers their responses.
+// serveAppends is what raft calls the append thread (LocalAppendThread): it
+// makes MsgStorageAppend messages durable and then delivers their responses.
 func (rc *raftNode) serveAppends() {
 	for {
 		select {
@@ -198,8 +198,10 @@ func (rc *raftNode) saveAppends(batch []*raftpb.Message) error {
 		snapshotMsg, batch = last, batch[:len(batch)-1]
 	}
 	hardState, entries := mergeAppends(batch)
-	// Save fsyncs when raft requires it (new entries, term or vote); a new
-	// commit index alone is written without one, as etcd does.
+	// Save fsyncs when raft requires it (new entries, term or vote). A new
+	// commit index alone is not worth an fsync, as in etcd: the WAL buffers
+	// it until the next fsync (or Close), so a crash can lose it; every
+	// entry applied is on disk all the same (see bootIndex).
 	if err := rc.wal.Save(hardState, entries); err != nil {
 		return fmt.Errorf("save to WAL: %w", err)
 	}
@@ -284,10 +286,14 @@ func (rc *raftNode) sendResponses(responses []*raftpb.Message) {
 
 // The apply side: committed entries to the kvstore, in log order.
 
-// serveCommitted is raft's apply thread: it hands committed entries and
-// snapshots to the kvstore on applyC, in log order, and takes snapshots of
-// its own (maybeSnapshot). The kvstore applies them on its own goroutine
-// (kvstore.serveApply), so this one goes on to the next batch meanwhile.
+// serveCommitted is what raft calls the apply thread (LocalApplyThread): it
+// hands committed entries and snapshots to the kvstore on applyC, in log
+// order, and takes snapshots of its own (maybeSnapshot). The kvstore applies
+// them on its own goroutine (kvstore.serveApply), so this one goes on to the
+// next batch meanwhile. Raft counts an entry applied once it is handed over
+// (the MsgStorageApplyResp below); raft only uses that to hold back the next
+// conf change, which waits for the kvstore anyway (confchange.go). What
+// clients see is the kvstore's appliedIndex.
 func (rc *raftNode) serveCommitted() {
 	if rc.bootSnapshot != nil {
 		// The kvstore learns everything through applyC, the state on disk too.
