@@ -140,7 +140,7 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	idem, ok := h.idempotencyFrom(w, r, "PUT", key, value)
+	idem, ok := h.idempotencyFrom(w, r, "PUT", key, value, cond)
 	if !ok {
 		return
 	}
@@ -156,8 +156,8 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 
 // idempotencyFrom returns the request's Idempotency-Key, with the
 // fingerprint of what the request asks (method, the parts given, and its
-// conditions), or answers 400.
-func (h *httpAPI) idempotencyFrom(w http.ResponseWriter, r *http.Request, method, target string, body []byte) (idempotent, bool) {
+// conditions, however they were written), or answers 400.
+func (h *httpAPI) idempotencyFrom(w http.ResponseWriter, r *http.Request, method, target string, body []byte, cond precondition) (idempotent, bool) {
 	key, err := parseIdempotencyKey(r.Header)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -166,8 +166,7 @@ func (h *httpAPI) idempotencyFrom(w http.ResponseWriter, r *http.Request, method
 	if key == "" {
 		return idempotent{}, true
 	}
-	fp := fingerprint([]byte(method), []byte(target), body,
-		[]byte(strings.Join(r.Header["If-Match"], ",")), []byte(strings.Join(r.Header["If-None-Match"], ",")))
+	fp := fingerprint([]byte(method), []byte(target), body, []byte(cond.ifMatch.String()), []byte(cond.ifNoneMatch.String()))
 	return idempotent{key: key, fingerprint: fp, window: h.idemWindow}, true
 }
 
@@ -325,7 +324,7 @@ func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	idem, ok := h.idempotencyFrom(w, r, "DELETE", key, nil)
+	idem, ok := h.idempotencyFrom(w, r, "DELETE", key, nil, cond)
 	if !ok {
 		return
 	}

@@ -65,7 +65,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := json.Marshal(req) // numbers and strings: cannot fail
-	idem, ok := h.idempotencyFrom(w, r, "POST", "/members", body)
+	idem, ok := h.idempotencyFrom(w, r, "POST", "/members", body, precondition{})
 	if !ok {
 		return
 	}

@@ -66,6 +66,28 @@ type tagList struct {
 // given reports whether the header was sent at all.
 func (l *tagList) given() bool { return l != nil }
 
+// String is the list in one canonical form, whatever spacing and lines it
+// came in: "" when not given.
+func (l *tagList) String() string {
+	switch {
+	case !l.given():
+		return ""
+	case l.any:
+		return "*"
+	}
+	var b strings.Builder
+	for i, index := range l.indexes {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		if l.weak[i] {
+			b.WriteString("W/")
+		}
+		b.WriteString(etag(index))
+	}
+	return b.String()
+}
+
 // matches reports whether the list matches a key at modIndex; strong
 // comparison (If-Match) lets no weak tag match.
 func (l *tagList) matches(modIndex uint64, strong bool) bool {
@@ -107,7 +129,7 @@ func parseTagList(h http.Header, name string) (*tagList, error) {
 			}
 			n, ok := strings.CutPrefix(tag, `"`)
 			n, ok2 := strings.CutSuffix(n, `"`)
-			index, err := strconv.ParseUint(n, 10, 64)
+			index, err := strconv.ParseUint(n, 10, 63) // the log entry packs a tag in 63 bits
 			if !ok || !ok2 || err != nil {
 				return nil, fmt.Errorf("%w: %s: %q is not an entity tag this server gives (\"N\", N a key's modIndex, or *)", ErrBadPrecondition, name, strings.TrimSpace(part))
 			}

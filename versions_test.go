@@ -277,6 +277,18 @@ func TestHTTPIdempotencyKey(t *testing.T) {
 	if got, _ := testValue(c.server(1).store, "k"); string(got) != "between" {
 		t.Errorf("key k holds %q, want \"between\": a replayed DELETE applied", got)
 	}
+
+	// The same condition written another way is the same request.
+	tag := versionsReq(h, "GET", "/keys/k", "").Header().Get("ETag")
+	first = versionsReq(h, "PUT", "/keys/k", "cas", "Idempotency-Key", "spelling", "If-Match", `"1", `+tag)
+	if first.Code != 204 {
+		t.Fatalf("PUT If-Match \"1\", %s: %d %q", tag, first.Code, first.Body.String())
+	}
+	retry = versionsReq(h, "PUT", "/keys/k", "cas", "Idempotency-Key", "spelling", "If-Match", `"1"`, "If-Match", "  "+tag+" ")
+	if retry.Code != 204 || retry.Header().Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry with the If-Match list on two lines: %d %q, replayed %q; want the first answer replayed",
+			retry.Code, retry.Body.String(), retry.Header().Get("Idempotent-Replayed"))
+	}
 }
 
 // TestIdempotencyWindow proves the record keeps only the newest window keys,
