@@ -309,11 +309,12 @@ const (
 )
 
 // encodeSnapshot serialises the state machine's state.
-func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[string]keyValue, records []*dedupRecord) []byte {
+func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv *keySpace, records []*dedupRecord) []byte {
 	size := 64
-	for k, v := range kv {
+	kv.Scan(func(k string, v keyValue) bool {
 		size += len(k) + len(v.value) + 4*binary.MaxVarintLen32
-	}
+		return true
+	})
 	b := make([]byte, 0, size)
 	b = append(b, snapshotVersion)
 	b = binary.AppendUvarint(b, uint64(len(members)))
@@ -326,14 +327,14 @@ func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv map[
 	for id := range removed {
 		b = binary.AppendUvarint(b, id)
 	}
-	b = binary.AppendUvarint(b, uint64(len(kv)))
-	for k, v := range kv {
+	b = binary.AppendUvarint(b, uint64(kv.Len()))
+	kv.Scan(func(k string, v keyValue) bool { // in key order, so a snapshot loads in order
 		b = appendString(b, k)
-		b = binary.AppendUvarint(b, uint64(len(v.value)))
-		b = append(b, v.value...)
+		b = appendString(b, v.value)
 		b = binary.AppendUvarint(b, v.createIndex)
 		b = binary.AppendUvarint(b, v.modIndex)
-	}
+		return true
+	})
 	b = binary.AppendUvarint(b, uint64(len(records)))
 	for _, r := range records {
 		b = appendString(b, r.key)
@@ -386,18 +387,26 @@ func (d *snapshotDecoder) decodeMembers() (map[uint64]*member, map[uint64]bool, 
 }
 
 // decodeKeys reads the keys, values and versions. Values are copied out of
-// the snapshot so that the snapshot's memory can be released.
-func (d *snapshotDecoder) decodeKeys() (map[string]keyValue, error) {
-	n := d.count()
-	kv := make(map[string]keyValue, n)
-	for ; n > 0 && d.err == nil; n-- {
+// the snapshot (as strings) so that the snapshot's memory can be released.
+// A snapshot lists its keys in order (version 1's came in any order), so
+// Load appends them to the tree.
+func (d *snapshotDecoder) decodeKeys() (*keySpace, error) {
+	kv := newKeySpace()
+	prev := ""
+	for i, n := 0, d.count(); i < n && d.err == nil; i++ {
 		k := string(d.bytes())
-		v := keyValue{value: append([]byte(nil), d.bytes()...)}
-		if d.version != snapshotVersionV1 {
-			v.createIndex = d.uvarint()
-			v.modIndex = d.uvarint()
+		v := keyValue{value: string(d.bytes())}
+		if d.version == snapshotVersionV1 {
+			kv.Set(k, v)
+			continue
 		}
-		kv[k] = v
+		v.createIndex = d.uvarint()
+		v.modIndex = d.uvarint()
+		if i > 0 && k <= prev && d.err == nil {
+			d.fail("key %.60q out of order", k)
+		}
+		kv.Load(k, v)
+		prev = k
 	}
 	return kv, d.err
 }

@@ -107,14 +107,31 @@ type snapshotContent struct {
 func snapKV(values map[string][]byte) map[string]keyValue {
 	kv := make(map[string]keyValue, len(values))
 	for k, v := range values {
-		kv[k] = keyValue{value: v}
+		kv[k] = keyValue{value: string(v)}
 	}
 	return kv
 }
 
 // snapKVEqual reports whether two keys hold the same value and version.
-func snapKVEqual(a, b keyValue) bool {
-	return bytes.Equal(a.value, b.value) && a.keyVersion == b.keyVersion
+func snapKVEqual(a, b keyValue) bool { return a == b }
+
+// treeOf is kv as the kvstore holds it.
+func treeOf(kv map[string]keyValue) *keySpace {
+	t := newKeySpace()
+	for k, v := range kv {
+		t.Set(k, v)
+	}
+	return t
+}
+
+// mapOf is a key space as a map, for comparing.
+func mapOf(t *keySpace) map[string]keyValue {
+	kv := make(map[string]keyValue, t.Len())
+	t.Scan(func(k string, v keyValue) bool {
+		kv[k] = v
+		return true
+	})
+	return kv
 }
 
 // snapRecordsEqual reports whether two idempotency records are the same,
@@ -138,11 +155,11 @@ func fullSnapshotContent() snapshotContent {
 		},
 		removed: map[uint64]bool{3: true, math.MaxUint64: true},
 		kv: map[string]keyValue{
-			"a":         {value: []byte("1"), keyVersion: keyVersion{createIndex: 4, modIndex: 9}},
-			"empty":     {value: []byte{}, keyVersion: keyVersion{createIndex: 5, modIndex: 5}},
-			"dir/key":   {value: []byte{0, 1, 0, 2}, keyVersion: keyVersion{createIndex: math.MaxUint64, modIndex: math.MaxUint64}},
-			"":          {value: []byte("empty key")},
-			"\x00\xff/": {value: bytes.Repeat([]byte{0}, 300), keyVersion: keyVersion{createIndex: 1, modIndex: 1 << 40}},
+			"a":         {value: "1", keyVersion: keyVersion{createIndex: 4, modIndex: 9}},
+			"empty":     {value: "", keyVersion: keyVersion{createIndex: 5, modIndex: 5}},
+			"dir/key":   {value: "\x00\x01\x00\x02", keyVersion: keyVersion{createIndex: math.MaxUint64, modIndex: math.MaxUint64}},
+			"":          {value: "empty key"},
+			"\x00\xff/": {value: strings.Repeat("\x00", 300), keyVersion: keyVersion{createIndex: 1, modIndex: 1 << 40}},
 		},
 		records: []*dedupRecord{
 			{key: "k1", fingerprint: 1, result: outcome{index: 9, version: keyVersion{createIndex: 4, modIndex: 9}, hasVersion: true}},
@@ -163,9 +180,11 @@ func decodeWholeSnapshot(data []byte) (snapshotContent, error) {
 	if st.members, st.removed, err = d.decodeMembers(); err != nil {
 		return snapshotContent{}, err
 	}
-	if st.kv, err = d.decodeKeys(); err != nil {
+	kv, err := d.decodeKeys()
+	if err != nil {
 		return snapshotContent{}, err
 	}
+	st.kv = mapOf(kv)
 	records, err := d.decodeRecords()
 	if err != nil {
 		return snapshotContent{}, err
@@ -184,7 +203,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		kv:      snapKV(map[string][]byte{"large": bytes.Repeat([]byte{0xab, 0}, 512<<10)}),
 	}
 	for i := range 100 {
-		large.kv[fmt.Sprintf("key-%03d", i)] = keyValue{value: []byte(strings.Repeat("v", i)), keyVersion: keyVersion{uint64(i), uint64(2 * i)}}
+		large.kv[fmt.Sprintf("key-%03d", i)] = keyValue{value: strings.Repeat("v", i), keyVersion: keyVersion{uint64(i), uint64(2 * i)}}
 	}
 	tests := []struct {
 		name string
@@ -196,7 +215,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data := encodeSnapshot(tt.in.members, tt.in.removed, tt.in.kv, tt.in.records)
+			data := encodeSnapshot(tt.in.members, tt.in.removed, treeOf(tt.in.kv), tt.in.records)
 			got, err := decodeWholeSnapshot(data)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
@@ -229,7 +248,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 // silently diverge a member from its cluster.
 func TestSnapshotCorrupt(t *testing.T) {
 	st := fullSnapshotContent()
-	valid := encodeSnapshot(st.members, st.removed, st.kv, st.records)
+	valid := encodeSnapshot(st.members, st.removed, treeOf(st.kv), st.records)
 	if _, err := decodeWholeSnapshot(valid); err != nil {
 		t.Fatalf("valid snapshot does not decode: %v", err)
 	}

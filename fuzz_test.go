@@ -36,7 +36,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			}
 			return
 		}
-		again, err := decodeWholeSnapshot(encodeSnapshot(got.members, got.removed, got.kv, got.records))
+		again, err := decodeWholeSnapshot(encodeSnapshot(got.members, got.removed, treeOf(got.kv), got.records))
 		if err != nil {
 			t.Fatalf("decode %.64x: re-encoded content does not decode: %v", data, err)
 		}
@@ -265,13 +265,13 @@ type fuzzState struct {
 	records            map[string]dedupRecord // the idempotency keys recorded
 }
 
-// fuzzCapture reads s's state. Values are never modified in place (a put
-// stores a new slice), so a shallow copy of the map is a snapshot.
+// fuzzCapture reads s's state. Values are strings, never modified, so a
+// copy of the key space into a map is a snapshot.
 func fuzzCapture(s *server) fuzzState {
 	st := fuzzState{applied: s.store.appliedIndex.Load(), committed: s.raft.committedIndex(), members: s.store.memberList()}
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	st.kv, st.removed = maps.Clone(s.store.kv), maps.Clone(s.store.removed)
+	st.kv, st.removed = mapOf(s.store.kv), maps.Clone(s.store.removed)
 	st.records = make(map[string]dedupRecord, len(s.store.dedup.byKey))
 	for key, r := range s.store.dedup.byKey {
 		st.records[key] = *r
@@ -286,7 +286,7 @@ func (got fuzzState) diff(want fuzzState) string {
 		d = append(d, fmt.Sprintf("applied/committed index %d/%d, want %d/%d", got.applied, got.committed, want.applied, want.committed))
 	}
 	for _, k := range slices.Sorted(maps.Keys(got.kv)) {
-		if w, ok := want.kv[k]; !ok || !bytes.Equal(got.kv[k].value, w.value) || got.kv[k].keyVersion != w.keyVersion {
+		if w, ok := want.kv[k]; !ok || got.kv[k] != w {
 			d = append(d, fmt.Sprintf("key %.60q holds %.40q at %+v, want %.40q at %+v (present %t)", k, got.kv[k].value, got.kv[k].keyVersion, w.value, w.keyVersion, ok))
 		}
 	}
@@ -472,7 +472,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 		if h := fuzzAnswerHeaders(rec); h[0] != etag(v.modIndex) || h[1] != strconv.FormatUint(v.createIndex, 10) {
 			t.Fatalf("%s: %d with ETag %q, X-Create-Index %q; want %s, %d", what, code, h[0], h[1], etag(v.modIndex), v.createIndex)
 		}
-		want.kv[key] = keyValue{value: value, keyVersion: v}
+		want.kv[key] = keyValue{value: string(value), keyVersion: v}
 	case code == http.StatusNoContent && write && req.Method == http.MethodDelete:
 		if !exists || !cond.holds(cur, exists) {
 			t.Fatalf("%s: 204; the key is at %+v (present %t), condition %s", what, cur.keyVersion, exists, cond)
@@ -482,9 +482,9 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	case code == http.StatusOK && isKey && read:
 		v := cur.value
 		if req.Method == http.MethodHead {
-			v = nil // the same answer as a GET, without the body
+			v = "" // the same answer as a GET, without the body
 		}
-		if !fuzzValidLevel(req.URL.RawQuery) || !exists || !bytes.Equal(rec.Body.Bytes(), v) {
+		if !fuzzValidLevel(req.URL.RawQuery) || !exists || rec.Body.String() != v {
 			t.Fatalf("%s: 200 %.40q; key %.60q holds %.40q (present %t)", what, rec.Body.Bytes(), key, v, exists)
 		}
 		if !cond.holdsIfMatch(cur, exists) || (cond.ifNoneMatch != nil && cond.ifNoneMatch.matches(cur.modIndex, false)) {

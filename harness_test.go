@@ -91,6 +91,7 @@ func (c *testCluster) config(id uint64, join string) config {
 		requestTimeout:    3 * time.Second,
 		maxValueBytes:     1 << 20,
 		idempotencyWindow: defaultIdempotencyWindow,
+		watchHistoryBytes: defaultWatchHistoryBytes,
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}

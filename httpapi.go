@@ -47,6 +47,7 @@ type httpAPI struct {
 	idemWindow     uint64      // --idempotency-window, carried in each keyed entry
 	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
+	stopping       chan struct{} // closed when the server shuts down: watch streams end
 }
 
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *httpAPI {
@@ -61,12 +62,13 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		idemWindow:     cfg.idempotencyWindow,
 		answerLog:      newAnswerLogger(store.lg),
 		mux:            http.NewServeMux(),
+		stopping:       make(chan struct{}),
 	}
-	// GET (and so HEAD) /keys/{key} is the one route taking a parameter.
-	// The empty key, /keys/, is refused by keyFrom; a listing of keys
-	// would take GET /keys/{$}, which ServeMux prefers for that path.
+	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the
+	// path ends in '/' (GET /keys/ lists every key): see listing.go.
 	h.handleTaking("PUT /keys/{key...}", takesConditions|takesIdempotencyKey, h.putKey)
-	h.handleTaking("GET /keys/{key...}", takesConditions, h.getKey, "level")
+	h.handleTaking("GET /keys/{key...}", takesConditions, h.getKey, "level", "limit", "after", "keys")
+	h.handle("GET /watch/{key...}", h.watch, "from", "limit")
 	h.handleTaking("DELETE /keys/{key...}", takesConditions|takesIdempotencyKey, h.deleteKey)
 	h.mux.HandleFunc("/keys", noKey)
 	h.handle("GET /members", h.listMembers)
@@ -231,6 +233,16 @@ func readLevel(rawQuery string) (string, error) {
 // which ServeMux routes here too: the same status and headers, no body.
 // If-None-Match that matches is 304, If-Match that does not is 412.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
+	if prefix := r.PathValue("key"); prefix == "" || strings.HasSuffix(prefix, "/") {
+		h.listKeys(w, r, prefix)
+		return
+	}
+	for _, param := range []string{"limit", "after", "keys"} {
+		if _, ok := queryValue(r.URL.RawQuery, param); ok {
+			http.Error(w, fmt.Sprintf("query parameter %q is for a listing: a path ending in '/'", param), http.StatusBadRequest)
+			return
+		}
+	}
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
@@ -245,33 +257,8 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	switch level {
-	case levelStale:
-	case levelDefault:
-		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-		defer cancel()
-		leader := h.raft.leaderID()
-		if leader == raft.None {
-			h.writeError(w, ErrNoLeader)
-			return
-		}
-		if leader != h.id {
-			h.redirectToLeader(w, r, leader)
-			return
-		}
-		// The leader applies asynchronously: catch up with everything it
-		// knows committed, so a write acknowledged by a follower is seen.
-		if err := h.store.waitApplied(ctx, h.raft.leaderCatchUpIndex()); err != nil {
-			h.writeError(w, err)
-			return
-		}
-	case levelConsistent:
-		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-		defer cancel()
-		if err := h.reads.wait(ctx); err != nil {
-			h.writeError(w, err)
-			return
-		}
+	if !h.awaitLevel(w, r, level) {
+		return
 	}
 	kv, applied, ok := h.store.get(key)
 	setRaftIndex(w, applied)
@@ -294,8 +281,39 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(kv.value)))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if r.Method != http.MethodHead {
-		w.Write(kv.value)
+		io.WriteString(w, kv.value)
 	}
+}
+
+// awaitLevel waits until this member may serve a read at level, or
+// answers for it: a redirect to the leader, or why it cannot.
+func (h *httpAPI) awaitLevel(w http.ResponseWriter, r *http.Request, level string) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	switch level {
+	case levelDefault:
+		leader := h.raft.leaderID()
+		if leader == raft.None {
+			h.writeError(w, ErrNoLeader)
+			return false
+		}
+		if leader != h.id {
+			h.redirectToLeader(w, r, leader)
+			return false
+		}
+		// The leader applies asynchronously: catch up with everything it
+		// knows committed, so a write acknowledged by a follower is seen.
+		if err := h.store.waitApplied(ctx, h.raft.leaderCatchUpIndex()); err != nil {
+			h.writeError(w, err)
+			return false
+		}
+	case levelConsistent:
+		if err := h.reads.wait(ctx); err != nil {
+			h.writeError(w, err)
+			return false
+		}
+	}
+	return true
 }
 
 // redirectToLeader answers 307 with the same path and query on the leader.
@@ -403,6 +421,9 @@ func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 		return "", false
 	case len(key) > maxKeyBytes:
 		http.Error(w, fmt.Sprintf("key must be 1 to %d bytes", maxKeyBytes), http.StatusBadRequest)
+		return "", false
+	case strings.HasSuffix(key, "/"):
+		http.Error(w, "key must not end in '/': a path ending in '/' names a prefix, which GET lists", http.StatusBadRequest)
 		return "", false
 	}
 	return key, true

@@ -119,7 +119,7 @@ func httpTestSettle(t *testing.T, h http.Handler, index uint64) uint64 {
 func httpTestKeyCount(s *server) int {
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	return len(s.store.kv)
+	return s.store.kv.Len()
 }
 
 // httpTestGetMembers fetches GET /members.

@@ -77,15 +77,18 @@ type kvstore struct {
 	appliedIndex atomic.Uint64 // the last entry applied to kv and members
 
 	mu      sync.RWMutex
-	kv      map[string]keyValue
+	kv      *keySpace
 	members map[uint64]*member
 	removed map[uint64]bool // ids that left the cluster; peers refuse their messages
 	dedup   *dedup          // recent idempotency keys and their outcomes
+
+	watch   *watchHistory // the changes applied, for watchers
+	changes []event       // the changes of the entry being applied
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
 // through applyC.
-func newKVStore(lg *zap.Logger, id uint64, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
+func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
 	return &kvstore{
 		lg:          lg,
 		proposeC:    proposeC,
@@ -94,10 +97,11 @@ func newKVStore(lg *zap.Logger, id uint64, proposeC chan<- proposal, confChangeC
 		waiters:     wait.New(),
 		appliedWait: wait.NewTimeList(),
 		done:        make(chan struct{}),
-		kv:          make(map[string]keyValue),
+		kv:          newKeySpace(),
 		members:     make(map[uint64]*member),
 		removed:     make(map[uint64]bool),
 		dedup:       newDedup(),
+		watch:       newWatchHistory(watchHistoryBytes, 0),
 	}
 }
 
@@ -182,7 +186,7 @@ func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
 func (s *kvstore) get(key string) (keyValue, uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v, ok := s.kv[key]
+	v, ok := s.kv.Get(key)
 	return v, s.appliedIndex.Load(), ok
 }
 
@@ -269,6 +273,11 @@ func (s *kvstore) applyNormal(e *raftpb.Entry) {
 		// Every member decodes the same bytes, so every member skips alike.
 		s.lg.Error("skipping the rest of an undecodable batch", zap.Uint64("index", e.GetIndex()), zap.Error(err))
 	}
+	// The entry's changes reach watchers together: a watch stream ends
+	// only between entries, so resuming after an index skips nothing.
+	s.watch.record(s.changes)
+	clear(s.changes)
+	s.changes = s.changes[:0]
 }
 
 // applyCommand applies one client command from the entry at index and
@@ -335,7 +344,7 @@ func (s *kvstore) replay(idem idempotent) (outcome, bool) {
 func (s *kvstore) applyWrite(index uint64, cmd command) outcome {
 	result := outcome{index: index}
 	key := string(cmd.key)
-	cur, exists := s.kv[key]
+	cur, exists := s.kv.Get(key)
 	if !cmd.cond.holds(cur.keyVersion, exists) {
 		result.err = ErrPreconditionFailed
 		result.version, result.hasVersion = cur.keyVersion, exists
@@ -347,13 +356,18 @@ func (s *kvstore) applyWrite(index uint64, cmd command) outcome {
 		if exists {
 			v.createIndex = cur.createIndex
 		}
-		// Copy the value out of the entry so that the map does not pin the
-		// whole entry after raft compacts its log.
-		s.kv[key] = keyValue{value: append([]byte(nil), cmd.value...), keyVersion: v}
+		// A string copies the value out of the entry, so that the tree does
+		// not pin the whole entry after raft compacts its log.
+		kv := keyValue{value: string(cmd.value), keyVersion: v}
+		s.kv.Set(key, kv)
+		s.changes = append(s.changes, event{index: index, key: key, kv: kv})
 		result.version, result.hasVersion, result.created = v, true, !exists
 	case opDelete, opDeleteIf:
 		if exists {
-			delete(s.kv, key)
+			s.kv.Delete(key)
+			// As etcd's delete events: the version is the delete's.
+			cur.value, cur.modIndex = "", index
+			s.changes = append(s.changes, event{index: index, delete: true, key: key, kv: cur})
 		} else {
 			result.err = ErrKeyNotFound
 		}
@@ -390,6 +404,7 @@ func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 	}
 	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
 	s.appliedIndex.Store(index)
-	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", len(kv)))
+	s.watch.reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
+	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", kv.Len()))
 	return nil
 }

@@ -19,7 +19,7 @@ import (
 // testValue is key's value in s's applied state, if it is there.
 func testValue(s *kvstore, key string) ([]byte, bool) {
 	kv, _, ok := s.get(key)
-	return kv.value, ok
+	return []byte(kv.value), ok
 }
 
 // kvTimeout bounds every wait in these tests, so that a bug fails a test in
@@ -46,7 +46,7 @@ func newKVTest(t *testing.T) *kvTest {
 		confChangeC: make(chan *raftpb.ConfChange),
 		applyC:      make(chan *applyBatch),
 	}
-	h.s = newKVStore(zap.NewNop(), 1, h.proposeC, h.confChangeC)
+	h.s = newKVStore(zap.NewNop(), 1, defaultWatchHistoryBytes, h.proposeC, h.confChangeC)
 	go h.s.serveApply(h.applyC)
 	t.Cleanup(h.stop)
 	return h
@@ -179,10 +179,11 @@ func (h *kvTest) removeMember(id uint64) func(context.Context) (uint64, error) {
 func (h *kvTest) kv() map[string][]byte {
 	h.s.mu.RLock()
 	defer h.s.mu.RUnlock()
-	values := make(map[string][]byte, len(h.s.kv))
-	for k, v := range h.s.kv {
-		values[k] = v.value
-	}
+	values := make(map[string][]byte, h.s.kv.Len())
+	h.s.kv.Scan(func(k string, v keyValue) bool {
+		values[k] = []byte(v.value)
+		return true
+	})
 	return values
 }
 
@@ -511,7 +512,7 @@ func TestKVStoreSnapshotRecovery(t *testing.T) {
 // stops the apply loop with an ErrCorruptEntry error and leaves the state
 // untouched, since applying past it would silently diverge from the cluster.
 func TestKVStoreCorruptSnapshotStops(t *testing.T) {
-	valid := encodeSnapshot(map[uint64]*member{1: {ID: 1}}, nil, snapKV(map[string][]byte{"new": []byte("v")}), nil)
+	valid := encodeSnapshot(map[uint64]*member{1: {ID: 1}}, nil, treeOf(snapKV(map[string][]byte{"new": []byte("v")})), nil)
 	tests := []struct {
 		name string
 		data []byte

@@ -42,6 +42,9 @@ type config struct {
 	// idempotencyWindow is how many Idempotency-Keys the cluster remembers;
 	// this member's entries carry it (idempotency.go).
 	idempotencyWindow uint64
+	// watchHistoryBytes bounds the changes this member keeps for watchers
+	// (watch.go).
+	watchHistoryBytes int
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
@@ -114,6 +117,7 @@ func parseFlags(args []string) (config, error) {
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
 	maxValueBytes := fs.Int64("max-value-bytes", 1<<20, "largest value a PUT accepts")
 	idempotencyWindow := fs.Uint64("idempotency-window", defaultIdempotencyWindow, "how many recent Idempotency-Keys the cluster remembers, to answer retries exactly once")
+	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 
@@ -139,6 +143,7 @@ func parseFlags(args []string) (config, error) {
 		requestTimeout:    *requestTimeout,
 		maxValueBytes:     *maxValueBytes,
 		idempotencyWindow: *idempotencyWindow,
+		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
 		enablePprof:       *enablePprof,
 	}
@@ -193,6 +198,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.idempotencyWindow < 1 || cfg.idempotencyWindow > maxIdempotencyWindow {
 		return config{}, fmt.Errorf("--idempotency-window must be 1 to %d", maxIdempotencyWindow)
+	}
+	if cfg.watchHistoryBytes < 0 {
+		return config{}, errors.New("--watch-history-bytes must not be negative")
 	}
 	if cfg.maxValueBytes < 1 || cfg.maxValueBytes > maxValueLimit {
 		return config{}, fmt.Errorf("--max-value-bytes must be 1 to %d", maxValueLimit)
@@ -259,7 +267,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
-	store := newKVStore(lg, cfg.id, proposeC, confChangeC)
+	store := newKVStore(lg, cfg.id, cfg.watchHistoryBytes, proposeC, confChangeC)
 	go store.serveApply(applyC)
 	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
@@ -296,7 +304,10 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
 	go reads.run()
-	s.http = newBoundedServer(newHTTPAPI(cfg, store, rn, reads), cfg.clientLimits())
+	api := newHTTPAPI(cfg, store, rn, reads)
+	s.http = newBoundedServer(api, cfg.clientLimits())
+	// Shutdown waits for requests to finish; watch streams never would.
+	s.http.RegisterOnShutdown(func() { close(api.stopping) })
 	go s.http.Serve(clientLn)
 	go store.advertiseClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))

@@ -274,6 +274,7 @@ func flagTestConfig(t *testing.T, dataDir string) config {
 		requestTimeout:    3 * time.Second,
 		maxValueBytes:     1 << 20,
 		idempotencyWindow: defaultIdempotencyWindow,
+		watchHistoryBytes: defaultWatchHistoryBytes,
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}

@@ -150,10 +150,11 @@ func recoveryKV(t testing.TB, c *testCluster, id uint64) map[string]string {
 	}
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	kv := make(map[string]string, len(s.store.kv))
-	for k, v := range s.store.kv {
-		kv[k] = string(v.value)
-	}
+	kv := make(map[string]string, s.store.kv.Len())
+	s.store.kv.Scan(func(k string, v keyValue) bool {
+		kv[k] = v.value
+		return true
+	})
 	return kv
 }
 

@@ -176,11 +176,14 @@ func checkPreconditions(r *http.Request, t takes) error {
 // leaves nothing for ServeMux to redirect. A trailing '/' elsewhere is a
 // path of its own (and /keys/ is the empty key), so it is let through.
 func uncleanPath(path string) string {
-	if key, ok := strings.CutPrefix(path, "/keys/"); ok && key != "" {
-		if !cleanSegments(key) {
-			return "key must not contain empty, '.' or '..' path segments, or end in '/'"
+	for _, root := range []string{"/keys/", "/watch/"} {
+		if key, ok := strings.CutPrefix(path, root); ok && key != "" {
+			// One trailing '/' names a prefix, to list or watch.
+			if key = strings.TrimSuffix(key, "/"); key == "" || !cleanSegments(key) {
+				return "key must not contain empty, '.' or '..' path segments"
+			}
+			return ""
 		}
-		return ""
 	}
 	if rest := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"); rest != "" && !cleanSegments(rest) {
 		return fmt.Sprintf("path %q must not contain empty, '.' or '..' segments", path)

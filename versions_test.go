@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -329,10 +327,10 @@ func versionsState(s *kvstore) (applied uint64, state string) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(s.kv)) {
-		v := s.kv[k]
+	s.kv.Scan(func(k string, v keyValue) bool {
 		fmt.Fprintf(&b, "%s=%s@%d/%d ", k, v.value, v.createIndex, v.modIndex)
-	}
+		return true
+	})
 	for _, r := range s.dedup.records() {
 		fmt.Fprintf(&b, "[%s %x %d %v %d/%d %t %t] ", r.key, r.fingerprint, r.result.index, r.result.err,
 			r.result.version.createIndex, r.result.version.modIndex, r.result.hasVersion, r.result.created)
