@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
@@ -48,7 +49,12 @@ type httpAPI struct {
 	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
 	stopping       chan struct{} // closed when the server shuts down: watch streams end
+	stopOnce       sync.Once
 }
+
+// endStreams ends every watch stream: the server is shutting down, which
+// waits for requests to finish, and a stream never would.
+func (h *httpAPI) endStreams() { h.stopOnce.Do(func() { close(h.stopping) }) }
 
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *httpAPI {
 	h := &httpAPI{

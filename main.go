@@ -306,8 +306,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	go reads.run()
 	api := newHTTPAPI(cfg, store, rn, reads)
 	s.http = newBoundedServer(api, cfg.clientLimits())
-	// Shutdown waits for requests to finish; watch streams never would.
-	s.http.RegisterOnShutdown(func() { close(api.stopping) })
+	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)
 	go store.advertiseClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
