@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Fuzz targets for bad input (FuzzDecodeCommand is in encoding_test.go).
@@ -172,6 +175,12 @@ func FuzzHTTPAPI(f *testing.F) {
 			if err != nil {
 				t.Fatalf("%q parsed once, and then: %v", raw, err)
 			}
+			if strings.HasPrefix(req.URL.Path, "/watch/") {
+				// A watch streams until its client goes: this one goes soon.
+				ctx, cancel := context.WithTimeout(req.Context(), 10*time.Millisecond)
+				defer cancel()
+				req = req.WithContext(ctx)
+			}
 			before := fuzzCapture(s)
 			rec := httptest.NewRecorder()
 			s.http.Handler.ServeHTTP(rec, req)
@@ -182,6 +191,55 @@ func FuzzHTTPAPI(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fuzzCheckStream checks the answer to a listing or a watch, which change
+// nothing: a listing is 200 with the keys under its prefix, in order, or a
+// 4xx; a watch (cut short by the fuzzer's deadline) is 200 with an event
+// stream, or a 4xx.
+func fuzzCheckStream(t *testing.T, what string, req *http.Request, rec *httptest.ResponseRecorder, listing bool, before, after fuzzState) {
+	t.Helper()
+	params := []string{"from", "limit"}
+	if listing {
+		params = []string{"level", "limit", "after", "keys"}
+	}
+	switch code := rec.Code; {
+	case code == http.StatusOK:
+		if why := fuzzRefusal(req, params); why != "" {
+			t.Fatalf("%s: 200, though %s", what, why)
+		}
+		if !listing {
+			if ct := rec.Header().Get("Content-Type"); ct != "text/event-stream" {
+				t.Fatalf("%s: 200 with Content-Type %q", what, ct)
+			}
+			break
+		}
+		if req.Method == http.MethodHead {
+			break
+		}
+		var v listingView
+		if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+			t.Fatalf("%s: 200 %.100q: %v", what, rec.Body.String(), err)
+		}
+		prefix := strings.TrimPrefix(req.URL.Path, "/keys/")
+		for i, e := range v.Entries {
+			k := e.Key
+			if e.KeyBase64 != "" {
+				b, _ := base64.StdEncoding.DecodeString(e.KeyBase64)
+				k = string(b)
+			}
+			if _, ok := before.kv[k]; !ok || !strings.HasPrefix(k, prefix) || (i > 0 && k <= v.Entries[i-1].Key && e.KeyBase64 == "") {
+				t.Fatalf("%s: lists %.60q (entry %d), not a key under %.60q in order", what, k, i, prefix)
+			}
+		}
+	case slices.Contains([]int{400, 410}, code):
+		httpTestOneLine(t, what, rec.Body.String())
+	default:
+		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())
+	}
+	if d := after.diff(before); d != "" {
+		t.Fatalf("%s: %d, and then %s", what, rec.Code, d)
+	}
 }
 
 // fuzzRequest builds the bytes of a request, escaping only the bytes of path
@@ -345,6 +403,10 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	params := []string{}
 	if isKey && read {
 		params = []string{"level"}
+	}
+	if listing := isKey && read && (key == "" || strings.HasSuffix(key, "/")); listing || strings.HasPrefix(req.URL.Path, "/watch/") {
+		fuzzCheckStream(t, what, req, rec, listing, before, after)
+		return
 	}
 	refusal := fuzzRefusal(req, params)
 	if refusal != "" && (code < 300 || slices.Contains([]int{304, 412, 422}, code)) {

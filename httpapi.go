@@ -25,7 +25,7 @@ const (
 )
 
 // ErrNoKey is a key path that names no key: /keys or /keys/.
-var ErrNoKey = errors.New("no key in path: use /keys/{key}")
+var ErrNoKey = errors.New("no key in path: use /keys/{key} (GET /keys/ lists every key)")
 
 // The read levels of GET /keys/{key}.
 const (

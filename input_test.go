@@ -185,7 +185,7 @@ func TestHTTPRouteErrors(t *testing.T) {
 		{method: "GET", target: "/keys", code: 400, reason: "no key in path: use /keys/{key}"},
 		{method: "PUT", target: "/keys", body: "x", code: 400, reason: "no key in path"},
 		{method: "GET", target: "/keys?level=stale", code: 400, reason: "no key in path"},
-		{method: "GET", target: "/keys/", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/keys/", code: 200}, // a listing of every key
 		{method: "DELETE", target: "/keys/", code: 400, reason: "no key in path"},
 		{method: "GET", target: "/nope", code: 404, reason: `unknown path "/nope"`},
 		{method: "GET", target: "/", code: 404, reason: `unknown path "/"`},

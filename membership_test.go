@@ -93,7 +93,9 @@ func TestStrictReconfigAdd(t *testing.T) {
 	if ms := clusterMembers(t, c, 1); len(ms) != 5 {
 		t.Fatalf("GET /members after a refused add lists %d members, want 5", len(ms))
 	}
-	// The cluster still commits: the members that never ran can be removed.
+	// The cluster still commits: the members that never ran can be removed,
+	// through a member that has applied their addition too.
+	eventually(t, 5*time.Second, "member 2 to list the 5 members", func() bool { return len(clusterMembers(t, c, 2)) == 5 })
 	for _, id := range []uint64{5, 4} {
 		if r := do(t, http.MethodDelete, c.url(2, fmt.Sprintf("/members/%d", id)), ""); r.code != http.StatusNoContent {
 			t.Fatalf("DELETE /members/%d: %d %q, want 204", id, r.code, r.body)

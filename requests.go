@@ -185,7 +185,7 @@ func uncleanPath(path string) string {
 			return ""
 		}
 	}
-	if rest := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"); rest != "" && !cleanSegments(rest) {
+	if rest := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"); strings.Contains(path, "//") || (rest != "" && !cleanSegments(rest)) {
 		return fmt.Sprintf("path %q must not contain empty, '.' or '..' segments", path)
 	}
 	return ""
