@@ -267,9 +267,11 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
+	m := newMetrics(lg)
 	store := newKVStore(lg, cfg.id, cfg.watchHistoryBytes, proposeC, confChangeC)
+	store.metrics = m
 	go store.serveApply(applyC)
-	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
+	rn, err := startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
 		clientLn.Close()
 		close(applyC)
@@ -301,10 +303,12 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, err
 	}
 	rn.servePeerAPI(store)
+	m.watchRaft(rn, store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
+	reads.metrics = m
 	go reads.run()
-	api := newHTTPAPI(cfg, store, rn, reads)
+	api := newHTTPAPI(cfg, store, rn, reads, m)
 	s.http = newBoundedServer(api, cfg.clientLimits())
 	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)
