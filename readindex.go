@@ -106,8 +106,8 @@ func (r *readLoop) run() {
 
 		start := time.Now()
 		round.index, round.err = r.requestReadIndex()
+		r.metrics.readIndexRound(start, round.reads, round.err) // before its reads are answered
 		close(round.done)
-		r.metrics.readIndexRound(start, round.reads, round.err)
 	}
 }
 
