@@ -82,6 +82,10 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
+	if errors.Is(err, errShowVersion) {
+		fmt.Println(buildInfo().line())
+		return
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "raftkv: %v\n", err)
 		os.Exit(2)
@@ -120,6 +124,7 @@ func parseFlags(args []string) (config, error) {
 	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
+	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -128,6 +133,9 @@ func parseFlags(args []string) (config, error) {
 			fs.Usage()
 		}
 		return config{}, err
+	}
+	if *showVersion {
+		return config{}, errShowVersion
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -267,9 +275,11 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
+	m := newMetrics(lg)
 	store := newKVStore(lg, cfg.id, cfg.watchHistoryBytes, proposeC, confChangeC)
+	store.metrics = m
 	go store.serveApply(applyC)
-	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
+	rn, err := startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
 		clientLn.Close()
 		close(applyC)
@@ -301,10 +311,12 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, err
 	}
 	rn.servePeerAPI(store)
+	m.watchRaft(rn, store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
+	reads.metrics = m
 	go reads.run()
-	api := newHTTPAPI(cfg, store, rn, reads)
+	api := newHTTPAPI(cfg, store, rn, reads, m)
 	s.http = newBoundedServer(api, cfg.clientLimits())
 	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)

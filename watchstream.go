@@ -79,6 +79,8 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.store.watch.remove(watcher)
+	h.metrics.watchOpened()
+	defer h.metrics.watchClosed()
 
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -125,6 +127,7 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			if b.Len() > 0 && !watchWrite(w, rc, b.String()) {
 				return
 			}
+			h.metrics.watchSent(len(events))
 			done := next == pos
 			pos = next
 			if limit > 0 && sent >= limit {
