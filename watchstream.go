@@ -93,21 +93,9 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 	keepAlive := time.NewTicker(watchKeepAlive)
 	defer keepAlive.Stop()
 	pos, sent := *from, 0
-	for {
-		select {
-		case <-watcher.newC:
-		case <-keepAlive.C:
-			if !watchWrite(w, rc, ": keep-alive\n\n") {
-				return
-			}
-			continue
-		case <-r.Context().Done():
-			return
-		case <-h.stopping:
-			return // the member is stopping: the client resumes elsewhere
-		case <-h.store.done:
-			return
-		}
+	// deliver writes every event after pos the history has, and moves pos
+	// past the changes to other keys too; false when the stream must end.
+	deliver := func() bool {
 		for {
 			batch := watchBatch
 			if limit > 0 {
@@ -117,7 +105,7 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				data, _ := json.Marshal(watchErrorView{Error: err.Error(), ResumeAfter: pos})
 				watchWrite(w, rc, "event: error\ndata: "+string(data)+"\n\n")
-				return
+				return false
 			}
 			var b strings.Builder
 			for _, e := range events {
@@ -125,17 +113,39 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			}
 			sent += len(events)
 			if b.Len() > 0 && !watchWrite(w, rc, b.String()) {
-				return
+				return false
 			}
-			h.metrics.watchSent(len(events))
 			done := next == pos
 			pos = next
 			if limit > 0 && sent >= limit {
-				return
+				return false
 			}
 			if done || len(events) < batch {
-				break
+				return true
 			}
+		}
+	}
+	for {
+		select {
+		case <-watcher.newC:
+			if !deliver() {
+				return
+			}
+		case <-keepAlive.C:
+			// Catch up, then give the position as an id without data: the
+			// client's Last-Event-ID moves on (EventSource dispatches
+			// nothing), so a watcher of a quiet key resumes from here, not
+			// from its last event, which a restarted member may no longer
+			// have.
+			if !deliver() || !watchWrite(w, rc, ": keep-alive\nid: "+strconv.FormatUint(pos, 10)+"\n\n") {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-h.stopping:
+			return // the member is stopping: the client resumes elsewhere
+		case <-h.store.done:
+			return
 		}
 	}
 }
