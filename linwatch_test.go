@@ -421,6 +421,17 @@ func (lw *linWatcher) take(from, id, kind, data string) bool {
 		return true
 	}
 	index, err := strconv.ParseUint(id, 10, 64)
+	if kind == "" && data == "" && err == nil {
+		// An id alone: a position the stream has reached, which an
+		// EventSource takes as its last event ID (the server of issue 17
+		// sends none: see TestWatchQuietPrefixResumes).
+		if len(lw.pending) > 0 && lw.pending[0].index > index {
+			lw.problem("%s: position %d after an event at %d", from, index, lw.pending[0].index)
+		}
+		lw.commit()
+		lw.pos = max(lw.pos, index)
+		return false
+	}
 	var d entryView
 	if err == nil {
 		err = json.Unmarshal([]byte(data), &d)
