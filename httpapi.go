@@ -48,6 +48,7 @@ type httpAPI struct {
 	idemWindow     uint64      // --idempotency-window, carried in each keyed entry
 	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
+	watchKeepAlive time.Duration
 	stopping       chan struct{} // closed when the server shuts down: watch streams end
 	stopOnce       sync.Once
 	metrics        *metrics // nil keeps none (metrics.go)
@@ -70,6 +71,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *me
 		idemWindow:     cfg.idempotencyWindow,
 		answerLog:      newAnswerLogger(store.lg),
 		mux:            http.NewServeMux(),
+		watchKeepAlive: cfg.watchKeepAlive,
 		stopping:       make(chan struct{}),
 	}
 	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the

@@ -48,6 +48,7 @@ type config struct {
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
+	watchKeepAlive    time.Duration // how often an idle watch stream hears from us; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
@@ -153,6 +154,7 @@ func parseFlags(args []string) (config, error) {
 		idempotencyWindow: *idempotencyWindow,
 		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
+		watchKeepAlive:    watchKeepAlive,
 		enablePprof:       *enablePprof,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {

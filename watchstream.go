@@ -27,7 +27,8 @@ import (
 
 const (
 	// watchKeepAlive is how often an idle stream gets a comment, so that
-	// proxies and clients know it is alive.
+	// proxies and clients know it is alive (config.watchKeepAlive; tests
+	// shorten it).
 	watchKeepAlive = 15 * time.Second
 	// watchWriteTimeout is how long writing to a watcher may take before
 	// the stream is given up: a client that stops reading must not hold
@@ -90,7 +91,7 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 	if rc.Flush() != nil {
 		return
 	}
-	keepAlive := time.NewTicker(watchKeepAlive)
+	keepAlive := time.NewTicker(h.watchKeepAlive)
 	defer keepAlive.Stop()
 	pos, sent := *from, 0
 	// deliver writes every event after pos the history has, and moves pos
