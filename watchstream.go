@@ -116,6 +116,7 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			if b.Len() > 0 && !watchWrite(w, rc, b.String()) {
 				return false
 			}
+			h.metrics.watchSent(len(events))
 			done := next == pos
 			pos = next
 			if limit > 0 && sent >= limit {
