@@ -51,7 +51,13 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 	}
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: cfg.requestTimeout + time.Second}
+	// The member joined through is a client URL: dial it, and the leader
+	// it may redirect to, with the client TLS flags.
+	client, err := newDialClient(dialTLS(cfg.clientTLS, lg), cfg.requestTimeout+time.Second)
+	if err != nil {
+		return joinedCluster{}, fmt.Errorf("client TLS: %w", err)
+	}
+	defer client.CloseIdleConnections()
 	membersURL := strings.TrimSuffix(cfg.join, "/") + "/members"
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, membersURL, bytes.NewReader(body))

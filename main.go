@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -51,6 +52,9 @@ type config struct {
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
+	// clientTLS and peerTLS are the TLS flags of each port (tls.go); empty
+	// for a port on plain http.
+	clientTLS, peerTLS transport.TLSInfo
 }
 
 // peerURL is where this member's peers reach it.
@@ -110,7 +114,7 @@ func parseFlags(args []string) (config, error) {
 	clusterToken := fs.String("cluster-token", defaultClusterToken, "with --cluster, derives the cluster ID at a first start without --join; give each cluster its own")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
-	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
+	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
 	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
@@ -120,6 +124,7 @@ func parseFlags(args []string) (config, error) {
 	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
+	tlsFlags := addTLSFlags(fs)
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -146,6 +151,8 @@ func parseFlags(args []string) (config, error) {
 		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
 		enablePprof:       *enablePprof,
+		clientTLS:         tlsFlags.client,
+		peerTLS:           tlsFlags.peer,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -172,7 +179,7 @@ func parseFlags(args []string) (config, error) {
 		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)
 	}
 	if cfg.clientURL == "" {
-		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
+		cfg.clientURL = fmt.Sprintf("%s://127.0.0.1:%d", tlsFlags.clientScheme(), *port)
 	}
 	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
 		return config{}, fmt.Errorf("--client-url: %w", err)
@@ -207,6 +214,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := cfg.logLevel.Set(*logLevel); err != nil || cfg.logLevel > zapcore.ErrorLevel {
 		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if err := checkTLS(cfg); err != nil {
+		return config{}, err
 	}
 	return cfg, nil
 }
@@ -249,8 +259,12 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
+	if err := checkTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	warnUnauthenticated(cfg, lg)
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := listenClients(u.Host)
+	clientLn, err := listenClients(u.Host, listenTLS(cfg.clientTLS, lg, "client"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
