@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,6 +87,10 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 				return joinedCluster{}, fmt.Errorf("%w by %s: %s %s", ErrJoinRefused, cfg.join, resp.Status, strings.TrimSpace(string(reason)))
 			}
 			err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(reason)))
+		}
+		if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+			// No retry makes the member's certificate verify.
+			return joinedCluster{}, fmt.Errorf("join via %s: %w (check --trusted-ca-file)", cfg.join, err)
 		}
 		lg.Warn("join request failed; retrying", zap.String("via", cfg.join), zap.Error(err))
 		select {
