@@ -422,7 +422,7 @@ func benchMicros(d time.Duration) float64 { return float64(d) / float64(time.Mic
 // redirected fails the benchmark instead of costing a hidden second
 // request.
 func newBenchClient(b testing.TB, c int) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}
+	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true, TLSClientConfig: e2eClientTLS()}
 	b.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{
 		Transport:     tr,
