@@ -39,6 +39,13 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 10s .
 //	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
+//	RAFTKV_TLS=1 go test -run '^$' -bench 'Put|Get' .
+//
+// RAFTKV_TLS=1 (e2eTLSEnv) starts the cluster on TLS for clients and peers,
+// client certificates required on both, and the clients dial it over TLS
+// (HTTP/1.1, as Go's client does with a TLS configuration of its own);
+// the ceilings stay plain HTTP. Run it and a plain run one after the other
+// to read TLS's cost.
 //
 // Each benchmark does b.N requests split over its c clients and reports
 // ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
