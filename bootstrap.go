@@ -79,7 +79,11 @@ func checkBootstrap(ctx context.Context, cfg config, lg *zap.Logger) error {
 	if err := checkDataDirFree(cfg.dataDir); err != nil {
 		return err
 	}
-	client := &http.Client{Transport: &http.Transport{}, Timeout: peerAskTimeout}
+	// Peers are asked as rafthttp dials them: with the peer TLS flags.
+	client, err := newDialClient(dialTLS(cfg.peerTLS, lg), peerAskTimeout)
+	if err != nil {
+		return fmt.Errorf("peer TLS: %w", err)
+	}
 	defer client.CloseIdleConnections()
 	answers, err := checkNotRunning(ctx, client, cfg, lg)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -52,6 +53,9 @@ type config struct {
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
+	// clientTLS and peerTLS are the TLS flags of each port (tls.go); empty
+	// for a port on plain http.
+	clientTLS, peerTLS transport.TLSInfo
 }
 
 // peerURL is where this member's peers reach it.
@@ -115,7 +119,7 @@ func parseFlags(args []string) (config, error) {
 	clusterToken := fs.String("cluster-token", defaultClusterToken, "with --cluster, derives the cluster ID at a first start without --join; give each cluster its own")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
-	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
+	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
 	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
@@ -126,6 +130,7 @@ func parseFlags(args []string) (config, error) {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
+	tlsFlags := addTLSFlags(fs)
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -156,6 +161,8 @@ func parseFlags(args []string) (config, error) {
 		tickInterval:      100 * time.Millisecond,
 		watchKeepAlive:    watchKeepAlive,
 		enablePprof:       *enablePprof,
+		clientTLS:         tlsFlags.client,
+		peerTLS:           tlsFlags.peer,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -182,7 +189,7 @@ func parseFlags(args []string) (config, error) {
 		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)
 	}
 	if cfg.clientURL == "" {
-		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
+		cfg.clientURL = fmt.Sprintf("%s://127.0.0.1:%d", tlsFlags.clientScheme(), *port)
 	}
 	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
 		return config{}, fmt.Errorf("--client-url: %w", err)
@@ -217,6 +224,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := cfg.logLevel.Set(*logLevel); err != nil || cfg.logLevel > zapcore.ErrorLevel {
 		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if err := checkTLS(cfg); err != nil {
+		return config{}, err
 	}
 	return cfg, nil
 }
@@ -259,8 +269,12 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
+	if err := checkTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	warnUnauthenticated(cfg, lg)
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := listenClients(u.Host)
+	clientLn, err := listenClients(u.Host, listenTLS(cfg.clientTLS, lg, "client"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
