@@ -83,6 +83,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	h.handle("DELETE /members/{id}", h.removeMember)
 	h.handle("GET /status", h.getStatus)
 	h.handle("GET /health", h.getHealth)
+	h.handle("GET /snapshot", h.snapshotRoute(), "level") // backup.go
 	if cfg.enablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
 		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")

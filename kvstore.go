@@ -84,6 +84,10 @@ type kvstore struct {
 
 	watch   *watchHistory // the changes applied, for watchers
 	changes []event       // the changes of the entry being applied
+
+	// appliedTerm is the term of the entry at appliedIndex, which a backup
+	// records (backup.go); mu guards it.
+	appliedTerm uint64
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
@@ -250,6 +254,7 @@ func (s *kvstore) apply(b *applyBatch) error {
 	for _, e := range b.entries {
 		// Store the index first: the handler woken below may ask /status.
 		s.appliedIndex.Store(e.GetIndex())
+		s.appliedTerm = e.GetTerm()
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			s.applyNormal(e)
@@ -404,6 +409,7 @@ func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 	}
 	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
 	s.appliedIndex.Store(index)
+	s.appliedTerm = snap.GetMetadata().GetTerm()
 	s.watch.reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
 	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", kv.Len()))
 	return nil
