@@ -78,6 +78,9 @@ const maxValueLimit = 8 << 20
 const gcPercent = 50
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		os.Exit(runRestore(os.Args[2:], os.Stdout, os.Stderr)) // restore.go
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
