@@ -47,6 +47,7 @@ type config struct {
 	watchHistoryBytes int
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
+	forceNewCluster   bool          // restart as the only member, from this member's data (forcenewcluster.go)
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
@@ -123,6 +124,7 @@ func parseFlags(args []string) (config, error) {
 	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
+	forceNewCluster := fs.Bool("force-new-cluster", false, "restart this member alone, as a one-member cluster, from its own data, when a majority is lost for good; once, then restart without it")
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -149,6 +151,7 @@ func parseFlags(args []string) (config, error) {
 		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
 		enablePprof:       *enablePprof,
+		forceNewCluster:   *forceNewCluster,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -187,6 +190,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
+	}
+	if cfg.forceNewCluster && cfg.join != "" {
+		return config{}, errors.New("--force-new-cluster restarts a member from its own data; it cannot --join")
 	}
 	if cfg.join != "" {
 		if cfg.join, err = normalizeURL(cfg.join); err != nil {
