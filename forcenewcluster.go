@@ -44,6 +44,21 @@ import (
 // ErrCannotForce is a --force-new-cluster that cannot be carried out.
 var ErrCannotForce = errors.New("cannot force a new cluster")
 
+// checkPeersGone refuses to force a new cluster while a member listed in
+// --cluster answers: its majority may not be lost at all. The forced
+// member would remove it, and the removed ids it then turns away would
+// have the members still running told that they were removed, or, if they
+// keep a quorum of their own, two clusters with one ID would serve
+// different data. It asks only the members --cluster names.
+func checkPeersGone(cfg config, answers []peerAnswer) error {
+	if len(answers) == 0 {
+		return nil
+	}
+	a := answers[0]
+	return fmt.Errorf("%w: member %d answers at %s, so the cluster may still have its majority; --force-new-cluster is for a majority lost for good: stop every other member for good first (and keep it stopped), or leave --force-new-cluster out",
+		ErrCannotForce, a.From, a.url)
+}
+
 // forceNewCluster turns what openStorage read (the snapshot's ConfState,
 // the hard state and the entries after the snapshot) into the log of a
 // one-member cluster: it appends the removals of every other member, saves

@@ -122,6 +122,21 @@ func TestForceNewCluster(t *testing.T) {
 	if got := e2eMemberIDs(c, 1); got != "[1 4 5]" {
 		t.Errorf("restarted member lists members %s, want [1 4 5]", got)
 	}
+
+	// Forcing while members in --cluster run is refused.
+	p = c.expectExit(1)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	c.waitExit(p, 10*time.Second, "after SIGTERM")
+	refused = c.start(1, "forced1-again", append(c.args(1, 5), "--force-new-cluster")...)
+	c.expectExit(1)
+	<-refused.done
+	if log := e2eTail(refused.log, 1); refused.err == nil || !strings.Contains(log, "answers at") {
+		t.Errorf("--force-new-cluster with members 4 and 5 running: %s, %q; want a refusal", refused.exitStatus(), log)
+	}
+	c.expect("GET", 4, "/keys/grown?level=consistent", "", http.StatusOK, "again")
+	step("forcing again while members run is refused")
 }
 
 // TestConfiguredIDs proves that the members --force-new-cluster removes

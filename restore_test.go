@@ -108,7 +108,11 @@ func TestRestoreNewCluster(t *testing.T) {
 	wait := backupTestLoad(old.clients, stop)
 	start := old.status(1).AppliedIndex
 	old.eventually(10*time.Second, "the load to write", func() bool { return old.status(1).AppliedIndex > start+30 })
-	file, hd, _ := backupTestGet(t, old.url(2, ""))
+	follower := uint64(2)
+	if old.status(1).Leader == 2 {
+		follower = 3
+	}
+	file, hd, _ := backupTestGet(t, old.url(follower, ""))
 	old.eventually(10*time.Second, "the load to write past the copy", func() bool { return old.status(1).AppliedIndex > hd.index+30 })
 	close(stop)
 	writes, err := wait()
