@@ -26,6 +26,23 @@ func e2eMemberIDs(c *e2eCluster, id uint64) string {
 	return fmt.Sprint(ids)
 }
 
+// e2eRefusedStart starts member id with args, which must make it exit
+// non-zero within a few seconds, and returns its last log line.
+func e2eRefusedStart(c *e2eCluster, id uint64, name string, args ...string) string {
+	c.t.Helper()
+	p := c.start(id, name, args...)
+	c.expectExit(id)
+	select {
+	case <-p.done:
+	case <-time.After(min(15*time.Second, time.Until(c.deadline))):
+		c.t.Fatalf("%s (%q) still runs; want it refused", name, args)
+	}
+	if p.err == nil {
+		c.t.Errorf("%s (%q) exited 0; want it refused", name, args)
+	}
+	return e2eTail(p.log, 1)
+}
+
 // TestForceNewCluster proves the README's disaster recovery: every member
 // of a three-member cluster is killed at once and two of them lose their
 // data dirs for good; the survivor restarts alone with --force-new-cluster
@@ -66,17 +83,11 @@ func TestForceNewCluster(t *testing.T) {
 	}
 
 	// Refused: with --join, and where there is no data to force from.
-	refused := c.start(2, "forced2", append(c.args(2, 3), "--force-new-cluster")...)
-	c.expectExit(2)
-	<-refused.done
-	if log := e2eTail(refused.log, 1); refused.err == nil || !strings.Contains(log, "has no WAL") {
-		t.Errorf("--force-new-cluster on an empty data dir: %s, %q; want a failure saying it has no WAL", refused.exitStatus(), log)
+	if log := e2eRefusedStart(c, 2, "forced2", append(c.args(2, 3), "--force-new-cluster")...); !strings.Contains(log, "has no WAL") {
+		t.Errorf("--force-new-cluster on an empty data dir: %q; want it refused as having no WAL", log)
 	}
-	refused = c.start(2, "forced2-join", append(c.args(2, 3), "--force-new-cluster", "--join", c.clients[0])...)
-	c.expectExit(2)
-	<-refused.done
-	if log := e2eTail(refused.log, 1); refused.err == nil || !strings.Contains(log, "cannot --join") {
-		t.Errorf("--force-new-cluster with --join: %s, %q; want a failure", refused.exitStatus(), log)
+	if log := e2eRefusedStart(c, 2, "forced2-join", append(c.args(2, 3), "--force-new-cluster", "--join", c.clients[0])...); !strings.Contains(log, "cannot --join") {
+		t.Errorf("--force-new-cluster with --join: %q; want it refused", log)
 	}
 
 	step("refused twice")
@@ -129,11 +140,8 @@ func TestForceNewCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitExit(p, 10*time.Second, "after SIGTERM")
-	refused = c.start(1, "forced1-again", append(c.args(1, 5), "--force-new-cluster")...)
-	c.expectExit(1)
-	<-refused.done
-	if log := e2eTail(refused.log, 1); refused.err == nil || !strings.Contains(log, "answers at") {
-		t.Errorf("--force-new-cluster with members 4 and 5 running: %s, %q; want a refusal", refused.exitStatus(), log)
+	if log := e2eRefusedStart(c, 1, "forced1-again", append(c.args(1, 5), "--force-new-cluster")...); !strings.Contains(log, "answers at") {
+		t.Errorf("--force-new-cluster with members 4 and 5 running: %q; want it refused", log)
 	}
 	c.expect("GET", 4, "/keys/grown?level=consistent", "", http.StatusOK, "again")
 	step("forcing again while members run is refused")
