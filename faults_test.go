@@ -23,6 +23,7 @@ type faultCluster struct {
 	t             *testing.T
 	procs         *e2eCluster // starts, tracks and finally reaps the processes
 	snapshotCount int
+	extraArgs     []string // on every member's command line, after the rest
 
 	mu      sync.Mutex
 	members []*faultMember // by id-1, every member ever created
@@ -44,11 +45,11 @@ type faultMember struct {
 const faultMemberTimeout = 30 * time.Second
 
 // newFaultCluster starts n members with --snapshot-count snapshotCount and
-// waits until each serves.
-func newFaultCluster(t *testing.T, bin string, n, snapshotCount int) *faultCluster {
+// extraArgs, and waits until each serves.
+func newFaultCluster(t *testing.T, bin string, n, snapshotCount int, extraArgs ...string) *faultCluster {
 	procs := newE2ECluster(t, bin)
 	procs.deadline = time.Now().Add(24 * time.Hour) // the caller bounds each wait itself
-	c := &faultCluster{t: t, procs: procs, snapshotCount: snapshotCount}
+	c := &faultCluster{t: t, procs: procs, snapshotCount: snapshotCount, extraArgs: extraArgs}
 	for range n {
 		c.allocate()
 	}
@@ -93,7 +94,7 @@ func (c *faultCluster) args(id uint64, join string) []string {
 	if join != "" {
 		args = append(args, "--join", join)
 	}
-	return args
+	return append(args, c.extraArgs...)
 }
 
 // start runs a new process for m on its data dir.

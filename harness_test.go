@@ -92,6 +92,7 @@ func (c *testCluster) config(id uint64, join string) config {
 		maxValueBytes:     1 << 20,
 		idempotencyWindow: defaultIdempotencyWindow,
 		watchHistoryBytes: defaultWatchHistoryBytes,
+		watchKeepAlive:    watchKeepAlive,
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}

@@ -49,6 +49,7 @@ type config struct {
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
 	forceNewCluster   bool          // restart as the only member, from this member's data (forcenewcluster.go)
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
+	watchKeepAlive    time.Duration // how often an idle watch stream hears from us; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
@@ -84,6 +85,10 @@ func main() {
 	}
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if errors.Is(err, errShowVersion) {
+		fmt.Println(buildInfo().line())
 		return
 	}
 	if err != nil {
@@ -124,6 +129,7 @@ func parseFlags(args []string) (config, error) {
 	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
+	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
 	forceNewCluster := fs.Bool("force-new-cluster", false, "restart this member alone, as a one-member cluster, from its own data, when a majority is lost for good; once, then restart without it")
 
 	err := fs.Parse(args)
@@ -133,6 +139,9 @@ func parseFlags(args []string) (config, error) {
 			fs.Usage()
 		}
 		return config{}, err
+	}
+	if *showVersion {
+		return config{}, errShowVersion
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -150,6 +159,7 @@ func parseFlags(args []string) (config, error) {
 		idempotencyWindow: *idempotencyWindow,
 		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
+		watchKeepAlive:    watchKeepAlive,
 		enablePprof:       *enablePprof,
 		forceNewCluster:   *forceNewCluster,
 	}
@@ -276,9 +286,11 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
+	m := newMetrics(lg)
 	store := newKVStore(lg, cfg.id, cfg.watchHistoryBytes, proposeC, confChangeC)
+	store.metrics = m
 	go store.serveApply(applyC)
-	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
+	rn, err := startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
 		clientLn.Close()
 		close(applyC)
@@ -310,10 +322,12 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, err
 	}
 	rn.servePeerAPI(store)
+	m.watchRaft(rn, store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
+	reads.metrics = m
 	go reads.run()
-	api := newHTTPAPI(cfg, store, rn, reads)
+	api := newHTTPAPI(cfg, store, rn, reads, m)
 	s.http = newBoundedServer(api, cfg.clientLimits())
 	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)

@@ -105,6 +105,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 func (h *httpAPI) answerMemberAdded(w http.ResponseWriter, m member, o outcome, err error) {
 	if o.replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
+		h.metrics.replayAnswered()
 	}
 	if err != nil {
 		h.writeError(w, err)

@@ -82,6 +82,7 @@ type raftNode struct {
 	id            uint64
 	cfg           config
 	lg            *zap.Logger
+	metrics       *metrics // nil keeps none (metrics.go)
 	sm            stateMachine
 	waiters       wait.Wait // to fail proposals raft refused; nothing else will ever wake them
 	snapshotCount uint64
@@ -135,13 +136,14 @@ type raftNode struct {
 // on applyC, which is closed when the node stops. Before it touches the
 // data dir it runs the bootstrap checks (bootstrap.go), asking the peers;
 // ctx cancels them.
-func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
+func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, sm stateMachine, waiters wait.Wait,
 	proposeC <-chan proposal, confChangeC <-chan *raftpb.ConfChange, applyC chan<- *applyBatch,
 ) (*raftNode, error) {
 	rc := &raftNode{
 		id:            cfg.id,
 		cfg:           cfg,
 		lg:            lg,
+		metrics:       m,
 		sm:            sm,
 		waiters:       waiters,
 		snapshotCount: cfg.snapshotCount,
