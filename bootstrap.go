@@ -89,6 +89,9 @@ func checkBootstrap(ctx context.Context, cfg config, lg *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if cfg.forceNewCluster {
+		return checkPeersGone(cfg, answers) // forcenewcluster.go
+	}
 	if cfg.join == "" && !hasWAL(cfg.dataDir) {
 		return checkNeverStarted(cfg, answers)
 	}

@@ -48,6 +48,7 @@ type config struct {
 	watchHistoryBytes int
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
+	forceNewCluster   bool          // restart as the only member, from this member's data (forcenewcluster.go)
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
 	watchKeepAlive    time.Duration // how often an idle watch stream hears from us; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
@@ -83,6 +84,9 @@ const maxValueLimit = 8 << 20
 const gcPercent = 50
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		os.Exit(runRestore(os.Args[2:], os.Stdout, os.Stderr)) // restore.go
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -131,6 +135,7 @@ func parseFlags(args []string) (config, error) {
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
 	tlsFlags := addTLSFlags(fs)
+	forceNewCluster := fs.Bool("force-new-cluster", false, "restart this member alone, as a one-member cluster, from its own data, when a majority is lost for good; once, then restart without it")
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -163,6 +168,7 @@ func parseFlags(args []string) (config, error) {
 		enablePprof:       *enablePprof,
 		clientTLS:         tlsFlags.client,
 		peerTLS:           tlsFlags.peer,
+		forceNewCluster:   *forceNewCluster,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -201,6 +207,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
+	}
+	if cfg.forceNewCluster && cfg.join != "" {
+		return config{}, errors.New("--force-new-cluster restarts a member from its own data; it cannot --join")
 	}
 	if cfg.join != "" {
 		if cfg.join, err = normalizeURL(cfg.join); err != nil {
