@@ -41,6 +41,13 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 10s .
 //	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
+//	RAFTKV_TLS=1 go test -run '^$' -bench 'Put|Get' .
+//
+// RAFTKV_TLS=1 (e2eTLSEnv) starts the cluster on TLS for clients and peers,
+// client certificates required on both, and the clients dial it over TLS
+// (HTTP/1.1, as Go's client does with a TLS configuration of its own);
+// the ceilings stay plain HTTP. Run it and a plain run one after the other
+// to read TLS's cost.
 //
 // Each benchmark does b.N requests split over its c clients and reports
 // ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
@@ -723,7 +730,7 @@ func benchMicros(d time.Duration) float64 { return float64(d) / float64(time.Mic
 // redirected fails the benchmark instead of costing a hidden second
 // request.
 func newBenchClient(b testing.TB, c int) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}
+	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true, TLSClientConfig: e2eClientTLS()}
 	b.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{
 		Transport:     tr,

@@ -67,7 +67,7 @@ func newFaultCluster(t *testing.T, bin string, n, snapshotCount int, extraArgs .
 // of its peer listener.
 func (c *faultCluster) allocate() *faultMember {
 	id := c.procs.allocate()
-	m := &faultMember{id: id, client: c.procs.clients[id-1], proxy: newPeerProxy(c.t, strings.TrimPrefix(c.procs.peers[id-1], "http://"))}
+	m := &faultMember{id: id, client: c.procs.clients[id-1], proxy: newPeerProxy(c.t, hostPort(c.procs.peers[id-1]), newProxyTLS(c.t, c.procs.pki))}
 	c.mu.Lock()
 	c.members = append(c.members, m)
 	c.mu.Unlock()
@@ -91,6 +91,7 @@ func (c *faultCluster) args(id uint64, join string) []string {
 		"--snapshot-count", fmt.Sprint(c.snapshotCount),
 		"--request-timeout", "3s",
 	}
+	args = append(args, c.procs.tlsArgs()...)
 	if join != "" {
 		args = append(args, "--join", join)
 	}

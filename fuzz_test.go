@@ -557,7 +557,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 		}
 		version()
 		readIndex()
-	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health", "/metrics", "/version"}, req.URL.Path):
+	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health", "/metrics", "/version", "/snapshot"}, req.URL.Path):
 	case code == http.StatusOK && read && fuzzIsMember(before, req.URL.Path):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())

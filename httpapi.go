@@ -89,6 +89,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *me
 	h.handle("GET /health", h.getHealth)
 	h.handle("GET /metrics", h.serveMetrics)
 	h.handle("GET /version", getBuildInfo)
+	h.handle("GET /snapshot", h.snapshotRoute(), "level") // backup.go
 	if cfg.enablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
 		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")

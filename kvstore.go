@@ -86,6 +86,9 @@ type kvstore struct {
 	changes []event       // the changes of the entry being applied
 
 	metrics *metrics // set before serveApply starts; nil keeps none (metrics.go)
+	// appliedTerm is the term of the entry at appliedIndex, which a backup
+	// records (backup.go); mu guards it.
+	appliedTerm uint64
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
@@ -254,6 +257,7 @@ func (s *kvstore) apply(b *applyBatch) error {
 	for _, e := range b.entries {
 		// Store the index first: the handler woken below may ask /status.
 		s.appliedIndex.Store(e.GetIndex())
+		s.appliedTerm = e.GetTerm()
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			s.applyNormal(e)
@@ -409,6 +413,7 @@ func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 	}
 	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
 	s.appliedIndex.Store(index)
+	s.appliedTerm = snap.GetMetadata().GetTerm()
 	s.watch.reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
 	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", kv.Len()))
 	s.metrics.snapshotLoaded(start)

@@ -124,6 +124,7 @@ func linearizableFlags(t *testing.T) (time.Duration, uint64) {
 func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, membership bool, faultTime time.Duration, extraArgs ...string) faultSummary {
 	rng := rand.New(rand.NewPCG(seed, 0))
 	c := newFaultCluster(t, bin, 3, snapshotCount, extraArgs...)
+	t.Logf("members on %s", e2eTLSDescription())
 	w := startWorkload(c, seed)
 	defer w.halt()
 	var s faultSummary
@@ -530,7 +531,7 @@ func (w *workload) stopped() bool {
 
 // workloadHTTPClient is one client's own keep-alive connections.
 func workloadHTTPClient() *http.Client {
-	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
+	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2, TLSClientConfig: e2eClientTLS()}}
 }
 
 // hastyClient is hc in a hurry: a deadline of 1–10 ms, picked with rng,

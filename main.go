@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -47,11 +48,15 @@ type config struct {
 	watchHistoryBytes int
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
+	forceNewCluster   bool          // restart as the only member, from this member's data (forcenewcluster.go)
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
 	watchKeepAlive    time.Duration // how often an idle watch stream hears from us; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
+	// clientTLS and peerTLS are the TLS flags of each port (tls.go); empty
+	// for a port on plain http.
+	clientTLS, peerTLS transport.TLSInfo
 }
 
 // peerURL is where this member's peers reach it.
@@ -79,6 +84,9 @@ const maxValueLimit = 8 << 20
 const gcPercent = 50
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		os.Exit(runRestore(os.Args[2:], os.Stdout, os.Stderr)) // restore.go
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -115,7 +123,7 @@ func parseFlags(args []string) (config, error) {
 	clusterToken := fs.String("cluster-token", defaultClusterToken, "with --cluster, derives the cluster ID at a first start without --join; give each cluster its own")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
-	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
+	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
 	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
@@ -126,6 +134,8 @@ func parseFlags(args []string) (config, error) {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
 	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
+	tlsFlags := addTLSFlags(fs)
+	forceNewCluster := fs.Bool("force-new-cluster", false, "restart this member alone, as a one-member cluster, from its own data, when a majority is lost for good; once, then restart without it")
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -156,6 +166,9 @@ func parseFlags(args []string) (config, error) {
 		tickInterval:      100 * time.Millisecond,
 		watchKeepAlive:    watchKeepAlive,
 		enablePprof:       *enablePprof,
+		clientTLS:         tlsFlags.client,
+		peerTLS:           tlsFlags.peer,
+		forceNewCluster:   *forceNewCluster,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -182,7 +195,7 @@ func parseFlags(args []string) (config, error) {
 		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)
 	}
 	if cfg.clientURL == "" {
-		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
+		cfg.clientURL = fmt.Sprintf("%s://127.0.0.1:%d", tlsFlags.clientScheme(), *port)
 	}
 	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
 		return config{}, fmt.Errorf("--client-url: %w", err)
@@ -194,6 +207,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
+	}
+	if cfg.forceNewCluster && cfg.join != "" {
+		return config{}, errors.New("--force-new-cluster restarts a member from its own data; it cannot --join")
 	}
 	if cfg.join != "" {
 		if cfg.join, err = normalizeURL(cfg.join); err != nil {
@@ -217,6 +233,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := cfg.logLevel.Set(*logLevel); err != nil || cfg.logLevel > zapcore.ErrorLevel {
 		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if err := checkTLS(cfg); err != nil {
+		return config{}, err
 	}
 	return cfg, nil
 }
@@ -259,8 +278,12 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
+	if err := checkTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	warnUnauthenticated(cfg, lg)
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := listenClients(u.Host)
+	clientLn, err := listenClients(u.Host, listenTLS(cfg.clientTLS, lg, "client"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}

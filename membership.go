@@ -60,6 +60,9 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m, err := req.validate()
+	if err == nil {
+		err = checkMemberSchemes(m, h.raft.cfg.peerURL(), h.clientURL)
+	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return

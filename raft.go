@@ -164,7 +164,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 	if err != nil {
 		return nil, fmt.Errorf("peer listen URL: %w", err)
 	}
-	peerLn, err := newStoppableListener(u.Host, rc.stopC)
+	peerLn, err := newStoppableListener(u.Host, u.Scheme, listenTLS(cfg.peerTLS, lg, "peer"), rc.stopC)
 	if err != nil {
 		return nil, peerListenError(cfg, u.Host, err)
 	}
