@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -134,7 +135,7 @@ type linWatcher struct {
 	skips        int         // starts again from the oldest index a member keeps
 	errors       map[string]int
 	relistFailed map[string]int    // listings that got no answer, by why
-	goneWhy      map[string]string // the last 410 from each member
+	goneWhy      map[string]string // the 410 from each member that answered one for pos
 	relisted     []string          // each relisting, and the 410s that led to it
 	problems     []string          // answers a correct member never gives
 	trail        []streamTrail     // every stream, for messages
@@ -227,8 +228,7 @@ func (w *workload) watchStopped() bool { return w.watchCtx.Err() != nil }
 // member, and starting again from a listing when every member answers 410.
 func (lw *linWatcher) run() {
 	next := lw.n
-	home := !lw.laggard           // whether to try the home member next
-	gone := make(map[string]bool) // members that answered 410 for pos
+	home := !lw.laggard // whether to try the home member next
 	for !lw.w.watchStopped() {
 		targets := lw.w.c.targets()
 		target, hold, stall := targets[lw.n%len(targets)], time.Duration(0), time.Duration(0)
@@ -241,26 +241,26 @@ func (lw *linWatcher) run() {
 				stall = time.Duration(1000+lw.rng.IntN(2000)) * time.Millisecond
 				hold += stall
 			}
-		case !home || gone[target]:
+		case !home || lw.goneWhy[target] != "":
 			target = targets[next%len(targets)]
 			next++
 			hold = time.Duration(1000+lw.rng.IntN(2000)) * time.Millisecond // then home again
 		}
 		switch lw.stream(target, hold, stall) {
 		case streamGone:
-			gone[target], home = true, false
-			if !slices.ContainsFunc(targets, func(u string) bool { return !gone[u] }) {
-				if lw.laggard || !lw.skipAhead() {
+			home = false
+			if !slices.ContainsFunc(targets, func(u string) bool { return lw.goneWhy[u] == "" }) {
+				if lw.laggard || !lw.skipAhead(targets) {
 					lw.relist(target)
 				}
-				clear(gone)
+				clear(lw.goneWhy)
 				home = !lw.laggard
 			}
 		case streamFailed:
 			home = false
 			lw.pause(50 * time.Millisecond) // a client's pause before trying again
 		case streamOver:
-			clear(gone)
+			clear(lw.goneWhy) // pos may have moved
 			home = !lw.laggard
 			if lw.laggard {
 				lw.pause(time.Duration(200+lw.rng.IntN(2800)) * time.Millisecond) // away for a while
@@ -324,7 +324,7 @@ func (lw *linWatcher) stream(target string, hold, stall time.Duration) streamEnd
 	case resp.StatusCode == http.StatusGone:
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 500))
 		lw.gone++
-		lw.goneWhy[target] = strings.TrimSpace(string(body))
+		lw.goneWhy[target] = cmp.Or(strings.TrimSpace(string(body)), "410")
 		return streamGone
 	case resp.StatusCode >= 500:
 		return streamFailed // not serving yet, or stopping
@@ -489,9 +489,10 @@ var oldestRE = regexp.MustCompile(`start after on this member is (\d+)`)
 // (relist, as the laggard does); the checker needs only the events, and
 // the fewer it loses, the more it checks. The index range skipped is a
 // hole in what this watcher covers.
-func (lw *linWatcher) skipAhead() bool {
+func (lw *linWatcher) skipAhead(targets []string) bool {
 	var oldest uint64
-	for _, why := range lw.goneWhy {
+	for _, target := range targets {
+		why := lw.goneWhy[target]
 		m := oldestRE.FindStringSubmatch(why)
 		if m == nil {
 			return false
@@ -509,7 +510,6 @@ func (lw *linWatcher) skipAhead() bool {
 		return false
 	}
 	lw.relisted = append(lw.relisted, fmt.Sprintf("skipped at %s from %d to %d: %v", lw.w.elapsed(), lw.pos, oldest, lw.goneWhy))
-	clear(lw.goneWhy)
 	lw.spans = append(lw.spans, watchSpan{lw.spanAfter, lw.pos})
 	lw.spanAfter, lw.pos, lw.pending = oldest, oldest, nil
 	lw.skips++
@@ -535,7 +535,6 @@ func (lw *linWatcher) relist(target string) {
 		return
 	}
 	lw.relisted = append(lw.relisted, fmt.Sprintf("at %s after %d, to %d: %v", lw.w.elapsed(), lw.pos, p.index, lw.goneWhy))
-	clear(lw.goneWhy)
 	lw.spans = append(lw.spans, watchSpan{lw.spanAfter, lw.pos})
 	lw.spanAfter, lw.pos, lw.pending = p.index, p.index, nil
 	lw.relists++
