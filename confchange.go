@@ -30,14 +30,17 @@ import (
 // ApplyConfChange; deciding once, in the state machine, keeps the member
 // table and raft's voters the same on every member.
 
-// member is one raft voter as the cluster knows it: where peers and clients
-// reach it. The member table is replicated state: it changes only when a
-// conf change or an advertise entry is applied, and it is part of every
-// snapshot.
+// member is one member as the cluster knows it: where peers and clients
+// reach it, and whether it votes. The member table is replicated state: it
+// changes only when a conf change or an advertise entry is applied, and it
+// is part of every snapshot.
 type member struct {
 	ID         uint64   `json:"id"`
 	PeerURLs   []string `json:"peerURLs"`
 	ClientURLs []string `json:"clientURLs"`
+	// IsLearner is a member raft replicates to but that does not vote: it
+	// counts towards no quorum, for elections or commits (learner.go).
+	IsLearner bool `json:"isLearner"`
 }
 
 // memberFromConfChange reads the member carried in an AddNode conf change's
