@@ -40,15 +40,20 @@ var ErrLeaderTransfer = errors.New("leadership transfer did not finish")
 // picks itself to take over, unless it is the leader: then it picks the
 // voter raft has replicated the most of its log to, since raft sends
 // MsgTimeoutNow only once the transferee's log matches the leader's, at
-// once if it already does. ctx, the request's, bounds the wait; raft itself
+// once if it already does. A learner cannot lead (raft ignores a transfer
+// to one): one asked to remove the leader picks a voter it is connected
+// to (connectedVoter). ctx, the request's, bounds the wait; raft itself
 // gives up on a transfer that takes longer than an election timeout.
 func (h *httpAPI) handOffLeadership(ctx context.Context, leader uint64) error {
 	transferee := h.id
-	if leader == h.id {
+	switch {
+	case leader == h.id:
 		transferee = h.raft.mostCaughtUp()
-		if transferee == raft.None {
-			return fmt.Errorf("%w: member %d leads and is connected to no other voter to hand over to", ErrLeaderTransfer, leader)
-		}
+	case h.isLearner(h.id):
+		transferee = h.connectedVoter(leader)
+	}
+	if transferee == raft.None {
+		return fmt.Errorf("%w: member %d leads and member %d is connected to no other voter to hand over to", ErrLeaderTransfer, leader, h.id)
 	}
 	h.raft.transferLeadership(ctx, leader, transferee)
 	err := h.raft.waitLeader(ctx, func(l uint64) bool { return l != raft.None && l != leader })
@@ -84,4 +89,24 @@ func (rc *raftNode) mostCaughtUp() uint64 {
 		}
 	}
 	return best
+}
+
+// isLearner reports whether member id is a learner in the applied member
+// table.
+func (h *httpAPI) isLearner(id uint64) bool {
+	m, ok := h.store.lookupMember(id)
+	return ok && m.IsLearner
+}
+
+// connectedVoter is the voter other than except, of the lowest id, that
+// this member is connected to, or None. A learner removing the leader
+// knows nobody's progress (only the leader does) and hands over to it; the
+// leader brings its log up to date before it lets it campaign.
+func (h *httpAPI) connectedVoter(except uint64) uint64 {
+	for _, m := range h.store.voters() {
+		if m.ID != except && m.ID != h.id && h.raft.peerConnected(m.ID) {
+			return m.ID
+		}
+	}
+	return raft.None
 }
