@@ -121,22 +121,30 @@ func (c *testCluster) startWith(cfg config) {
 }
 
 // addMember allocates ports for a new member, adds it through member via
-// with --join and returns its id once it runs. Until it has asked to join
-// (it listens for clients first) its ports may still change.
+// with --join and returns its id once it runs and is promoted to a voter
+// (--join adds it as a learner). Until it has asked to join (it listens for
+// clients first) its ports may still change.
 func (c *testCluster) addMember(via uint64) uint64 {
 	c.t.Helper()
 	id := c.allocate()
+	promoted := func() uint64 {
+		eventually(c.t, 15*time.Second, fmt.Sprintf("joined member %d to be promoted to a voter", id), func() bool {
+			m, ok := c.server(id).store.lookupMember(id)
+			return ok && !m.IsLearner
+		})
+		return id
+	}
 	for attempt := 1; ; attempt++ {
 		cfg := c.config(id, c.clientURL(via))
 		err := c.tryStart(cfg)
 		switch {
 		case err == nil:
-			return id
+			return promoted()
 		case !portTaken(err):
 			c.t.Fatalf("add member %d through %d: %v", id, via, err)
 		case hasWAL(cfg.dataDir):
 			c.startWith(cfg) // joined already, with these ports
-			return id
+			return promoted()
 		case attempt == 3:
 			c.t.Fatalf("add member %d through %d: %v", id, via, err)
 		}
