@@ -55,9 +55,9 @@ const (
 )
 
 // learnerReady reports, on the leader, whether learner id has caught up
-// enough to be promoted: the leader is connected to it, and its log matches
-// the leader's to within learnerMaxLag entries and learnerReadyFraction, as
-// etcd's isLearnerReady judges it.
+// enough to be promoted: its log matches the leader's to within
+// learnerMaxLag entries and learnerReadyFraction, as etcd's isLearnerReady
+// judges it, and the leader is connected to it.
 func (rc *raftNode) learnerReady(id uint64) error {
 	st := rc.status()
 	if st.RaftState != raft.StateLeader {
@@ -70,10 +70,21 @@ func (rc *raftNode) learnerReady(id uint64) error {
 	if !pr.IsLearner {
 		return fmt.Errorf("member %d is %w: it votes already", id, ErrNotLearner)
 	}
+	if err := checkLearnerLag(id, pr.Match, st.Progress[st.ID].Match); err != nil {
+		return err
+	}
+	// A learner that stopped while the cluster was idle still matches the
+	// leader's log; it is not catching up all the same.
 	if !rc.peerConnected(id) {
 		return fmt.Errorf("%w: the leader, member %d, is not connected to member %d", ErrLearnerNotReady, rc.id, id)
 	}
-	leaderMatch, match := st.Progress[st.ID].Match, pr.Match
+	return nil
+}
+
+// checkLearnerLag refuses a learner whose log matches the leader's to
+// index match, the leader's own being at leaderMatch, if it is more than
+// learnerMaxLag entries behind or matches less than learnerReadyFraction.
+func checkLearnerLag(id, match, leaderMatch uint64) error {
 	behind := leaderMatch - min(match, leaderMatch)
 	if behind > learnerMaxLag || float64(match) < learnerReadyFraction*float64(leaderMatch) {
 		return fmt.Errorf("%w: member %d's log matches the leader's to index %d of %d, %d entries behind; it can be promoted once it is at most %d entries and %.0f%% behind",

@@ -2,9 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -92,4 +99,200 @@ func TestKVStoreLearners(t *testing.T) {
 	other := newKVTest(t)
 	other.commit(kvSnapshot(h.s.appliedIndex.Load(), data))
 	other.checkMembers(m1, m4Voter, m6)
+}
+
+// TestLearnerLag proves the leader's rule for a learner's log (etcd's
+// isLearnerReady, and a bound on the entries behind): within 1000 entries
+// and 90% of the leader's it may be promoted, otherwise not.
+func TestLearnerLag(t *testing.T) {
+	for _, tc := range []struct {
+		match, leaderMatch uint64
+		ready              bool
+	}{
+		{0, 0, true},
+		{10, 10, true},
+		{9, 10, true},
+		{8, 10, false}, // 80%
+		{0, 10, false},
+		{1_000_000, 1_001_000, true},
+		{1_000_000, 1_001_001, false}, // 99.9%, but 1001 behind
+		{12, 10, true},                // ahead of what the leader's status showed
+	} {
+		err := checkLearnerLag(4, tc.match, tc.leaderMatch)
+		if (err == nil) != tc.ready || (err != nil && !errors.Is(err, ErrLearnerNotReady)) {
+			t.Errorf("checkLearnerLag(match %d, leader %d) = %v, want ready %v", tc.match, tc.leaderMatch, err, tc.ready)
+		}
+	}
+}
+
+// learnerConfig is the config of learner id, which joins through member
+// via and stays a learner (--learner) unless stay is false.
+func (c *testCluster) learnerConfig(id, via uint64, stay bool) config {
+	cfg := c.config(id, c.clientURL(via))
+	cfg.learner = stay
+	return cfg
+}
+
+// addLearner allocates a member, joins it through member via with --join
+// and --learner, and returns its id once it runs.
+func (c *testCluster) addLearner(via uint64) uint64 {
+	c.t.Helper()
+	id := c.allocate()
+	c.startWith(c.learnerConfig(id, via, true))
+	return id
+}
+
+// learnerPost is a POST with an empty body.
+func learnerPost(t *testing.T, c *testCluster, id uint64, path string) response {
+	t.Helper()
+	return do(t, http.MethodPost, c.url(id, path), "")
+}
+
+// learnerCheckTable fails unless member id's GET /members lists exactly
+// the learners given as learners, and every other member as a voter.
+func learnerCheckTable(t *testing.T, c *testCluster, id uint64, learners ...uint64) {
+	t.Helper()
+	for _, m := range clusterMembers(t, c, id) {
+		if m.IsLearner != slices.Contains(learners, m.ID) {
+			t.Errorf("GET /members on member %d: member %d has isLearner %v, want learners %v", id, m.ID, m.IsLearner, learners)
+		}
+	}
+}
+
+// TestLearnerReceivesDataButDoesNotVote proves that learners added with
+// --join --learner get every write, are learners in every member's table
+// and in raft's configuration, and count towards no quorum: with two of
+// three voters stopped, the last voter and two learners (three of five
+// members) elect no leader and commit nothing.
+func TestLearnerReceivesDataButDoesNotVote(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	clusterPut(t, c, leader, "learn/before", "1")
+	l1 := c.addLearner(leader)
+	l2 := c.addLearner(c.follower())
+	clusterPut(t, c, leader, "learn/after", "2")
+	for _, l := range []uint64{l1, l2} {
+		eventually(t, 10*time.Second, fmt.Sprintf("learner %d to apply both writes", l), func() bool {
+			return clusterGet(t, c, l, "learn/before", levelStale).body == "1" && clusterGet(t, c, l, "learn/after", levelStale).body == "2"
+		})
+	}
+	for _, id := range c.runningIDs() {
+		eventually(t, 5*time.Second, fmt.Sprintf("member %d to list 5 members", id), func() bool { return len(clusterMembers(t, c, id)) == 5 })
+		learnerCheckTable(t, c, id, l1, l2)
+		cfg := c.server(id).raft.status().Config
+		if _, ok := cfg.Learners[l1]; !ok || len(cfg.Learners) != 2 || len(cfg.Voters.IDs()) != 3 {
+			t.Errorf("member %d: raft's voters %v, learners %v; want 3 voters and learners %d and %d", id, cfg.Voters, cfg.Learners, l1, l2)
+		}
+	}
+	// A consistent read and a write through a learner work: raft forwards them.
+	clusterMustRead(t, c, l1, "learn/after", levelConsistent, "2")
+	clusterPut(t, c, l2, "learn/through-learner", "3")
+
+	last := clusterOther(t, c, leader, l1, l2)
+	for _, id := range []uint64{1, 2, 3} {
+		if id != last {
+			if err := c.stop(id); err != nil {
+				t.Fatalf("stop voter %d: %v", id, err)
+			}
+		}
+	}
+	// (A learner never campaigns, so it goes on naming the stopped leader:
+	// only a voter times out and forgets it.)
+	eventually(t, 10*time.Second, fmt.Sprintf("voter %d to know no leader", last), func() bool {
+		return c.server(last).raft.leaderID() == raft.None
+	})
+	// That no leader is elected can only be seen by waiting: for ten
+	// election timeouts, none of the three may lead. Were the learners
+	// voters, three of five would elect one within two.
+	for deadline := time.Now().Add(10 * electionTicks * testTick); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, id := range []uint64{last, l1, l2} {
+			if st := c.server(id).raft.status(); st.RaftState == raft.StateLeader {
+				t.Fatalf("member %d leads in term %d with two of three voters stopped: the learners voted", id, st.Term)
+			}
+		}
+	}
+	if r := do(t, http.MethodPut, c.url(last, "/keys/learn/no-quorum"), "x"); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("PUT with one voter of three and two learners up: %d %q, want 503", r.code, r.body)
+	}
+}
+
+// TestLearnerPromote proves POST /members/{id}/promote: a follower
+// redirects it to the leader; the leader refuses a learner that has stopped
+// (409, not connected) and one that lags (409, entries behind), with the
+// numbers, and changes nothing; once the learner is back and caught up it
+// is promoted (200, isLearner false) on every member and in raft; a voter,
+// a stranger, a bad id and a body are refused.
+func TestLearnerPromote(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	follower := c.follower()
+	l := c.addLearner(leader)
+	path := fmt.Sprintf("/members/%d/promote", l)
+
+	r := learnerPost(t, c, follower, path)
+	if want := c.clientURL(leader) + path; r.code != http.StatusTemporaryRedirect || r.header.Get("Location") != want {
+		t.Fatalf("POST %s on follower %d: %d Location %q, want 307 to %s", path, follower, r.code, r.header.Get("Location"), want)
+	}
+
+	eventually(t, 10*time.Second, fmt.Sprintf("learner %d's log to match the leader's", l), func() bool {
+		st := c.server(leader).raft.status()
+		return st.Progress[l].Match == st.Progress[leader].Match && c.server(l).store.appliedIndex.Load() == st.Progress[leader].Match
+	})
+	if err := c.stop(l); err != nil {
+		t.Fatalf("stop learner %d: %v", l, err)
+	}
+	eventually(t, 5*time.Second, fmt.Sprintf("leader %d to see learner %d disconnected", leader, l), func() bool {
+		return !c.server(leader).raft.peerConnected(l)
+	})
+	r = learnerPost(t, c, leader, path)
+	if r.code != http.StatusConflict || !strings.Contains(r.body, "learner not caught up") || !strings.Contains(r.body, "not connected") {
+		t.Fatalf("POST %s with the learner stopped: %d %q, want 409 not caught up, not connected", path, r.code, r.body)
+	}
+	for i := range 50 {
+		clusterPut(t, c, leader, fmt.Sprintf("learn/missed-%d", i), "x")
+	}
+	r = learnerPost(t, c, leader, path)
+	if r.code != http.StatusConflict || !strings.Contains(r.body, "learner not caught up") || !strings.Contains(r.body, "entries behind") {
+		t.Fatalf("POST %s with the learner 50 writes behind: %d %q, want 409 not caught up, entries behind", path, r.code, r.body)
+	}
+	clusterOneLineBody(t, "promotion refused", r)
+	if r.header.Get("X-Raft-Index") != "" {
+		t.Errorf("refused promotion carries X-Raft-Index %q", r.header.Get("X-Raft-Index"))
+	}
+	learnerCheckTable(t, c, leader, l)
+
+	c.startWith(c.learnerConfig(l, leader, true))
+	eventually(t, 10*time.Second, fmt.Sprintf("the leader to promote learner %d", l), func() bool {
+		r = learnerPost(t, c, leader, path)
+		return r.code != http.StatusConflict
+	})
+	var promoted memberView
+	if r.code != http.StatusOK || json.Unmarshal([]byte(r.body), &promoted) != nil || promoted.ID != l || promoted.IsLearner || r.header.Get("X-Raft-Index") == "" {
+		t.Fatalf("POST %s once caught up: %d %q, want 200 with the member, a voter, and X-Raft-Index", path, r.code, r.body)
+	}
+	for _, id := range c.runningIDs() {
+		eventually(t, 5*time.Second, fmt.Sprintf("member %d to list member %d as a voter", id, l), func() bool {
+			m, ok := c.server(id).store.lookupMember(l)
+			_, voter := c.server(id).raft.status().Config.Voters.IDs()[l]
+			return ok && !m.IsLearner && voter
+		})
+		learnerCheckTable(t, c, id)
+	}
+	for _, tc := range []struct {
+		path, body string
+		code       int
+	}{
+		{path, "", http.StatusConflict},
+		{fmt.Sprintf("/members/%d/promote", leader), "", http.StatusConflict},
+		{"/members/99/promote", "", http.StatusNotFound},
+		{"/members/x/promote", "", http.StatusBadRequest},
+		{path, "{}", http.StatusBadRequest},
+	} {
+		r := do(t, http.MethodPost, c.url(leader, tc.path), tc.body)
+		if r.code != tc.code {
+			t.Errorf("POST %s %q: %d %q, want %d", tc.path, tc.body, r.code, r.body, tc.code)
+		}
+		clusterOneLineBody(t, "POST "+tc.path, r)
+	}
+	clusterPut(t, c, l, "learn/through-promoted", "y")
 }
