@@ -42,21 +42,39 @@ var ErrLeaderTransfer = errors.New("leadership transfer did not finish")
 // MsgTimeoutNow only once the transferee's log matches the leader's, at
 // once if it already does. A learner cannot lead (raft ignores a transfer
 // to one): one asked to remove the leader picks a voter it is connected
-// to (connectedVoter). ctx, the request's, bounds the wait; raft itself
-// gives up on a transfer that takes longer than an election timeout.
+// to (connectedVoter), whose progress it cannot know. Raft gives up on a
+// transfer that takes longer than an election timeout (a transferee that
+// has just restarted may need longer to catch up), so while no other
+// leader is known the request is made again each election timeout. ctx,
+// the request's, bounds the wait.
 func (h *httpAPI) handOffLeadership(ctx context.Context, leader uint64) error {
-	transferee := h.id
-	switch {
-	case leader == h.id:
-		transferee = h.raft.mostCaughtUp()
-	case h.isLearner(h.id):
-		transferee = h.connectedVoter(leader)
+	pick := func() uint64 {
+		switch {
+		case leader == h.id:
+			return h.raft.mostCaughtUp()
+		case h.isLearner(h.id):
+			return h.connectedVoter(leader)
+		}
+		return h.id
 	}
+	transferee := pick()
 	if transferee == raft.None {
 		return fmt.Errorf("%w: member %d leads and member %d is connected to no other voter to hand over to", ErrLeaderTransfer, leader, h.id)
 	}
-	h.raft.transferLeadership(ctx, leader, transferee)
-	err := h.raft.waitLeader(ctx, func(l uint64) bool { return l != raft.None && l != leader })
+	electionTimeout := electionTicks * h.raft.cfg.tickInterval
+	var err error
+	for {
+		h.raft.transferLeadership(ctx, leader, transferee)
+		waitCtx, cancel := context.WithTimeout(ctx, electionTimeout)
+		err = h.raft.waitLeader(waitCtx, func(l uint64) bool { return l != raft.None && l != leader })
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if next := pick(); next != raft.None {
+			transferee = next
+		}
+	}
 	if err == nil {
 		// The removal is proposed after this: see pendingConfIndex above.
 		err = h.reads.wait(ctx)

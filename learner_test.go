@@ -296,3 +296,140 @@ func TestLearnerPromote(t *testing.T) {
 	}
 	clusterPut(t, c, l, "learn/through-promoted", "y")
 }
+
+// TestLearnerMembershipChecks proves strict reconfiguration counts only
+// voters: with one voter of three down and a learner up, a fourth voter is
+// refused (were the learner counted, 3 healthy of 5 would pass), while a
+// learner that never runs is added and removed; and that removing the
+// leader through a learner hands leadership to a voter; and that a learner
+// can be removed.
+func TestLearnerMembershipChecks(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	l := c.addLearner(leader)
+	down := clusterOther(t, c, leader, l)
+	if err := c.stop(down); err != nil {
+		t.Fatalf("stop member %d: %v", down, err)
+	}
+	eventually(t, 5*time.Second, fmt.Sprintf("leader %d to see member %d disconnected and learner %d connected", leader, down, l), func() bool {
+		return !c.server(leader).raft.peerConnected(down) && c.server(leader).raft.peerConnected(l)
+	})
+	r := membershipAdd(t, c, leader, 10)
+	if want := "adding member 10 would make 4 voters, 2 of them healthy, and a quorum is 3"; r.code != http.StatusConflict || !strings.Contains(r.body, want) {
+		t.Fatalf("POST /members for a voter with one of three down: %d %q, want 409 saying %q", r.code, r.body, want)
+	}
+	body := fmt.Sprintf(`{"id":11,"peerURL":"http://%s","clientURL":"http://%s","learner":true}`, freeAddr(t), freeAddr(t))
+	r = do(t, http.MethodPost, c.url(leader, "/members"), body)
+	var added member
+	if r.code != http.StatusCreated || json.Unmarshal([]byte(r.body), &added) != nil || !added.IsLearner {
+		t.Fatalf("POST /members for a learner with one voter of three down: %d %q, want 201 with isLearner", r.code, r.body)
+	}
+	learnerCheckTable(t, c, leader, l, 11)
+	if r := do(t, http.MethodDelete, c.url(leader, "/members/11"), ""); r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /members/11, a learner, with one voter of three down: %d %q, want 204", r.code, r.body)
+	}
+	c.start(down)
+	leader = c.waitLeader()
+
+	clusterRemove(t, c, l, leader)
+	newLeader := c.waitLeader()
+	if newLeader == l {
+		t.Fatalf("learner %d leads", l)
+	}
+	learnerCheckTable(t, c, newLeader, l)
+	clusterRemove(t, c, newLeader, l)
+	learnerCheckTable(t, c, newLeader)
+	if ms := clusterMembers(t, c, newLeader); len(ms) != 2 {
+		t.Fatalf("GET /members after removing the leader and the learner: %+v, want 2 members", ms)
+	}
+	clusterPut(t, c, newLeader, "learn/after-removals", "ok")
+}
+
+// TestJoinPromotesRestartedLearner proves the promotion outlives a
+// restart: a member that joined and is still a learner (here kept one by
+// --learner while it was down), started again without --learner (its
+// --join then ignored: its data dir has a WAL), catches up and asks to be
+// promoted, and every member then counts it a voter; and a promoted
+// member restarts with the same command.
+func TestJoinPromotesRestartedLearner(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	l := c.addLearner(leader)
+	if err := c.stop(l); err != nil {
+		t.Fatalf("stop learner %d: %v", l, err)
+	}
+	for i := range 20 {
+		clusterPut(t, c, leader, fmt.Sprintf("learn/while-down-%d", i), "x")
+	}
+	c.startWith(c.learnerConfig(l, leader, false))
+	for _, id := range c.runningIDs() {
+		eventually(t, 10*time.Second, fmt.Sprintf("member %d to count member %d a voter", id, l), func() bool {
+			m, ok := c.server(id).store.lookupMember(l)
+			_, voter := c.server(id).raft.status().Config.Voters.IDs()[l]
+			return ok && !m.IsLearner && voter
+		})
+	}
+	clusterMustRead(t, c, l, "learn/while-down-19", levelStale, "x")
+	if err := c.stop(l); err != nil {
+		t.Fatalf("stop member %d: %v", l, err)
+	}
+	c.startWith(c.learnerConfig(l, leader, false))
+	c.waitLeader()
+	clusterPut(t, c, l, "learn/after-restart", "y")
+}
+
+// TestHTTPMembersLearner proves, on a lone member, that adding a learner
+// that never runs leaves the quorum alone (writes go on; a voter would
+// have stopped them, see TestHTTPMembers), that an Idempotency-Key on
+// POST /members replays the learner's answer and tells a learner from a
+// voter in its fingerprint, that the only voter cannot be removed though a
+// learner remains, that a learner that never ran cannot be promoted, and
+// that a learner can be removed.
+func TestHTTPMembersLearner(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	peer, client := "http://"+freeAddr(t), "http://"+freeAddr(t)
+	learnerBody := fmt.Sprintf(`{"id":2,"peerURL":%q,"clientURL":%q,"learner":true}`, peer, client)
+	voterBody := fmt.Sprintf(`{"id":2,"peerURL":%q,"clientURL":%q}`, peer, client)
+	idem := []string{"Idempotency-Key", "add-learner-2"}
+
+	first := versionsReq(h, "POST", "/members", learnerBody, idem...)
+	var added member
+	if first.Code != http.StatusCreated || json.Unmarshal(first.Body.Bytes(), &added) != nil || !added.IsLearner || added.ID != 2 {
+		t.Fatalf("POST /members for a learner: %d %q, want 201 with isLearner", first.Code, first.Body.String())
+	}
+	if cfg := c.server(1).raft.status().Config; len(cfg.Learners) != 1 || len(cfg.Voters.IDs()) != 1 {
+		t.Errorf("raft's configuration after adding a learner: voters %v, learners %v", cfg.Voters, cfg.Learners)
+	}
+	if rec := versionsReq(h, "PUT", "/keys/k", "v"); rec.Code != http.StatusCreated {
+		t.Fatalf("PUT with a learner that never ran: %d %q, want 201", rec.Code, rec.Body.String())
+	}
+	retry := versionsReq(h, "POST", "/members", learnerBody, idem...)
+	if retry.Code != http.StatusCreated || retry.Header().Get("Idempotent-Replayed") != "true" || retry.Body.String() != first.Body.String() {
+		t.Errorf("retried POST /members: %d %q replayed %q, want the first answer replayed", retry.Code, retry.Body.String(), retry.Header().Get("Idempotent-Replayed"))
+	}
+	if rec := versionsReq(h, "POST", "/members", voterBody, idem...); rec.Code != http.StatusUnprocessableEntity {
+		t.Errorf("POST /members for a voter under the learner's Idempotency-Key: %d %q, want 422", rec.Code, rec.Body.String())
+	}
+	members := httpTestGetMembers(t, h)
+	if len(members) != 2 || members[0].IsLearner || !members[1].IsLearner {
+		t.Errorf("GET /members: %+v, want voter 1 and learner 2", members)
+	}
+	for _, tc := range []struct {
+		method, target string
+		code           int
+		says           string
+	}{
+		{"DELETE", "/members/1", http.StatusConflict, "only voter"},
+		{"POST", "/members/2/promote", http.StatusConflict, "learner not caught up"},
+		{"DELETE", "/members/2", http.StatusNoContent, ""},
+		{"PUT", "/keys/k", http.StatusNoContent, ""},
+	} {
+		rec := versionsReq(h, tc.method, tc.target, "")
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.says) {
+			t.Errorf("%s %s: %d %q, want %d saying %q", tc.method, tc.target, rec.Code, rec.Body.String(), tc.code, tc.says)
+		}
+	}
+	if got := httpTestGetMembers(t, h); len(got) != 1 {
+		t.Errorf("GET /members after removing the learner: %+v", got)
+	}
+}
