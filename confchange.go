@@ -221,7 +221,7 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
 			promoted := *existing
 			promoted.IsLearner = false
 			s.members[id] = &promoted
-			s.lg.Info("learner promoted to a voter", zap.Uint64("member-id", id))
+			s.lg.Info("member promoted from learner to voter", zap.Uint64("member-id", id))
 		case existing != nil:
 			result.err = ErrMemberExists
 		default:
