@@ -163,14 +163,21 @@ func (rc *raftNode) applyConfChangeAt(b *applyBatch) (removedSelf bool, err erro
 		return false, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
 	}
 	rc.confState = rc.node.ApplyConfChange(cc)
-	rc.forceSnapshot = true
 	switch id := cc.GetNodeId(); cc.GetType() {
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
-		// A promoted learner is a peer already.
-		if c, err := addContextFromConfChange(cc); err == nil && !c.Promote && id != rc.id {
+		c, err := addContextFromConfChange(cc)
+		if err == nil && c.Promote {
+			// A promoted learner is a peer already, and the last snapshot
+			// has it (as a learner, which it accepts): a new one would
+			// stall every member's apply for nothing (see maybeSnapshot).
+			return false, nil
+		}
+		rc.forceSnapshot = true
+		if err == nil && id != rc.id {
 			rc.addPeer(id, c.PeerURLs)
 		}
 	case raftpb.ConfChangeRemoveNode:
+		rc.forceSnapshot = true
 		if id == rc.id {
 			return true, nil
 		}
