@@ -33,6 +33,7 @@ func (h *kvTest) proposeConfChange(call func(context.Context) (uint64, error)) (
 	return cc.GetType(), b.confChangeTaken, kvRecv(h.t, resC, "the proposer to return").err
 }
 
+// promote is a proposing call for promoteMember, as the handler makes it.
 func (h *kvTest) promote(id uint64) func(context.Context) (uint64, error) {
 	return func(ctx context.Context) (uint64, error) {
 		o, err := h.s.promoteMember(ctx, id)
