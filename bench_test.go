@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -39,6 +41,13 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 10s .
 //	RAFTKV_BENCH_MEMORY=1 go test -run '^$' -bench Memory -timeout 30m .
+//	RAFTKV_TLS=1 go test -run '^$' -bench 'Put|Get' .
+//
+// RAFTKV_TLS=1 (e2eTLSEnv) starts the cluster on TLS for clients and peers,
+// client certificates required on both, and the clients dial it over TLS
+// (HTTP/1.1, as Go's client does with a TLS configuration of its own);
+// the ceilings stay plain HTTP. Run it and a plain run one after the other
+// to read TLS's cost.
 //
 // Each benchmark does b.N requests split over its c clients and reports
 // ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
@@ -199,6 +208,305 @@ func BenchmarkGet(b *testing.B) {
 			})
 		})
 	}
+}
+
+// benchListKeys is how many keys BenchmarkList lists, all in one page.
+const benchListKeys = 1000
+
+// benchListPath is the request path of listed key number i: in key order.
+func benchListPath(i int) string { return fmt.Sprintf("/keys/list/%04d", i) }
+
+// BenchmarkList measures listings: GET /keys/list/, the benchListKeys keys
+// under the prefix (64-byte values) in one page of JSON, from 16 clients,
+// at each level, spread as BenchmarkGet's reads are. Besides the figures
+// every benchmark reports, keys/s is the keys listed per second.
+func BenchmarkList(b *testing.B) {
+	const c = 16
+	cl := startBenchCluster(b)
+	benchPreloadPaths(b, cl.urls(), benchListKeys, benchListPath)
+	cl.waitApplied() // stale listings on any member must find every key
+	for _, level := range []string{levelStale, levelDefault, levelConsistent} {
+		urls := cl.urls()
+		if level == levelDefault {
+			urls = []string{cl.procs.url(cl.waitLeader(), "")}
+		}
+		hc := newBenchClient(b, c)
+		op := func(w, i int, _ *rand.Rand) error {
+			return benchList(hc, urls[(w+i)%len(urls)]+"/keys/list/?level="+level, benchListKeys)
+		}
+		benchWarm(b, c, op)
+		b.Run("level="+level, func(b *testing.B) {
+			b.Run(fmt.Sprintf("keys=%d/c=%d", benchListKeys, c), func(b *testing.B) {
+				res := benchDrive(b, c, op, cl.procs.pids()...)
+				b.ReportMetric(res.opsPerSec()*benchListKeys, "keys/s")
+			})
+		})
+	}
+}
+
+// benchList sends one listing and fails unless it answers 200 with n
+// entries, counted without decoding them, which would cost the client
+// more than the listing costs the member.
+func benchList(hc *http.Client, url string, n int) error {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("GET %s: read body: %w", url, err)
+	}
+	if got := bytes.Count(body, []byte(`"key":`)); resp.StatusCode != http.StatusOK || got != n {
+		return fmt.Errorf("GET %s: %d with %d keys, want 200 with %d", url, resp.StatusCode, got, n)
+	}
+	return nil
+}
+
+// benchWatchers is how many watch streams BenchmarkWatch opens.
+const benchWatchers = 1000
+
+// BenchmarkWatch measures what open watchers cost writes, and how soon
+// they hear of them. It runs BenchmarkPut's PUT c=64 twice on one
+// cluster: with no watcher (watchers=0), then with benchWatchers streams
+// open on the leader, each on one of the keys bench-0 to bench-999, so
+// that a tenth of the PUTs (on random keys out of benchKeys) reach one
+// watcher each (watchers=1000). The second reports its ops/s over the
+// first's (no-watchers-ratio) and two delivery times. event-p50-ms and
+// event-p99-ms are from the answer to a watched PUT sent to the leader
+// (which answers once it has applied the entry, as its watchers are told
+// then) reaching its client, to the event reaching the watcher: the cost
+// of delivery after commit and apply, counted as 0 when the event came
+// first, with the share of those in event-first-frac. put-to-event-p99-ms
+// is from sending any watched PUT, to any member, to its event: what a
+// writer and a watcher see end to end. Every PUT to a watched key must
+// reach its watcher, once and in order, or the benchmark fails.
+func BenchmarkWatch(b *testing.B) {
+	const c = 64
+	cl := startBenchCluster(b)
+	benchPreload(b, cl.urls(), benchKeys) // every PUT then answers 204, as in BenchmarkPut
+	urls := cl.urls()
+	leader := cl.waitLeader()
+	acks := make([][]benchAck, c) // by worker: the watched PUTs answered
+	hc := newBenchClient(b, c)
+	op := func(w, i int, rng *rand.Rand) error {
+		key, member := rng.IntN(benchKeys), (w+i)%len(urls)
+		sent := time.Now()
+		index, err := benchPutIndex(hc, urls[member]+benchKeyPath(key))
+		if err == nil && key < benchWatchers {
+			acks[w] = append(acks[w], benchAck{key: key, index: index, sent: sent, answered: time.Now(), byLeader: uint64(member+1) == leader})
+		}
+		return err
+	}
+	benchWarm(b, c, op)
+	var without float64 // ops/s with no watchers, in the longest run
+	withoutOps := 0
+	b.Run(fmt.Sprintf("watchers=0/c=%d", c), func(b *testing.B) {
+		res := benchDrive(b, c, op, cl.procs.pids()...)
+		if res.ops >= withoutOps {
+			without, withoutOps = res.opsPerSec(), res.ops
+		}
+	})
+
+	if now := cl.waitLeader(); now != leader {
+		b.Fatalf("the leader moved from member %d to %d", leader, now)
+	}
+	watchers := openBenchWatchers(b, cl.procs.url(leader, ""), benchWatchers)
+	b.Logf("%d watchers open on the leader, member %d", benchWatchers, leader)
+	b.Run(fmt.Sprintf("watchers=%d/c=%d", benchWatchers, c), func(b *testing.B) {
+		for w := range acks {
+			acks[w] = acks[w][:0]
+		}
+		for _, bw := range watchers {
+			bw.reset()
+		}
+		res := benchDrive(b, c, op, cl.procs.pids()...)
+		lat, e2e, early, err := benchEventLatency(watchers, slices.Concat(acks...))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if without > 0 {
+			b.ReportMetric(res.opsPerSec()/without, "no-watchers-ratio")
+		}
+		if len(lat) > 0 {
+			b.ReportMetric(benchMillis(benchPercentile(lat, 0.5)), "event-p50-ms")
+			b.ReportMetric(benchMillis(benchPercentile(lat, 0.99)), "event-p99-ms")
+			b.ReportMetric(float64(early)/float64(len(lat)), "event-first-frac")
+			b.ReportMetric(benchMillis(benchPercentile(e2e, 0.99)), "put-to-event-p99-ms")
+		}
+	})
+}
+
+// benchAck is a PUT to a watched key, answered: the key's number, the
+// entry's index, when it was sent and answered, and whether the leader
+// answered it.
+type benchAck struct {
+	key            int
+	index          uint64
+	sent, answered time.Time
+	byLeader       bool
+}
+
+// benchPercentile is the value a fraction p of sorted did not exceed
+// (nearest rank).
+func benchPercentile(sorted []time.Duration, p float64) time.Duration {
+	return benchResult{lat: sorted}.percentile(p)
+}
+
+// benchPutIndex PUTs benchValue at url and returns the answer's
+// X-Raft-Index.
+func benchPutIndex(hc *http.Client, url string) (uint64, error) {
+	req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(benchValue))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, fmt.Errorf("PUT %s: read body: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusCreated {
+		return 0, fmt.Errorf("PUT %s: %d %q, want 204", url, resp.StatusCode, got)
+	}
+	index, err := strconv.ParseUint(resp.Header.Get("X-Raft-Index"), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("PUT %s: X-Raft-Index: %w", url, err)
+	}
+	return index, nil
+}
+
+// benchWatcher is one open watch stream of BenchmarkWatch, on one key:
+// when each of its events arrived.
+type benchWatcher struct {
+	mu      sync.Mutex
+	arrived map[uint64]time.Time // by index
+	last    uint64               // the last index, to check the order
+	bad     error                // a repeat, an event out of order, or a broken stream
+}
+
+// reset forgets the events so far, for the next run.
+func (bw *benchWatcher) reset() {
+	bw.mu.Lock()
+	defer bw.mu.Unlock()
+	clear(bw.arrived)
+}
+
+// openBenchWatchers opens n watch streams at base, on the keys bench-0 to
+// bench-(n-1), and returns once every one has answered 200; they are read
+// on their own goroutines until b ends.
+func openBenchWatchers(b *testing.B, base string, n int) []*benchWatcher {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
+	watchers := make([]*benchWatcher, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	open := make(chan struct{}, 50) // connect 50 at a time
+	for k := range n {
+		bw := &benchWatcher{arrived: make(map[uint64]time.Time)}
+		watchers[k] = bw
+		wg.Go(func() {
+			open <- struct{}{}
+			defer func() { <-open }()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/watch/"+strings.TrimPrefix(benchKeyPath(k), "/keys/"), nil)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			if resp.StatusCode != http.StatusOK {
+				resp.Body.Close()
+				errs[k] = fmt.Errorf("watch %d: %s", k, resp.Status)
+				return
+			}
+			go bw.read(ctx, resp.Body)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		b.Fatalf("open %d watchers: %v", n, err)
+	}
+	return watchers
+}
+
+// read takes events from a stream until it ends, noting when each
+// arrived.
+func (bw *benchWatcher) read(ctx context.Context, body io.ReadCloser) {
+	defer body.Close()
+	br := bufio.NewReader(body)
+	var id uint64
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			if ctx.Err() == nil {
+				bw.mu.Lock()
+				bw.bad = cmp.Or(bw.bad, fmt.Errorf("stream ended: %w", err))
+				bw.mu.Unlock()
+			}
+			return
+		}
+		switch {
+		case bytes.HasPrefix(line, []byte("id: ")):
+			id, _ = strconv.ParseUint(string(bytes.TrimSpace(line[4:])), 10, 64)
+		case len(line) == 1 && id != 0: // the blank line that ends an event
+			now := time.Now()
+			bw.mu.Lock()
+			if _, ok := bw.arrived[id]; ok || id <= bw.last {
+				bw.bad = cmp.Or(bw.bad, fmt.Errorf("event %d after %d", id, bw.last))
+			}
+			bw.arrived[id], bw.last = now, id
+			bw.mu.Unlock()
+			id = 0
+		}
+	}
+}
+
+// benchEventLatency waits, a while at most, until every watched PUT in
+// acks has reached its watcher, and returns, sorted, the delays from the
+// leader's answers to the events (0 where the event came first), and from
+// every PUT's sending to its event, and how many events came before the
+// leader's answer.
+func benchEventLatency(watchers []*benchWatcher, acks []benchAck) (lat, e2e []time.Duration, early int, err error) {
+	deadline := time.Now().Add(benchTimeout)
+	for _, a := range acks {
+		bw := watchers[a.key]
+		for {
+			bw.mu.Lock()
+			at, ok := bw.arrived[a.index]
+			bad := bw.bad
+			bw.mu.Unlock()
+			if bad != nil {
+				return nil, nil, 0, fmt.Errorf("watcher of bench-%d: %w", a.key, bad)
+			}
+			if ok {
+				e2e = append(e2e, at.Sub(a.sent))
+				if a.byLeader {
+					d := at.Sub(a.answered)
+					if d < 0 {
+						d, early = 0, early+1
+					}
+					lat = append(lat, d)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, nil, 0, fmt.Errorf("the PUT of bench-%d answered at index %d never reached its watcher", a.key, a.index)
+			}
+			time.Sleep(10 * time.Millisecond) // poll
+		}
+	}
+	slices.Sort(lat)
+	slices.Sort(e2e)
+	return lat, e2e, early, nil
 }
 
 // benchCeilingsFor returns the HTTP ceiling, in ops/s, of each of wls. Those
@@ -422,7 +730,7 @@ func benchMicros(d time.Duration) float64 { return float64(d) / float64(time.Mic
 // redirected fails the benchmark instead of costing a hidden second
 // request.
 func newBenchClient(b testing.TB, c int) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}
+	tr := &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true, TLSClientConfig: e2eClientTLS()}
 	b.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{
 		Transport:     tr,
@@ -494,15 +802,15 @@ func benchRequest(hc *http.Client, method, url string, header ...string) error {
 // load fails.
 const benchLoadAttempts = 10
 
-// benchLoadOp PUTs key w+i*c: the c workers of a run of n operations
-// together write keys 0 to n-1, each once. Loading is not what is measured,
+// benchLoadOp PUTs key w+i*c, at path(w+i*c): the c workers of a run of
+// n operations together write keys 0 to n-1, each once. Loading is not what is measured,
 // so a failed PUT (a 504 while a slow fsync holds the WAL up, say) is sent
 // again after a client's pause, which writing the same value makes
 // harmless; retries counts how many were. With idempotent, each write
 // carries an Idempotency-Key of UUID length, the same on its retries.
-func benchLoadOp(hc *http.Client, urls []string, c int, retries *atomic.Int64, idempotent bool) benchOp {
+func benchLoadOp(hc *http.Client, urls []string, c int, retries *atomic.Int64, idempotent bool, path func(int) string) benchOp {
 	return func(w, i int, _ *rand.Rand) error {
-		url := urls[(w+i)%len(urls)] + benchKeyPath(w+i*c)
+		url := urls[(w+i)%len(urls)] + path(w+i*c)
 		var header []string
 		if idempotent {
 			header = []string{"Idempotency-Key", fmt.Sprintf("%036d", w+i*c)}
@@ -524,10 +832,17 @@ const benchPreloadClients = 64
 // benchPreload writes keys 0 to n-1 through urls, untimed.
 func benchPreload(b *testing.B, urls []string, n int) {
 	b.Helper()
+	benchPreloadPaths(b, urls, n, benchKeyPath)
+}
+
+// benchPreloadPaths writes the keys at path(0) to path(n-1) through urls,
+// untimed.
+func benchPreloadPaths(b *testing.B, urls []string, n int, path func(int) string) {
+	b.Helper()
 	hc := newBenchClient(b, benchPreloadClients)
 	defer hc.CloseIdleConnections()
 	var retries atomic.Int64
-	if _, err := runLoad(n, benchPreloadClients, benchLoadOp(hc, urls, benchPreloadClients, &retries, false)); err != nil {
+	if _, err := runLoad(n, benchPreloadClients, benchLoadOp(hc, urls, benchPreloadClients, &retries, false, path)); err != nil {
 		b.Fatalf("pre-load %d keys: %v", n, err)
 	}
 	if retries.Load() > 0 {
@@ -802,7 +1117,7 @@ func measureMemory(b *testing.B, keys int) []benchMetric {
 	c := startBenchCluster(b)
 	hc := newBenchClient(b, benchMemoryClients)
 	var retries atomic.Int64
-	res, err := runLoad(keys, benchMemoryClients, benchLoadOp(hc, c.urls(), benchMemoryClients, &retries, true))
+	res, err := runLoad(keys, benchMemoryClients, benchLoadOp(hc, c.urls(), benchMemoryClients, &retries, true, benchKeyPath))
 	if err != nil {
 		b.Fatalf("load %d keys (%d retries): %v", keys, retries.Load(), err)
 	}

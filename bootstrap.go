@@ -79,11 +79,18 @@ func checkBootstrap(ctx context.Context, cfg config, lg *zap.Logger) error {
 	if err := checkDataDirFree(cfg.dataDir); err != nil {
 		return err
 	}
-	client := &http.Client{Transport: &http.Transport{}, Timeout: peerAskTimeout}
+	// Peers are asked as rafthttp dials them: with the peer TLS flags.
+	client, err := newDialClient(dialTLS(cfg.peerTLS, lg), peerAskTimeout)
+	if err != nil {
+		return fmt.Errorf("peer TLS: %w", err)
+	}
 	defer client.CloseIdleConnections()
 	answers, err := checkNotRunning(ctx, client, cfg, lg)
 	if err != nil {
 		return err
+	}
+	if cfg.forceNewCluster {
+		return checkPeersGone(cfg, answers) // forcenewcluster.go
 	}
 	if cfg.join == "" && !hasWAL(cfg.dataDir) {
 		return checkNeverStarted(cfg, answers)

@@ -31,6 +31,9 @@ import (
 // WAL recorded.
 func (rc *raftNode) openStorage() (walExisted bool, err error) {
 	walDir, snapDir := rc.walDir(), rc.snapDir()
+	if rc.cfg.forceNewCluster && !wal.Exist(walDir) {
+		return false, fmt.Errorf("%w: data dir %s has no WAL; --force-new-cluster restarts a member from its own data", ErrCannotForce, rc.cfg.dataDir)
+	}
 	if err := fileutil.TouchDirAll(rc.lg, snapDir); err != nil {
 		return false, fmt.Errorf("data dir %s: %w", rc.cfg.dataDir, err)
 	}
@@ -94,6 +97,12 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 		return true, fmt.Errorf("data dir %s belongs to member %d, not %d", rc.cfg.dataDir, owner.memberID, rc.id)
 	}
 	rc.clusterID = owner.clusterID
+	if rc.cfg.forceNewCluster {
+		if hardState, entries, err = rc.forceNewCluster(rc.confState, walSnap.GetIndex(), hardState, entries); err != nil {
+			rc.wal.Close()
+			return true, err
+		}
+	}
 	if hardState != nil {
 		if err := rc.raftStorage.SetHardState(hardState); err != nil {
 			rc.wal.Close()

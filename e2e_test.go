@@ -78,6 +78,7 @@ type e2eCluster struct {
 	clients  []string // client URLs by id-1
 	running  map[uint64]*e2eProc
 	all      []*e2eProc
+	pki      *testPKI // the members' certificates when they run on TLS (e2eTLSEnv); nil on plain http
 }
 
 func newE2ECluster(t testing.TB, bin string) *e2eCluster {
@@ -87,6 +88,7 @@ func newE2ECluster(t testing.TB, bin string) *e2eCluster {
 		dir:      t.TempDir(),
 		deadline: time.Now().Add(e2eBudget),
 		running:  make(map[uint64]*e2eProc),
+		pki:      e2eTLS(t),
 	}
 	t.Cleanup(func() {
 		for _, p := range c.all {
@@ -118,7 +120,7 @@ func (c *e2eCluster) allocate() uint64 {
 // port out again, and two members on one port cannot both start.
 func (c *e2eCluster) unusedURL() string {
 	for {
-		u := "http://" + freeAddr(c.t)
+		u := c.scheme() + "://" + freeAddr(c.t)
 		if !slices.Contains(c.peers, u) && !slices.Contains(c.clients, u) {
 			return u
 		}
@@ -129,12 +131,12 @@ func (c *e2eCluster) unusedURL() string {
 // n allocated members.
 func (c *e2eCluster) args(id uint64, n int) []string {
 	client := c.clients[id-1]
-	return []string{
+	return append([]string{
 		"--id", fmt.Sprint(id),
 		"--cluster", strings.Join(c.peers[:n], ","),
 		"--port", client[strings.LastIndex(client, ":")+1:],
 		"--data-dir", filepath.Join(c.dir, fmt.Sprintf("raftkv-%d", id)),
-	}
+	}, c.tlsArgs()...)
 }
 
 // startThree allocates members 1 to 3 and starts each with its README
@@ -352,11 +354,15 @@ var builtBinary struct {
 	err  error
 }
 
-// TestMain runs the tests, then removes the binary they built, if any.
+// TestMain runs the tests, then removes the binary they built and the
+// certificates they made, if any.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if builtBinary.dir != "" {
 		os.RemoveAll(builtBinary.dir)
+	}
+	if e2ePKI.dir != "" {
+		os.RemoveAll(e2ePKI.dir)
 	}
 	os.Exit(code)
 }

@@ -23,6 +23,7 @@ type faultCluster struct {
 	t             *testing.T
 	procs         *e2eCluster // starts, tracks and finally reaps the processes
 	snapshotCount int
+	extraArgs     []string // on every member's command line, after the rest
 
 	mu      sync.Mutex
 	members []*faultMember // by id-1, every member ever created
@@ -44,11 +45,11 @@ type faultMember struct {
 const faultMemberTimeout = 30 * time.Second
 
 // newFaultCluster starts n members with --snapshot-count snapshotCount and
-// waits until each serves.
-func newFaultCluster(t *testing.T, bin string, n, snapshotCount int) *faultCluster {
+// extraArgs, and waits until each serves.
+func newFaultCluster(t *testing.T, bin string, n, snapshotCount int, extraArgs ...string) *faultCluster {
 	procs := newE2ECluster(t, bin)
 	procs.deadline = time.Now().Add(24 * time.Hour) // the caller bounds each wait itself
-	c := &faultCluster{t: t, procs: procs, snapshotCount: snapshotCount}
+	c := &faultCluster{t: t, procs: procs, snapshotCount: snapshotCount, extraArgs: extraArgs}
 	for range n {
 		c.allocate()
 	}
@@ -66,7 +67,7 @@ func newFaultCluster(t *testing.T, bin string, n, snapshotCount int) *faultClust
 // of its peer listener.
 func (c *faultCluster) allocate() *faultMember {
 	id := c.procs.allocate()
-	m := &faultMember{id: id, client: c.procs.clients[id-1], proxy: newPeerProxy(c.t, strings.TrimPrefix(c.procs.peers[id-1], "http://"))}
+	m := &faultMember{id: id, client: c.procs.clients[id-1], proxy: newPeerProxy(c.t, hostPort(c.procs.peers[id-1]), newProxyTLS(c.t, c.procs.pki))}
 	c.mu.Lock()
 	c.members = append(c.members, m)
 	c.mu.Unlock()
@@ -90,10 +91,11 @@ func (c *faultCluster) args(id uint64, join string) []string {
 		"--snapshot-count", fmt.Sprint(c.snapshotCount),
 		"--request-timeout", "3s",
 	}
+	args = append(args, c.procs.tlsArgs()...)
 	if join != "" {
 		args = append(args, "--join", join)
 	}
-	return args
+	return append(args, c.extraArgs...)
 }
 
 // start runs a new process for m on its data dir.

@@ -404,7 +404,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 	if isKey && read {
 		params = []string{"level"}
 	}
-	if listing := isKey && read && (key == "" || strings.HasSuffix(key, "/")); listing || strings.HasPrefix(req.URL.Path, "/watch/") {
+	if listing := isKey && read && (key == "" || strings.HasSuffix(key, "/")); listing || (read && strings.HasPrefix(req.URL.Path, "/watch/")) {
 		fuzzCheckStream(t, what, req, rec, listing, before, after)
 		return
 	}
@@ -557,7 +557,7 @@ func fuzzCheck(t *testing.T, req *http.Request, value []byte, complete bool, rec
 		}
 		version()
 		readIndex()
-	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health"}, req.URL.Path):
+	case code == http.StatusOK && read && slices.Contains([]string{"/status", "/members", "/health", "/metrics", "/version", "/snapshot"}, req.URL.Path):
 	case code == http.StatusOK && read && fuzzIsMember(before, req.URL.Path):
 	default:
 		t.Fatalf("%s: unexpected %d %q", what, code, rec.Body.String())

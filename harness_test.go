@@ -30,6 +30,7 @@ const testTick = 20 * time.Millisecond
 type testCluster struct {
 	t        testing.TB
 	dir      string
+	scheme   string   // of every URL: http, or https for a cluster on TLS
 	peerURLs []string // by id-1; grows as members are added
 	clients  []string // client URLs by id-1
 	mutate   func(*config)
@@ -47,8 +48,15 @@ type testCluster struct {
 // ports, a few times at most.
 func newTestCluster(t testing.TB, n int, mutate func(*config)) *testCluster {
 	t.Helper()
+	return newTestClusterOn(t, "http", n, mutate)
+}
+
+// newTestClusterOn is newTestCluster with every URL on scheme; for https,
+// mutate must give the members their TLS flags.
+func newTestClusterOn(t testing.TB, scheme string, n int, mutate func(*config)) *testCluster {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		c := &testCluster{t: t, dir: t.TempDir(), mutate: mutate, running: make(map[uint64]*server)}
+		c := &testCluster{t: t, dir: t.TempDir(), scheme: scheme, mutate: mutate, running: make(map[uint64]*server)}
 		for range n {
 			c.allocate()
 		}
@@ -74,8 +82,8 @@ func newTestCluster(t testing.TB, n int, mutate func(*config)) *testCluster {
 
 // allocate reserves loopback ports for one more member and returns its id.
 func (c *testCluster) allocate() uint64 {
-	c.peerURLs = append(c.peerURLs, "http://"+freeAddr(c.t))
-	c.clients = append(c.clients, "http://"+freeAddr(c.t))
+	c.peerURLs = append(c.peerURLs, c.scheme+"://"+freeAddr(c.t))
+	c.clients = append(c.clients, c.scheme+"://"+freeAddr(c.t))
 	return uint64(len(c.peerURLs))
 }
 
@@ -92,6 +100,7 @@ func (c *testCluster) config(id uint64, join string) config {
 		maxValueBytes:     1 << 20,
 		idempotencyWindow: defaultIdempotencyWindow,
 		watchHistoryBytes: defaultWatchHistoryBytes,
+		watchKeepAlive:    watchKeepAlive,
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}
@@ -122,34 +131,40 @@ func (c *testCluster) startWith(cfg config) {
 
 // addMember allocates ports for a new member, adds it through member via
 // with --join and returns its id once it runs and is promoted to a voter
-// (--join adds it as a learner). Until it has asked to join (it listens for
-// clients first) its ports may still change.
+// (--join adds it as a learner).
 func (c *testCluster) addMember(via uint64) uint64 {
 	c.t.Helper()
+	id := c.joinMember(via)
+	eventually(c.t, 15*time.Second, fmt.Sprintf("joined member %d to be promoted to a voter", id), func() bool {
+		m, ok := c.server(id).store.lookupMember(id)
+		return ok && !m.IsLearner
+	})
+	return id
+}
+
+// joinMember allocates ports for a new member, adds it through member via
+// with --join and returns its id once it runs, a learner until it has
+// caught up. Until it has asked to join (it listens for clients first) its
+// ports may still change.
+func (c *testCluster) joinMember(via uint64) uint64 {
+	c.t.Helper()
 	id := c.allocate()
-	promoted := func() uint64 {
-		eventually(c.t, 15*time.Second, fmt.Sprintf("joined member %d to be promoted to a voter", id), func() bool {
-			m, ok := c.server(id).store.lookupMember(id)
-			return ok && !m.IsLearner
-		})
-		return id
-	}
 	for attempt := 1; ; attempt++ {
 		cfg := c.config(id, c.clientURL(via))
 		err := c.tryStart(cfg)
 		switch {
 		case err == nil:
-			return promoted()
+			return id
 		case !portTaken(err):
 			c.t.Fatalf("add member %d through %d: %v", id, via, err)
 		case hasWAL(cfg.dataDir):
 			c.startWith(cfg) // joined already, with these ports
-			return promoted()
+			return id
 		case attempt == 3:
 			c.t.Fatalf("add member %d through %d: %v", id, via, err)
 		}
-		c.peerURLs[id-1] = "http://" + freeAddr(c.t)
-		c.clients[id-1] = "http://" + freeAddr(c.t)
+		c.peerURLs[id-1] = c.scheme + "://" + freeAddr(c.t)
+		c.clients[id-1] = c.scheme + "://" + freeAddr(c.t)
 	}
 }
 

@@ -48,16 +48,19 @@ type httpAPI struct {
 	idemWindow     uint64      // --idempotency-window, carried in each keyed entry
 	answerLog      *zap.Logger // 5xx answers (see serverError)
 	mux            *http.ServeMux
+	watchKeepAlive time.Duration
 	stopping       chan struct{} // closed when the server shuts down: watch streams end
 	stopOnce       sync.Once
+	metrics        *metrics // nil keeps none (metrics.go)
 }
 
 // endStreams ends every watch stream: the server is shutting down, which
 // waits for requests to finish, and a stream never would.
 func (h *httpAPI) endStreams() { h.stopOnce.Do(func() { close(h.stopping) }) }
 
-func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *httpAPI {
+func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics) *httpAPI {
 	h := &httpAPI{
+		metrics:        m,
 		id:             cfg.id,
 		clientURL:      cfg.clientURL,
 		store:          store,
@@ -68,6 +71,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 		idemWindow:     cfg.idempotencyWindow,
 		answerLog:      newAnswerLogger(store.lg),
 		mux:            http.NewServeMux(),
+		watchKeepAlive: cfg.watchKeepAlive,
 		stopping:       make(chan struct{}),
 	}
 	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the
@@ -84,6 +88,9 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 	h.handle("POST /members/{id}/promote", h.promoteMember)
 	h.handle("GET /status", h.getStatus)
 	h.handle("GET /health", h.getHealth)
+	h.handle("GET /metrics", h.serveMetrics)
+	h.handle("GET /version", getBuildInfo)
+	h.handle("GET /snapshot", h.snapshotRoute(), "level") // backup.go
 	if cfg.enablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
 		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")
@@ -100,6 +107,8 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop) *http
 // redirected to "/", where no route is. Every answer names the cluster,
 // for a member joining through this one.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w, rec := h.metrics.trackRequest(w)
+	defer h.metrics.requestDone(rec, r)
 	w.Header().Set(clusterIDHeader, types.ID(h.raft.clusterID).String())
 	if r.RequestURI == "*" {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
@@ -191,6 +200,7 @@ func (h *httpAPI) answerWrite(w http.ResponseWriter, o outcome, err error, code 
 	}
 	if o.replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
+		h.metrics.replayAnswered()
 	}
 	if err != nil {
 		h.writeError(w, err)

@@ -605,7 +605,7 @@ func TestHTTPNoLeader(t *testing.T) {
 // members never start, so it never has a leader, and returns its handler.
 func httpTestLoneOfThree(t *testing.T) (*testCluster, http.Handler) {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), running: make(map[uint64]*server)}
+	c := &testCluster{t: t, dir: t.TempDir(), scheme: "http", running: make(map[uint64]*server)}
 	for range 3 {
 		c.allocate()
 	}

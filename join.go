@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,7 +55,13 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 	}
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: cfg.requestTimeout + time.Second}
+	// The member joined through is a client URL: dial it, and the leader
+	// it may redirect to, with the client TLS flags.
+	client, err := newDialClient(dialTLS(cfg.clientTLS, lg), cfg.requestTimeout+time.Second)
+	if err != nil {
+		return joinedCluster{}, fmt.Errorf("client TLS: %w", err)
+	}
+	defer client.CloseIdleConnections()
 	membersURL := strings.TrimSuffix(cfg.join, "/") + "/members"
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, membersURL, bytes.NewReader(body))
@@ -83,6 +90,10 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 				return joinedCluster{}, fmt.Errorf("%w by %s: %s %s", ErrJoinRefused, cfg.join, resp.Status, strings.TrimSpace(string(reason)))
 			}
 			err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(reason)))
+		}
+		if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+			// No retry makes the member's certificate verify.
+			return joinedCluster{}, fmt.Errorf("join via %s: %w (check --trusted-ca-file)", cfg.join, err)
 		}
 		lg.Warn("join request failed; retrying", zap.String("via", cfg.join), zap.Error(err))
 		select {

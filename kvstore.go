@@ -84,6 +84,11 @@ type kvstore struct {
 
 	watch   *watchHistory // the changes applied, for watchers
 	changes []event       // the changes of the entry being applied
+
+	metrics *metrics // set before serveApply starts; nil keeps none (metrics.go)
+	// appliedTerm is the term of the entry at appliedIndex, which a backup
+	// records (backup.go); mu guards it.
+	appliedTerm uint64
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
@@ -136,7 +141,9 @@ func (s *kvstore) propose(ctx context.Context, requestID uint64, data []byte) (u
 // requestID has a waiter to wake: a follower may apply before the leader,
 // and any member can wake its own handler. The raft node wakes it too, with
 // ErrNoLeader, if raft refuses the proposal.
-func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (outcome, error) {
+func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (result outcome, err error) {
+	s.metrics.proposalStarted()
+	defer func() { s.metrics.proposalDone(result, err) }()
 	outcomeC := s.waiters.Register(requestID)
 	select {
 	case c <- msg:
@@ -250,6 +257,7 @@ func (s *kvstore) apply(b *applyBatch) error {
 	for _, e := range b.entries {
 		// Store the index first: the handler woken below may ask /status.
 		s.appliedIndex.Store(e.GetIndex())
+		s.appliedTerm = e.GetTerm()
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			s.applyNormal(e)
@@ -385,6 +393,7 @@ func (s *kvstore) snapshot() []byte {
 
 // loadSnapshot replaces the whole state with a snapshot's; s.mu must be held.
 func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
+	start := time.Now()
 	index := snap.GetMetadata().GetIndex()
 	d, err := newSnapshotDecoder(snap.GetData())
 	if err != nil {
@@ -404,7 +413,9 @@ func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 	}
 	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
 	s.appliedIndex.Store(index)
+	s.appliedTerm = snap.GetMetadata().GetTerm()
 	s.watch.reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
 	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", kv.Len()))
+	s.metrics.snapshotLoaded(start)
 	return nil
 }

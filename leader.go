@@ -37,6 +37,7 @@ func (rc *raftNode) trackLeader(rd raft.Ready) {
 	// the start of its term.
 	rc.termStart.Store(start)
 	if rc.leader.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
+		rc.metrics.leaderChanged(rd.SoftState.Lead)
 		rc.leaderMu.Lock()
 		if rc.leaderChangeC != nil {
 			close(rc.leaderChangeC)

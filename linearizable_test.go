@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -41,9 +42,10 @@ func TestLinearizable(t *testing.T) {
 		name          string
 		snapshotCount int
 		membership    bool
+		extraArgs     []string
 	}{
-		{"snapshot-count=10000", 10000, false},
-		{"snapshot-count=50", 50, true},
+		{"snapshot-count=10000", 10000, false, nil},
+		{"snapshot-count=50", 50, true, []string{"--watch-history-bytes", strconv.Itoa(smallWatchHistory)}},
 	}
 	var total faultSummary
 	for i, run := range runs {
@@ -59,7 +61,7 @@ func TestLinearizable(t *testing.T) {
 			}
 		}
 		t.Run(run.name, func(t *testing.T) {
-			s := runLinearizable(t, bin, seed+uint64(i), run.snapshotCount, run.membership, faultTime)
+			s := runLinearizable(t, bin, seed+uint64(i), run.snapshotCount, run.membership, faultTime, run.extraArgs...)
 			t.Logf("summary: %s", s)
 			total.add(s)
 		})
@@ -116,11 +118,13 @@ func linearizableFlags(t *testing.T) (time.Duration, uint64) {
 	return soak, seed
 }
 
-// runLinearizable is one run: a 3-member cluster, the workload, faults
-// for faultTime (and at least one of each kind), then the checks.
-func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, membership bool, faultTime time.Duration) faultSummary {
+// runLinearizable is one run: a 3-member cluster whose members also get
+// extraArgs, the workload with its watchers and lister, faults for
+// faultTime (and at least one of each kind), then the checks.
+func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, membership bool, faultTime time.Duration, extraArgs ...string) faultSummary {
 	rng := rand.New(rand.NewPCG(seed, 0))
-	c := newFaultCluster(t, bin, 3, snapshotCount)
+	c := newFaultCluster(t, bin, 3, snapshotCount, extraArgs...)
+	t.Logf("members on %s", e2eTLSDescription())
 	w := startWorkload(c, seed)
 	defer w.halt()
 	var s faultSummary
@@ -135,7 +139,9 @@ func runLinearizable(t *testing.T, bin string, seed uint64, snapshotCount int, m
 	s.fault(faultRestartAll, recovery)
 	w.finalReads()
 
+	through := w.finishWatchers()
 	w.check(t, seed, &s)
+	w.checkWatchAndListings(t, seed, through, &s)
 	return s
 }
 
@@ -397,8 +403,9 @@ func describeKV(in kvInput, out kvOutput) string {
 }
 
 // workload is the clients: linearizableClients doing colliding operations
-// recorded for porcupine, and a stale and a default reader checking that
-// whatever they read was written by someone.
+// recorded for porcupine, a stale and a default reader checking that
+// whatever they read was written by someone, a lister whose pages are
+// checked against the history, and the watchers (linwatch_test.go).
 type workload struct {
 	c     *faultCluster
 	seed  uint64
@@ -421,17 +428,27 @@ type workload struct {
 	replayed     int      // of those, answered Idempotent-Replayed: true
 	conditional  int      // conditional writes with a definite answer
 	refused      int      // of those, 412
+	answeredMax  uint64   // the highest index a write was answered at
+	pages        []listedPage
+
+	watchCtx    context.Context // cancelled to stop the watchers
+	watchCancel context.CancelFunc
+	watchWG     sync.WaitGroup
+	watchers    []*linWatcher
 }
 
-// startWorkload starts the clients against c.
+// startWorkload starts the watchers, then the clients and the lister,
+// against c.
 func startWorkload(c *faultCluster, seed uint64) *workload {
 	w := &workload{c: c, seed: seed, start: time.Now(), stopC: make(chan struct{}), written: make(map[string]bool), finalClient: -1}
+	w.startWatchers()
 	for i := range linearizableClients {
 		w.wg.Go(func() { w.client(i) })
 	}
 	for i, level := range []string{"stale", "default"} {
 		w.wg.Go(func() { w.staleReader(linearizableClients+i, level) })
 	}
+	w.wg.Go(func() { w.lister(linearizableClients + 2) })
 	return w
 }
 
@@ -469,16 +486,23 @@ func (w *workload) key(rng *rand.Rand) string {
 	return linearizableKey(epoch, rng.IntN(keysPerEpoch))
 }
 
-// linearizableKey names key i of epoch.
-func linearizableKey(epoch, i int) string { return fmt.Sprintf("e%dk%d", epoch, i) }
+// linearizableKey names key i of epoch: under the epoch's prefix, under
+// the workload's, which the watchers watch.
+func linearizableKey(epoch, i int) string {
+	return fmt.Sprintf("%se%d/k%d", linearizablePrefix, epoch, i)
+}
 
-// record adds a finished operation to the history, and the version its
-// answer shows to the versions seen.
+// record adds a finished operation to the history, the version its
+// answer shows to the versions seen, and the index a write was answered
+// at to what a consistent listing must reflect from now on.
 func (w *workload) record(op porcupine.Operation) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.ops = append(w.ops, op)
 	in, out := op.Input.(kvInput), op.Output.(kvOutput)
+	if in.op != "get" && !out.unknown {
+		w.answeredMax = max(w.answeredMax, out.index)
+	}
 	switch {
 	case out.unknown || out.failed:
 	case in.op == "put":
@@ -507,7 +531,7 @@ func (w *workload) stopped() bool {
 
 // workloadHTTPClient is one client's own keep-alive connections.
 func workloadHTTPClient() *http.Client {
-	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
+	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 2, TLSClientConfig: e2eClientTLS()}}
 }
 
 // hastyClient is hc in a hurry: a deadline of 1–10 ms, picked with rng,
@@ -926,7 +950,7 @@ func (w *workload) check(t *testing.T, seed uint64, s *faultSummary) {
 		if dir == "" {
 			dir, _ = os.MkdirTemp("", "raftkv-linearizability-")
 		}
-		path := filepath.Join(dir, key+".html")
+		path := filepath.Join(dir, strings.ReplaceAll(key, "/", "_")+".html")
 		if err := porcupine.VisualizePath(model, info, path); err != nil {
 			path = err.Error()
 		}
@@ -1010,6 +1034,16 @@ type faultSummary struct {
 	histories, violations    int
 	lost, twice              int // acknowledged writes lost; PUTs applied twice
 	worstRecovery            time.Duration
+
+	// The watchers (linwatch_test.go): how they went, what was checked,
+	// and what was found.
+	watchers, watchConns, watchEnds, watchCuts, watchGone, watchRelists int
+	watchErrors                                                         map[string]int // error events, by reason
+	watchEvents, watchGaps, watchRepeats, watchForeign                  int
+	watchSkips                                                          int // watchers moved to the oldest index kept, after 410s everywhere
+	watchUnseen                                                         int // acknowledged writes no watcher took
+	watchHoles                                                          int // runs whose watchers together left a hole
+	pages, pageKeys, pagesWrong, pagesUnsure                            int // listing pages checked, their keys, wrong pages, keys left out
 }
 
 // fault counts one healed fault of kind and how long recovery took.
@@ -1041,6 +1075,29 @@ func (s *faultSummary) add(o faultSummary) {
 	s.violations += o.violations
 	s.lost += o.lost
 	s.twice += o.twice
+	s.watchers += o.watchers
+	s.watchConns += o.watchConns
+	s.watchEnds += o.watchEnds
+	s.watchCuts += o.watchCuts
+	s.watchGone += o.watchGone
+	s.watchRelists += o.watchRelists
+	s.watchSkips += o.watchSkips
+	for why, n := range o.watchErrors {
+		if s.watchErrors == nil {
+			s.watchErrors = make(map[string]int)
+		}
+		s.watchErrors[why] += n
+	}
+	s.watchEvents += o.watchEvents
+	s.watchGaps += o.watchGaps
+	s.watchRepeats += o.watchRepeats
+	s.watchForeign += o.watchForeign
+	s.watchUnseen += o.watchUnseen
+	s.watchHoles += o.watchHoles
+	s.pages += o.pages
+	s.pageKeys += o.pageKeys
+	s.pagesWrong += o.pagesWrong
+	s.pagesUnsure += o.pagesUnsure
 	s.worstRecovery = max(s.worstRecovery, o.worstRecovery)
 }
 
@@ -1057,6 +1114,6 @@ func (s faultSummary) faultsString() string {
 
 // String is the summary line.
 func (s faultSummary) String() string {
-	return fmt.Sprintf("%d operations (%d writes of unknown outcome, %d without a definite answer before retrying with the same Idempotency-Key; %d answers replayed; %d conditional writes, %d refused with 412) + %d stale/default reads, %s and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, %d PUTs applied twice, worst recovery %s",
-		s.ops, s.unknown, s.firstUnknown, s.replayed, s.conditional, s.refused, s.staleReads, s.faultsString(), s.memberChanges, s.histories, s.violations, s.lost, s.twice, s.worstRecovery.Round(time.Millisecond))
+	return fmt.Sprintf("%d operations (%d writes of unknown outcome, %d without a definite answer before retrying with the same Idempotency-Key; %d answers replayed; %d conditional writes, %d refused with 412) + %d stale/default reads, %s and %d membership changes, %d histories checked, %d violations, %d acknowledged writes lost, %d PUTs applied twice, worst recovery %s; %s",
+		s.ops, s.unknown, s.firstUnknown, s.replayed, s.conditional, s.refused, s.staleReads, s.faultsString(), s.memberChanges, s.histories, s.violations, s.lost, s.twice, s.worstRecovery.Round(time.Millisecond), s.watchString())
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/pkg/v3/runtime"
@@ -25,36 +24,54 @@ const reservedFDs = 150
 // listenClients listens for clients on addr, accepting at most as many
 // connections at a time as the file descriptor limit leaves beyond
 // reservedFDs. Clients beyond that wait in the kernel's accept queue until
-// a connection closes, which connLimits bounds.
-func listenClients(addr string) (net.Listener, error) {
+// a connection closes, which connLimits bounds. With tlsInfo (nil for
+// plain http) it serves TLS, as etcd's client listener does: the limit
+// counts connections before their handshake, which etcd's TLS listener
+// runs apart from Accept and gives up on after 10 seconds.
+func listenClients(addr string, tlsInfo *transport.TLSInfo) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	limit, err := runtime.FDLimit()
+	if limit, err := runtime.FDLimit(); err == nil { // else no limit to keep within on this system
+		if limit <= reservedFDs {
+			ln.Close()
+			return nil, fmt.Errorf("the file descriptor limit (ulimit -n) is %d: raftkv needs more than %d", limit, reservedFDs)
+		}
+		ln = transport.LimitListener(ln, int(limit-reservedFDs))
+	}
+	if tlsInfo == nil {
+		return ln, nil
+	}
+	tln, err := transport.NewTLSListener(ln, tlsInfo)
 	if err != nil {
-		return ln, nil // no limit to keep within on this system
-	}
-	if limit <= reservedFDs {
 		ln.Close()
-		return nil, fmt.Errorf("the file descriptor limit (ulimit -n) is %d: raftkv needs more than %d", limit, reservedFDs)
+		return nil, fmt.Errorf("client TLS: %w", err)
 	}
-	return transport.LimitListener(ln, int(limit-reservedFDs)), nil
+	return tln, nil
 }
 
-// stoppableListener is the peer listener: a TCP listener that closes when
+// stoppableListener is the peer listener: a listener that closes when
 // stopC closes. The peer server cannot be stopped with http.Server.Shutdown,
 // which waits for requests to finish, because rafthttp's streams are
 // requests that never finish; the raft node closes stopC to refuse new peer
 // connections at once and transport.Stop ends the streams.
 type stoppableListener struct {
-	*net.TCPListener
+	net.Listener
 	stopC <-chan struct{}
 }
 
-// newStoppableListener listens on addr until stopC closes.
-func newStoppableListener(addr string, stopC <-chan struct{}) (*stoppableListener, error) {
-	ln, err := net.Listen("tcp", addr)
+// newStoppableListener listens on addr until stopC closes, with etcd's
+// peer listener (transport.NewListenerWithOpts): TCP keep-alive on every
+// connection, so that a peer that vanished without closing its streams is
+// noticed, and for scheme https TLS with tlsInfo, which also refuses a
+// peer whose certificate does not name the address it connects from.
+func newStoppableListener(addr, scheme string, tlsInfo *transport.TLSInfo, stopC <-chan struct{}) (*stoppableListener, error) {
+	var opts []transport.ListenerOption
+	if tlsInfo != nil {
+		opts = append(opts, transport.WithTLSInfo(tlsInfo))
+	}
+	ln, err := transport.NewListenerWithOpts(addr, scheme, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -62,13 +79,12 @@ func newStoppableListener(addr string, stopC <-chan struct{}) (*stoppableListene
 		<-stopC
 		ln.Close()
 	}()
-	return &stoppableListener{TCPListener: ln.(*net.TCPListener), stopC: stopC}, nil
+	return &stoppableListener{Listener: ln, stopC: stopC}, nil
 }
 
-// Accept waits for the next peer connection and enables TCP keep-alive on
-// it, so that a peer that vanished without closing its streams is noticed.
+// Accept waits for the next peer connection.
 func (ln *stoppableListener) Accept() (net.Conn, error) {
-	conn, err := ln.AcceptTCP()
+	conn, err := ln.Listener.Accept()
 	if err != nil {
 		select {
 		case <-ln.stopC:
@@ -77,7 +93,5 @@ func (ln *stoppableListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 	}
-	conn.SetKeepAlive(true)
-	conn.SetKeepAlivePeriod(30 * time.Second)
 	return conn, nil
 }

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -48,10 +49,15 @@ type config struct {
 	watchHistoryBytes int
 	logLevel          zapcore.Level
 	enablePprof       bool          // serve Go's profiles under /debug/pprof/ on the client URL
+	forceNewCluster   bool          // restart as the only member, from this member's data (forcenewcluster.go)
 	tickInterval      time.Duration // one raft clock tick; not a flag, tests shorten it
+	watchKeepAlive    time.Duration // how often an idle watch stream hears from us; not a flag, tests shorten it
 	// How long a client or peer connection may go without progress (see
 	// connLimits); not flags, tests shorten them.
 	clientConnLimits, peerConnLimits connLimits
+	// clientTLS and peerTLS are the TLS flags of each port (tls.go); empty
+	// for a port on plain http.
+	clientTLS, peerTLS transport.TLSInfo
 }
 
 // peerURL is where this member's peers reach it.
@@ -79,8 +85,15 @@ const maxValueLimit = 8 << 20
 const gcPercent = 50
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		os.Exit(runRestore(os.Args[2:], os.Stdout, os.Stderr)) // restore.go
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if errors.Is(err, errShowVersion) {
+		fmt.Println(buildInfo().line())
 		return
 	}
 	if err != nil {
@@ -111,7 +124,7 @@ func parseFlags(args []string) (config, error) {
 	clusterToken := fs.String("cluster-token", defaultClusterToken, "with --cluster, derives the cluster ID at a first start without --join; give each cluster its own")
 	port := fs.Int("port", 9121, "client API port; sets the default --client-url")
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
-	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>)")
+	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
 	join := fs.String("join", "", "client URL of a running member: ask it to add this member as a learner, start as a new member, and ask to be promoted to a voter once caught up")
 	learner := fs.Bool("learner", false, "with --join, stay a learner: never ask to be promoted (POST /members/{id}/promote does it)")
@@ -122,6 +135,9 @@ func parseFlags(args []string) (config, error) {
 	watchHistoryBytes := fs.Int("watch-history-bytes", defaultWatchHistoryBytes, "how many bytes of recent changes this member keeps, so that a watch can resume from an earlier index")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles under /debug/pprof/ on the client URL")
+	showVersion := fs.Bool("version", false, "print raftkv's version, and raft's and etcd's, and exit")
+	tlsFlags := addTLSFlags(fs)
+	forceNewCluster := fs.Bool("force-new-cluster", false, "restart this member alone, as a one-member cluster, from its own data, when a majority is lost for good; once, then restart without it")
 
 	err := fs.Parse(args)
 	if err != nil {
@@ -130,6 +146,9 @@ func parseFlags(args []string) (config, error) {
 			fs.Usage()
 		}
 		return config{}, err
+	}
+	if *showVersion {
+		return config{}, errShowVersion
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -148,7 +167,11 @@ func parseFlags(args []string) (config, error) {
 		idempotencyWindow: *idempotencyWindow,
 		watchHistoryBytes: *watchHistoryBytes,
 		tickInterval:      100 * time.Millisecond,
+		watchKeepAlive:    watchKeepAlive,
 		enablePprof:       *enablePprof,
+		clientTLS:         tlsFlags.client,
+		peerTLS:           tlsFlags.peer,
+		forceNewCluster:   *forceNewCluster,
 	}
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
@@ -175,7 +198,7 @@ func parseFlags(args []string) (config, error) {
 		return config{}, fmt.Errorf("--port %d: must be 1 to 65535", *port)
 	}
 	if cfg.clientURL == "" {
-		cfg.clientURL = fmt.Sprintf("http://127.0.0.1:%d", *port)
+		cfg.clientURL = fmt.Sprintf("%s://127.0.0.1:%d", tlsFlags.clientScheme(), *port)
 	}
 	if cfg.clientURL, err = normalizeURL(cfg.clientURL); err != nil {
 		return config{}, fmt.Errorf("--client-url: %w", err)
@@ -187,6 +210,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.dataDir == "" {
 		cfg.dataDir = fmt.Sprintf("raftkv-%d", cfg.id)
+	}
+	if cfg.forceNewCluster && cfg.join != "" {
+		return config{}, errors.New("--force-new-cluster restarts a member from its own data; it cannot --join")
 	}
 	if cfg.join != "" {
 		if cfg.join, err = normalizeURL(cfg.join); err != nil {
@@ -210,6 +236,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := cfg.logLevel.Set(*logLevel); err != nil || cfg.logLevel > zapcore.ErrorLevel {
 		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if err := checkTLS(cfg); err != nil {
+		return config{}, err
 	}
 	return cfg, nil
 }
@@ -252,8 +281,12 @@ type server struct {
 func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, error) {
 	lg = lg.With(zap.Uint64("member", cfg.id))
 	lg.Info("starting", zap.String("peer-url", cfg.peerURL()), zap.String("client-url", cfg.clientURL), zap.String("data-dir", cfg.dataDir))
+	if err := checkTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	warnUnauthenticated(cfg, lg)
 	u, _ := url.Parse(cfg.clientURL)
-	clientLn, err := listenClients(u.Host)
+	clientLn, err := listenClients(u.Host, listenTLS(cfg.clientTLS, lg, "client"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
@@ -274,9 +307,11 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
+	m := newMetrics(lg)
 	store := newKVStore(lg, cfg.id, cfg.watchHistoryBytes, proposeC, confChangeC)
+	store.metrics = m
 	go store.serveApply(applyC)
-	rn, err := startRaftNode(ctx, cfg, lg, store, store.waiters, proposeC, confChangeC, applyC)
+	rn, err := startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC)
 	if err != nil {
 		clientLn.Close()
 		close(applyC)
@@ -308,10 +343,12 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, err
 	}
 	rn.servePeerAPI(store)
+	m.watchRaft(rn, store)
 
 	reads := newReadLoop(lg, rn, store, cfg.requestTimeout)
+	reads.metrics = m
 	go reads.run()
-	api := newHTTPAPI(cfg, store, rn, reads)
+	api := newHTTPAPI(cfg, store, rn, reads, m)
 	s.http = newBoundedServer(api, cfg.clientLimits())
 	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)

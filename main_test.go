@@ -282,6 +282,7 @@ func flagTestConfig(t *testing.T, dataDir string) config {
 		maxValueBytes:     1 << 20,
 		idempotencyWindow: defaultIdempotencyWindow,
 		watchHistoryBytes: defaultWatchHistoryBytes,
+		watchKeepAlive:    watchKeepAlive,
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}

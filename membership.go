@@ -64,6 +64,9 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m, err := req.validate()
+	if err == nil {
+		err = checkMemberSchemes(m, h.raft.cfg.peerURL(), h.clientURL)
+	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -109,6 +112,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 func (h *httpAPI) answerMemberAdded(w http.ResponseWriter, m member, o outcome, err error) {
 	if o.replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
+		h.metrics.replayAnswered()
 	}
 	if err != nil {
 		h.writeError(w, err)

@@ -74,15 +74,20 @@ func (s *server) promoteWhenCaughtUp(reads *readLoop) {
 		}
 		return
 	}
-	p := &promoter{
-		cfg:    s.cfg,
-		lg:     s.lg,
-		store:  s.store,
-		raft:   s.raft,
-		reads:  reads,
-		client: &http.Client{Timeout: s.cfg.requestTimeout + time.Second},
+	// The leader and the member joined through are client URLs: dial them
+	// with the client TLS flags, as the join did.
+	client, err := newDialClient(dialTLS(s.cfg.clientTLS, s.lg), s.cfg.requestTimeout+time.Second)
+	if err != nil {
+		// startServer checked the TLS flags; this cannot happen but on a
+		// file that changed since, and the member goes on as a learner.
+		s.lg.Error("not asking to be promoted: client TLS", zap.Error(err))
+		return
 	}
-	go p.run()
+	p := &promoter{cfg: s.cfg, lg: s.lg, store: s.store, raft: s.raft, reads: reads, client: client}
+	go func() {
+		defer client.CloseIdleConnections()
+		p.run()
+	}()
 }
 
 // run checks, and asks, every promoteInterval until this member votes or

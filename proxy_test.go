@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -23,7 +24,8 @@ import (
 // pipeline request, and forwards the bytes untouched.
 type peerProxy struct {
 	ln     net.Listener
-	target string // host:port of the member's own peer listener
+	target string    // host:port of the member's own peer listener
+	tls    *proxyTLS // for a member on TLS; nil on plain http
 
 	mu      sync.Mutex
 	blocked map[string]bool     // X-Server-From values (member ids in hex) cut off
@@ -33,15 +35,17 @@ type peerProxy struct {
 	stopped chan struct{}       // closed when the accept loop ends
 }
 
-// newPeerProxy listens on an ephemeral loopback port and forwards to target.
-func newPeerProxy(t testing.TB, target string) *peerProxy {
+// newPeerProxy listens on an ephemeral loopback port and forwards to
+// target, over TLS with pt (nil for plain TCP).
+func newPeerProxy(t testing.TB, target string, pt *proxyTLS) *peerProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &peerProxy{
-		ln:      ln,
+		ln:      pt.listen(ln),
 		target:  target,
+		tls:     pt,
 		blocked: make(map[string]bool),
 		conns:   make(map[net.Conn]string),
 		stopped: make(chan struct{}),
@@ -52,7 +56,7 @@ func newPeerProxy(t testing.TB, target string) *peerProxy {
 }
 
 // url is the peer URL members use to reach the member behind the proxy.
-func (p *peerProxy) url() string { return "http://" + p.ln.Addr().String() }
+func (p *peerProxy) url() string { return p.tls.scheme() + "://" + p.ln.Addr().String() }
 
 // serve accepts connections until the proxy is closed.
 func (p *peerProxy) serve() {
@@ -79,7 +83,8 @@ func (p *peerProxy) serve() {
 // header; rafthttp's headers are a few hundred bytes.
 const maxPeerHeader = 16 << 10
 
-// forward learns who is calling from the first request's header, refuses
+// forward learns who is calling from the first request's header (over
+// TLS, once the proxy has decrypted it), refuses
 // the connection if that caller is cut off, and otherwise copies bytes both
 // ways until either side closes or the link is cut.
 func (p *peerProxy) forward(c net.Conn) {
@@ -95,7 +100,7 @@ func (p *peerProxy) forward(c net.Conn) {
 	if !p.track(c, from) {
 		return
 	}
-	up, err := net.DialTimeout("tcp", p.target, time.Second)
+	up, err := p.tls.dial(p.target)
 	if err != nil {
 		return
 	}
@@ -105,8 +110,8 @@ func (p *peerProxy) forward(c net.Conn) {
 	}
 	defer p.untrack(up)
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, br); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { io.Copy(up, br); closeWrite(up); done <- struct{}{} }()
+	go func() { io.Copy(c, up); closeWrite(c); done <- struct{}{} }()
 	<-done
 	<-done
 }
@@ -197,17 +202,44 @@ func proxyCallerID(id uint64) string {
 }
 
 // TestPeerProxy proves the proxy forwards requests, cuts a caller off
-// (dropping its open connections and refusing new ones) and heals.
+// (dropping its open connections and refusing new ones) and heals, on
+// plain TCP and, for members on TLS, terminating TLS on both sides.
 func TestPeerProxy(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "from "+r.Header.Get("X-Server-From"))
-	}))
-	defer backend.Close()
-	p := newPeerProxy(t, backend.Listener.Addr().String())
+	})
+	t.Run("http", func(t *testing.T) {
+		backend := httptest.NewServer(handler)
+		defer backend.Close()
+		p := newPeerProxy(t, backend.Listener.Addr().String(), nil)
+		checkPeerProxy(t, p, &http.Client{})
+	})
+	t.Run("https", func(t *testing.T) {
+		pki := newTestPKI(t)
+		pt := newProxyTLS(t, pki)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		backend := &http.Server{Handler: handler}
+		go backend.Serve(tls.NewListener(ln, pt.server)) // a member's peer port: it wants a peer certificate
+		defer backend.Close()
+		p := newPeerProxy(t, ln.Addr().String(), pt)
+		tr := &http.Transport{TLSClientConfig: clientConfig(t, pki.caFile, pki.server)}
+		defer tr.CloseIdleConnections()
+		checkPeerProxy(t, p, &http.Client{Transport: tr})
+		if _, err := e2eTry(&http.Client{Transport: &http.Transport{TLSClientConfig: clientConfig(t, pki.caFile, testCert{})}}, "GET", p.url()+"/raft/probing", ""); err == nil {
+			t.Error("the proxy took a connection without a peer certificate")
+		}
+	})
+}
+
+// checkPeerProxy proves p forwards, cuts and heals callers, who call with hc.
+func checkPeerProxy(t *testing.T, p *peerProxy, hc *http.Client) {
 	get := func(from uint64) (string, error) {
 		req, _ := http.NewRequest("GET", p.url()+"/raft/probing", nil)
 		req.Header.Set("X-Server-From", proxyCallerID(from))
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			return "", err
 		}

@@ -82,6 +82,7 @@ type raftNode struct {
 	id            uint64
 	cfg           config
 	lg            *zap.Logger
+	metrics       *metrics // nil keeps none (metrics.go)
 	sm            stateMachine
 	waiters       wait.Wait // to fail proposals raft refused; nothing else will ever wake them
 	snapshotCount uint64
@@ -138,13 +139,14 @@ type raftNode struct {
 // on applyC, which is closed when the node stops. Before it touches the
 // data dir it runs the bootstrap checks (bootstrap.go), asking the peers;
 // ctx cancels them.
-func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMachine, waiters wait.Wait,
+func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, sm stateMachine, waiters wait.Wait,
 	proposeC <-chan proposal, confChangeC <-chan *raftpb.ConfChange, applyC chan<- *applyBatch,
 ) (*raftNode, error) {
 	rc := &raftNode{
 		id:            cfg.id,
 		cfg:           cfg,
 		lg:            lg,
+		metrics:       m,
 		sm:            sm,
 		waiters:       waiters,
 		snapshotCount: cfg.snapshotCount,
@@ -165,7 +167,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, sm stateMach
 	if err != nil {
 		return nil, fmt.Errorf("peer listen URL: %w", err)
 	}
-	peerLn, err := newStoppableListener(u.Host, rc.stopC)
+	peerLn, err := newStoppableListener(u.Host, u.Scheme, listenTLS(cfg.peerTLS, lg, "peer"), rc.stopC)
 	if err != nil {
 		return nil, peerListenError(cfg, u.Host, err)
 	}

@@ -40,6 +40,8 @@ type readLoop struct {
 	wakeC chan struct{} // holds one token while some reader waits for a round
 	mu    sync.Mutex
 	next  *readRound // the round the next ReadIndex will release
+
+	metrics *metrics // set before run starts; nil keeps none (metrics.go)
 }
 
 // readRound is one ReadIndex round: done closes when the leader has
@@ -49,6 +51,7 @@ type readRound struct {
 	done  chan struct{}
 	index uint64
 	err   error
+	reads int // readers that joined it, under readLoop.mu while it is next
 }
 
 func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration) *readLoop {
@@ -79,6 +82,7 @@ func (r *readLoop) wait(ctx context.Context) error {
 func (r *readLoop) readIndex(ctx context.Context) (uint64, error) {
 	r.mu.Lock()
 	round := r.next
+	round.reads++
 	r.mu.Unlock()
 	select {
 	case r.wakeC <- struct{}{}:
@@ -109,7 +113,9 @@ func (r *readLoop) run() {
 		r.next = &readRound{done: make(chan struct{})}
 		r.mu.Unlock()
 
+		start := time.Now()
 		round.index, round.err = r.requestReadIndex()
+		r.metrics.readIndexRound(start, round.reads, round.err) // before its reads are answered
 		close(round.done)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
@@ -49,6 +50,7 @@ func (rc *raftNode) maybeSnapshot(applied <-chan struct{}) error {
 	case <-rc.stopC:
 		return ErrStopped
 	}
+	start := time.Now()
 	index := rc.queuedIndex
 	snapshot, err := rc.raftStorage.CreateSnapshot(index, rc.confState, nil)
 	if errors.Is(err, raft.ErrSnapOutOfDate) {
@@ -64,6 +66,7 @@ func (rc *raftNode) maybeSnapshot(applied <-chan struct{}) error {
 	if err := rc.saveSnapshot(snapshot); err != nil {
 		return err
 	}
+	rc.metrics.snapshotSaved(start, len(data))
 	keep := min(rc.snapshotCount, maxCatchUpEntries)
 	if index > keep {
 		if err := rc.raftStorage.Compact(index - keep); err != nil && !errors.Is(err, raft.ErrCompacted) {

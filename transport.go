@@ -31,6 +31,7 @@ import (
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
 		Logger:      newTransportLogger(rc.lg),
+		TLSInfo:     dialTLS(rc.cfg.peerTLS, rc.lg), // the peer certificate and CA, for https peers
 		ID:          types.ID(rc.id),
 		ClusterID:   types.ID(rc.clusterID),
 		Raft:        rc,

@@ -20,9 +20,9 @@ const maxHostBytes = 253
 // scheme and host lowercased, the port without leading zeros, no trailing
 // "/". URLs are compared as strings everywhere (the member table, rafthttp's
 // peer list), so without this " http://h:1", "HTTP://h:1" and
-// "http://h:01/" would pass for three members. Only http is accepted:
-// raftkv has no TLS, and a member advertised as https would be served as
-// plain HTTP.
+// "http://h:01/" would pass for three members. http and https are
+// accepted; whether this member can serve or dial an https URL depends on
+// its TLS flags, which checkTLS and checkMemberSchemes look at (tls.go).
 func normalizeURL(s string) (string, error) {
 	if strings.TrimSpace(s) != s {
 		return "", fmt.Errorf("%w %q: surrounding white space", ErrBadURL, s)
@@ -31,13 +31,12 @@ func normalizeURL(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w %q: %v", ErrBadURL, s, errors.Unwrap(err))
 	}
-	switch scheme := strings.ToLower(u.Scheme); {
-	case scheme == "https":
-		return "", fmt.Errorf("%w %q: https needs TLS, which raftkv does not support yet; use http", ErrBadURL, s)
-	case scheme != "http":
-		return "", fmt.Errorf("%w %q: scheme must be http", ErrBadURL, s)
+	scheme := strings.ToLower(u.Scheme)
+	switch {
+	case scheme != "http" && scheme != "https":
+		return "", fmt.Errorf("%w %q: scheme must be http or https", ErrBadURL, s)
 	case u.Opaque != "" || u.User != nil:
-		return "", fmt.Errorf("%w %q: must be http://host:port, with no user info", ErrBadURL, s)
+		return "", fmt.Errorf("%w %q: must be %s://host:port, with no user info", ErrBadURL, s, scheme)
 	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.ForceQuery, u.Fragment != "":
 		return "", fmt.Errorf("%w %q: must have no path, query or fragment", ErrBadURL, s)
 	}
@@ -49,7 +48,7 @@ func normalizeURL(s string) (string, error) {
 	if err != nil || n == 0 {
 		return "", fmt.Errorf("%w %q: needs a port from 1 to 65535", ErrBadURL, s)
 	}
-	return "http://" + net.JoinHostPort(strings.ToLower(host), strconv.FormatUint(n, 10)), nil
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(host), strconv.FormatUint(n, 10)), nil
 }
 
 // checkHost accepts an IP address or a DNS host name.

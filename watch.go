@@ -28,9 +28,10 @@ var ErrHistoryGone = errors.New("events before this are no longer kept here")
 var ErrWatchInterrupted = errors.New("watch interrupted")
 
 // defaultWatchHistoryBytes is how much history a member keeps for watchers
-// by default: about 500 000 small changes, a minute at the cluster's peak
-// write rate.
-const defaultWatchHistoryBytes = 64 << 20
+// by default: about 100 000 small changes, ten seconds at the cluster's
+// peak write rate, for a watcher to reconnect in. It is part of a member's
+// memory: at a million keys, 64 MiB of it took RSS past 300 MiB.
+const defaultWatchHistoryBytes = 16 << 20
 
 // eventOverhead is what an event costs in the history beyond its key and
 // value.
@@ -56,9 +57,6 @@ type watchHistory struct {
 	// after is the index from which the history is complete: it holds
 	// every event with a greater index this member applied.
 	after uint64
-	// cut is why events at or before after are missing, for a watcher
-	// that was there: set when a snapshot replaced the history.
-	cut string
 
 	byKey    map[string]map[*watcher]struct{} // watchers of one key
 	byPrefix map[string]map[*watcher]struct{} // watchers of a prefix ending in '/', or "" for all
@@ -82,6 +80,12 @@ type watcher struct {
 	key    string // the key, or the prefix when prefix is true
 	prefix bool
 	newC   chan struct{} // holds a token when events it may want arrived
+	// Guarded by the history's mu: the index the stream has read up to,
+	// and why events it wants were lost from the history before it read
+	// them ("" if none were). A watcher the history leaves behind has lost
+	// nothing unless an evicted event was one it watches.
+	pos  uint64
+	lost string
 }
 
 // matches reports whether an event on key is one w watches.
@@ -108,7 +112,13 @@ func (h *watchHistory) record(evs []event) {
 	for h.bytes > h.limit && h.head < len(h.events) {
 		index := h.events[h.head].index
 		for h.head < len(h.events) && h.events[h.head].index == index {
-			h.bytes -= h.events[h.head].size()
+			e := h.events[h.head]
+			h.forEachWatching(e.key, func(w *watcher) {
+				if w.pos < e.index && w.lost == "" {
+					w.lost = "this watcher fell behind the member's history (--watch-history-bytes)"
+				}
+			})
+			h.bytes -= e.size()
 			h.events[h.head] = event{}
 			h.head++
 		}
@@ -119,25 +129,33 @@ func (h *watchHistory) record(evs []event) {
 		h.head = 0
 	}
 	for _, e := range evs {
-		h.wake(h.byKey[e.key])
-		// A prefix watch names a prefix ending in '/', or the empty one:
-		// only those of e.key can match.
-		h.wake(h.byPrefix[""])
-		for i := range len(e.key) {
-			if e.key[i] == '/' {
-				h.wake(h.byPrefix[e.key[:i+1]])
-			}
+		h.forEachWatching(e.key, h.wakeOne)
+	}
+}
+
+// forEachWatching calls fn for every watcher of key: of the key itself, and
+// of each of its prefixes. A prefix watch names a prefix ending in '/', or
+// the empty one, so only those can match.
+func (h *watchHistory) forEachWatching(key string, fn func(*watcher)) {
+	each := func(ws map[*watcher]struct{}) {
+		for w := range ws {
+			fn(w)
+		}
+	}
+	each(h.byKey[key])
+	each(h.byPrefix[""])
+	for i := range len(key) {
+		if key[i] == '/' {
+			each(h.byPrefix[key[:i+1]])
 		}
 	}
 }
 
-// wake tells each watcher in ws that there is news, without waiting.
-func (h *watchHistory) wake(ws map[*watcher]struct{}) {
-	for w := range ws {
-		select {
-		case w.newC <- struct{}{}:
-		default: // it has been told already
-		}
+// wakeOne tells w that there is news, without waiting.
+func (h *watchHistory) wakeOne(w *watcher) {
+	select {
+	case w.newC <- struct{}{}:
+	default: // it has been told already
 	}
 }
 
@@ -149,12 +167,16 @@ func (h *watchHistory) reset(index uint64, why string) {
 	defer h.mu.Unlock()
 	clear(h.events)
 	h.events, h.head, h.bytes = h.events[:0], 0, 0
-	h.after, h.cut = index, why
-	for _, ws := range h.byKey {
-		h.wake(ws)
-	}
-	for _, ws := range h.byPrefix {
-		h.wake(ws)
+	h.after = index
+	for _, m := range []map[string]map[*watcher]struct{}{h.byKey, h.byPrefix} {
+		for _, ws := range m {
+			for w := range ws {
+				if w.pos < index && w.lost == "" {
+					w.lost = why
+				}
+				h.wakeOne(w)
+			}
+		}
 	}
 }
 
@@ -166,7 +188,7 @@ func (h *watchHistory) add(key string, prefix bool, from uint64) (*watcher, erro
 	if from < h.after {
 		return nil, fmt.Errorf("%w: the oldest index a watch can start after on this member is %d", ErrHistoryGone, h.after)
 	}
-	w := &watcher{key: key, prefix: prefix, newC: make(chan struct{}, 1)}
+	w := &watcher{key: key, prefix: prefix, newC: make(chan struct{}, 1), pos: from}
 	m := h.byKey
 	if prefix {
 		m = h.byPrefix
@@ -193,26 +215,25 @@ func (h *watchHistory) remove(w *watcher) {
 	}
 }
 
-// since returns up to max events w watches with indexes after from, in
+// since returns up to limit events w watches with indexes after from, in
 // order, ending on a whole entry, and the index the next call should
 // start after. An error says the events after from are gone.
-func (h *watchHistory) since(w *watcher, from uint64, max int) ([]event, uint64, error) {
+func (h *watchHistory) since(w *watcher, from uint64, limit int) ([]event, uint64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if from < h.after {
-		why := h.cut
-		if why == "" {
-			why = "this watcher fell behind the member's history (--watch-history)"
-		}
-		return nil, from, fmt.Errorf("%w: %s", ErrWatchInterrupted, why)
+	if w.lost != "" {
+		return nil, from, fmt.Errorf("%w: %s", ErrWatchInterrupted, w.lost)
 	}
+	// Events before after that this watcher does not watch are gone, and
+	// it did not want them.
+	from = max(from, h.after)
 	live := h.events[h.head:]
 	i := sort.Search(len(live), func(i int) bool { return live[i].index > from })
 	var out []event
 	next := from
 	for ; i < len(live); i++ {
 		e := live[i]
-		if len(out) >= max && e.index != next {
+		if len(out) >= limit && e.index != next {
 			break // end on a whole entry
 		}
 		if w.matches(e.key) {
@@ -220,5 +241,6 @@ func (h *watchHistory) since(w *watcher, from uint64, max int) ([]event, uint64,
 		}
 		next = e.index
 	}
+	w.pos = next
 	return out, next, nil
 }

@@ -237,8 +237,19 @@ func TestWatchHistory(t *testing.T) {
 	if _, err := h.add("a/", true, 11); err != nil {
 		t.Errorf("a watch from 11, the new start: %v", err)
 	}
+	// A watcher of a quiet prefix loses nothing when other keys' events go.
+	q, err := h.add("q/", true, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(14); i < 20; i++ {
+		h.record([]event{ev(i, "b/x")})
+	}
+	if _, next, err := h.since(q, 12, 10); err != nil || next != 19 {
+		t.Errorf("quiet watcher after evictions: next %d, %v; want 19 and no error", next, err)
+	}
 	h.reset(20, "a snapshot")
-	if _, _, err := h.since(w, 12, 10); err == nil || !strings.Contains(err.Error(), "a snapshot") {
+	if _, _, err := h.since(q, 19, 10); err == nil || !strings.Contains(err.Error(), "a snapshot") {
 		t.Errorf("since after a reset: %v, want the reset's reason", err)
 	}
 }

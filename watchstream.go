@@ -27,7 +27,8 @@ import (
 
 const (
 	// watchKeepAlive is how often an idle stream gets a comment, so that
-	// proxies and clients know it is alive.
+	// proxies and clients know it is alive (config.watchKeepAlive; tests
+	// shorten it).
 	watchKeepAlive = 15 * time.Second
 	// watchWriteTimeout is how long writing to a watcher may take before
 	// the stream is given up: a client that stops reading must not hold
@@ -79,6 +80,8 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.store.watch.remove(watcher)
+	h.metrics.watchOpened()
+	defer h.metrics.watchClosed()
 
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -88,24 +91,12 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 	if rc.Flush() != nil {
 		return
 	}
-	keepAlive := time.NewTicker(watchKeepAlive)
+	keepAlive := time.NewTicker(h.watchKeepAlive)
 	defer keepAlive.Stop()
 	pos, sent := *from, 0
-	for {
-		select {
-		case <-watcher.newC:
-		case <-keepAlive.C:
-			if !watchWrite(w, rc, ": keep-alive\n\n") {
-				return
-			}
-			continue
-		case <-r.Context().Done():
-			return
-		case <-h.stopping:
-			return // the member is stopping: the client resumes elsewhere
-		case <-h.store.done:
-			return
-		}
+	// deliver writes every event after pos the history has, and moves pos
+	// past the changes to other keys too; false when the stream must end.
+	deliver := func() bool {
 		for {
 			batch := watchBatch
 			if limit > 0 {
@@ -115,7 +106,7 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				data, _ := json.Marshal(watchErrorView{Error: err.Error(), ResumeAfter: pos})
 				watchWrite(w, rc, "event: error\ndata: "+string(data)+"\n\n")
-				return
+				return false
 			}
 			var b strings.Builder
 			for _, e := range events {
@@ -123,16 +114,40 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request) {
 			}
 			sent += len(events)
 			if b.Len() > 0 && !watchWrite(w, rc, b.String()) {
-				return
+				return false
 			}
+			h.metrics.watchSent(len(events))
 			done := next == pos
 			pos = next
 			if limit > 0 && sent >= limit {
-				return
+				return false
 			}
 			if done || len(events) < batch {
-				break
+				return true
 			}
+		}
+	}
+	for {
+		select {
+		case <-watcher.newC:
+			if !deliver() {
+				return
+			}
+		case <-keepAlive.C:
+			// Catch up, then give the position as an id without data: the
+			// client's Last-Event-ID moves on (EventSource dispatches
+			// nothing), so a watcher of a quiet key resumes from here, not
+			// from its last event, which a restarted member may no longer
+			// have.
+			if !deliver() || !watchWrite(w, rc, ": keep-alive\nid: "+strconv.FormatUint(pos, 10)+"\n\n") {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-h.stopping:
+			return // the member is stopping: the client resumes elsewhere
+		case <-h.store.done:
+			return
 		}
 	}
 }

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+)
+
+// --force-new-cluster, etcd's flag of that name: restart one surviving
+// member as the only member of its cluster, from its own data, when a
+// majority is lost for good. Then the cluster grows again with --join.
+//
+// As etcd does (etcdserver/bootstrap.go, bootstrapWALFromSnapshot with
+// storage.CreateConfigChangeEnts and GetEffectiveNodeIDsFromWALEntries),
+// before raft restarts it appends to the log one conf change removing each
+// other member of the configuration the log ends with, and records them as
+// committed. The member applies them as any committed entries: the kvstore
+// takes each removal into the replicated member table and removed ids
+// first, then raft and the transport drop the member (confchange.go); once
+// they are applied raft has one voter, and this member elects itself.
+//
+// Unlike etcd, the entries this member's WAL holds past its commit index
+// are kept and committed too. etcd drops them, and since 3.6 raises the
+// commit index to its backend's applied index first, because a member's
+// WAL can record a commit index behind what it has applied and
+// acknowledged: a new commit index alone is not fsynced (see saveAppends).
+// raftkv keeps no applied index apart from its snapshots, so dropping the
+// tail would lose writes this very member acknowledged. Keeping it commits
+// what raft would have committed had this member been elected leader: an
+// entry past the commit index is one whose outcome no client was told, or
+// was told by a member that applied it, so committing it breaks no promise.
+//
+// What it cannot keep: writes the lost majority committed that never
+// reached this member's log. Raft needs only a majority to commit, so this
+// member may be behind; force the member that is furthest ahead
+// (commitIndex in /status, or its log), and only when the others will
+// never come back.
+
+// ErrCannotForce is a --force-new-cluster that cannot be carried out.
+var ErrCannotForce = errors.New("cannot force a new cluster")
+
+// checkPeersGone refuses to force a new cluster while a member listed in
+// --cluster answers: its majority may not be lost at all. The forced
+// member would remove it, and the removed ids it then turns away would
+// have the members still running told that they were removed, or, if they
+// keep a quorum of their own, two clusters with one ID would serve
+// different data. It asks only the members --cluster names.
+func checkPeersGone(cfg config, answers []peerAnswer) error {
+	if len(answers) == 0 {
+		return nil
+	}
+	a := answers[0]
+	return fmt.Errorf("%w: member %d answers at %s, so the cluster may still have its majority; --force-new-cluster is for a majority lost for good: stop every other member for good first (and keep it stopped), or leave --force-new-cluster out",
+		ErrCannotForce, a.From, a.url)
+}
+
+// forceNewCluster turns what openStorage read (the snapshot's ConfState,
+// the hard state and the entries after the snapshot) into the log of a
+// one-member cluster: it appends the removals of every other member, saves
+// them to the WAL with a hard state committing everything, and returns the
+// hard state and entries to restart raft from.
+func (rc *raftNode) forceNewCluster(confState *raftpb.ConfState, lastIndex uint64, hardState *raftpb.HardState, entries []*raftpb.Entry) (*raftpb.HardState, []*raftpb.Entry, error) {
+	ids, err := configuredIDs(confState, entries)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !ids[rc.id] {
+		return nil, nil, fmt.Errorf("%w: member %d is not in the configuration its own log ends with (members %v): it was removed, so its data is not the cluster's", ErrCannotForce, rc.id, slices.Sorted(maps.Keys(ids)))
+	}
+	term := hardState.GetTerm()
+	if len(entries) > 0 {
+		last := entries[len(entries)-1]
+		lastIndex, term = last.GetIndex(), max(term, last.GetTerm())
+	}
+	var removals []*raftpb.Entry
+	for _, id := range slices.Sorted(maps.Keys(ids)) {
+		if id == rc.id {
+			continue
+		}
+		// Marshalling a conf change (numbers) cannot fail.
+		data, _ := proto.Marshal(&raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode.Enum(), NodeId: new(id)})
+		lastIndex++
+		removals = append(removals, &raftpb.Entry{Type: raftpb.EntryConfChange.Enum(), Term: new(term), Index: new(lastIndex), Data: data})
+	}
+	forced := &raftpb.HardState{Term: new(term), Vote: new(hardState.GetVote()), Commit: new(lastIndex)}
+	if err := rc.wal.Save(forced, removals); err != nil {
+		return nil, nil, fmt.Errorf("save the forced conf changes to the WAL: %w", err)
+	}
+	// Save fsyncs for new entries; a commit index alone it only buffers.
+	if err := rc.wal.Sync(); err != nil {
+		return nil, nil, fmt.Errorf("sync WAL: %w", err)
+	}
+	rc.lg.Warn("forcing a new cluster of this member alone",
+		zap.Uint64s("removing", slices.DeleteFunc(slices.Sorted(maps.Keys(ids)), func(id uint64) bool { return id == rc.id })),
+		zap.Uint64("wal-commit-index", hardState.GetCommit()),
+		zap.Int("uncommitted-entries-kept", len(entries)-committedCount(entries, hardState.GetCommit())),
+		zap.Uint64("commit-index", lastIndex))
+	return forced, append(entries, removals...), nil
+}
+
+// committedCount is how many of entries are at or below commit.
+func committedCount(entries []*raftpb.Entry, commit uint64) int {
+	n := 0
+	for _, e := range entries {
+		if e.GetIndex() <= commit {
+			n++
+		}
+	}
+	return n
+}
+
+// configuredIDs is the members, voters and learners, of the configuration
+// raft's log ends with: the snapshot's, then each conf change after it
+// (etcd's GetEffectiveNodeIDsFromWALEntries). A change the kvstore refused
+// counts here too, so the set may hold an id raft does not: removing it
+// is refused in turn, and changes nothing. It never misses a member raft
+// has, which would keep a voter that can never vote.
+func configuredIDs(confState *raftpb.ConfState, entries []*raftpb.Entry) (map[uint64]bool, error) {
+	ids := make(map[uint64]bool)
+	for _, id := range slices.Concat(confState.GetVoters(), confState.GetLearners()) {
+		ids[id] = true
+	}
+	for _, e := range entries {
+		var changes []*raftpb.ConfChangeSingle
+		switch e.GetType() {
+		case raftpb.EntryConfChange:
+			var cc raftpb.ConfChange
+			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+				return nil, fmt.Errorf("%w: conf change at index %d: %w", ErrCannotForce, e.GetIndex(), err)
+			}
+			changes = cc.AsV2().GetChanges()
+		case raftpb.EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+				return nil, fmt.Errorf("%w: conf change at index %d: %w", ErrCannotForce, e.GetIndex(), err)
+			}
+			changes = cc.GetChanges()
+		}
+		for _, c := range changes {
+			switch c.GetType() {
+			case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+				ids[c.GetNodeId()] = true
+			case raftpb.ConfChangeRemoveNode:
+				delete(ids, c.GetNodeId())
+			}
+		}
+	}
+	return ids, nil
+}
