@@ -13,49 +13,66 @@ import (
 
 // Conf changes: how a membership change travels and where it applies.
 //
-// POST and DELETE /members (membership.go) propose a raft ConfChange on
-// confChangeC; raft logs and commits it like any entry. When it is
-// committed, the apply goroutine hands the entries up to it to the kvstore
-// and waits for them to apply (applyConfChangeAt):
+// POST and DELETE /members (membership.go), and POST
+// /members/{id}/promote (learner.go), propose a raft ConfChange on
+// confChangeC: AddNode adds a voter, AddLearnerNode a learner, an AddNode
+// marked Promote makes a learner a voter, RemoveNode removes either. Raft
+// logs and commits it like any entry. When it is committed, the apply
+// goroutine hands the entries up to it to the kvstore and waits for them
+// to apply (applyConfChangeAt):
 //
 //   - the kvstore records it in the replicated member table, or refuses it
-//     (an id already a member, a stranger to remove, an idempotency key
-//     already recorded), and wakes the waiting handler
-//     (kvstore.applyConfChange);
+//     (an id already a member, a stranger to remove, a promotion of a
+//     member that is no learner, an idempotency key already recorded), and
+//     wakes the waiting handler (kvstore.applyConfChange);
 //   - then, only if the kvstore took it, the apply goroutine applies it to
 //     raft's configuration (node.ApplyConfChange) and to the transport, which
 //     then talks to the new member or stops talking to the removed one.
 //
 // Raft lets an application treat a conf change as a no-op by not calling
 // ApplyConfChange; deciding once, in the state machine, keeps the member
-// table and raft's voters the same on every member.
+// table and raft's voters and learners the same on every member. (It also
+// keeps raft from doing what the member table would not: raft takes an
+// AddLearnerNode of a voter as a demotion, which raftkv never asks for.)
 
-// member is one raft voter as the cluster knows it: where peers and clients
-// reach it. The member table is replicated state: it changes only when a
-// conf change or an advertise entry is applied, and it is part of every
-// snapshot.
+// member is one member as the cluster knows it: where peers and clients
+// reach it, and whether it votes. The member table is replicated state: it
+// changes only when a conf change or an advertise entry is applied, and it
+// is part of every snapshot.
 type member struct {
 	ID         uint64   `json:"id"`
 	PeerURLs   []string `json:"peerURLs"`
 	ClientURLs []string `json:"clientURLs"`
+	// IsLearner is a member raft replicates to but that does not vote: it
+	// counts towards no quorum, for elections or commits (learner.go).
+	IsLearner bool `json:"isLearner"`
 }
 
-// memberFromConfChange reads the member carried in an AddNode conf change's
-// context (JSON: conf changes are rare, and it keeps WAL dumps readable).
-func memberFromConfChange(cc *raftpb.ConfChange) (member, error) {
-	var m member
-	if err := json.Unmarshal(cc.GetContext(), &m); err != nil {
-		return member{}, fmt.Errorf("%w: conf change context: %v", ErrCorruptEntry, err)
-	}
-	m.ID = cc.GetNodeId()
-	return m, nil
-}
-
-// addMemberContext is what an AddNode conf change carries: the member, and
-// the idempotency key of the POST that proposed it, if any.
+// addMemberContext is what an AddNode or AddLearnerNode conf change
+// carries (JSON: conf changes are rare, and it keeps WAL dumps readable):
+// the member, and the idempotency key of the POST that proposed it, if any;
+// or, for an AddNode that promotes a learner, Promote and the member's id.
 type addMemberContext struct {
 	member
 	Idempotency *idempotencyJSON `json:"idempotency,omitempty"`
+	// Promote is an AddNode that makes an existing learner a voter, which
+	// raft does with an AddNode of a learner. Without it an AddNode of a
+	// member that exists is refused, whether it is a learner or not: a
+	// learner becomes a voter only through POST /members/{id}/promote,
+	// which checks it has caught up.
+	Promote bool `json:"promote,omitempty"`
+}
+
+// addContextFromConfChange reads an add's context; the member's id is the
+// conf change's, and it is a learner if the conf change adds a learner.
+func addContextFromConfChange(cc *raftpb.ConfChange) (addMemberContext, error) {
+	var c addMemberContext
+	if err := json.Unmarshal(cc.GetContext(), &c); err != nil {
+		return addMemberContext{}, fmt.Errorf("%w: conf change context: %v", ErrCorruptEntry, err)
+	}
+	c.ID = cc.GetNodeId()
+	c.IsLearner = cc.GetType() == raftpb.ConfChangeAddLearnerNode
+	return c, nil
 }
 
 // idempotencyJSON is idempotent in a conf change's JSON context.
@@ -65,7 +82,8 @@ type idempotencyJSON struct {
 	Window      uint64 `json:"window"`
 }
 
-// addMember proposes adding m as a voter and waits for the outcome.
+// addMember proposes adding m, as a learner if m.IsLearner and as a voter
+// otherwise, and waits for the outcome.
 func (s *kvstore) addMember(ctx context.Context, m member, idem idempotent) (outcome, error) {
 	c := addMemberContext{member: m}
 	if idem.key != "" {
@@ -75,10 +93,31 @@ func (s *kvstore) addMember(ctx context.Context, m member, idem idempotent) (out
 	if err != nil {
 		return outcome{}, err
 	}
+	typ := raftpb.ConfChangeAddNode
+	if m.IsLearner {
+		typ = raftpb.ConfChangeAddLearnerNode
+	}
+	cc := &raftpb.ConfChange{
+		Id:      new(s.requestIDs.Next()),
+		Type:    typ.Enum(),
+		NodeId:  new(m.ID),
+		Context: memberCtx,
+	}
+	return proposeAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
+}
+
+// promoteMember proposes making learner id a voter and waits for the
+// outcome. Whether the learner has caught up is for the caller to check
+// first (learner.go): raft promotes whatever it is told to.
+func (s *kvstore) promoteMember(ctx context.Context, id uint64) (outcome, error) {
+	memberCtx, err := json.Marshal(addMemberContext{member: member{ID: id}, Promote: true})
+	if err != nil {
+		return outcome{}, err
+	}
 	cc := &raftpb.ConfChange{
 		Id:      new(s.requestIDs.Next()),
 		Type:    raftpb.ConfChangeAddNode.Enum(),
-		NodeId:  new(m.ID),
+		NodeId:  new(id),
 		Context: memberCtx,
 	}
 	return proposeAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
@@ -124,13 +163,21 @@ func (rc *raftNode) applyConfChangeAt(b *applyBatch) (removedSelf bool, err erro
 		return false, fmt.Errorf("decode conf change at %d: %w", e.GetIndex(), err)
 	}
 	rc.confState = rc.node.ApplyConfChange(cc)
-	rc.forceSnapshot = true
 	switch id := cc.GetNodeId(); cc.GetType() {
-	case raftpb.ConfChangeAddNode:
-		if m, err := memberFromConfChange(cc); err == nil && id != rc.id {
-			rc.addPeer(id, m.PeerURLs)
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+		c, err := addContextFromConfChange(cc)
+		if err == nil && c.Promote {
+			// A promoted learner is a peer already, and the last snapshot
+			// has it (as a learner, which it accepts): a new one would
+			// stall every member's apply for nothing (see maybeSnapshot).
+			return false, nil
+		}
+		rc.forceSnapshot = true
+		if err == nil && id != rc.id {
+			rc.addPeer(id, c.PeerURLs)
 		}
 	case raftpb.ConfChangeRemoveNode:
+		rc.forceSnapshot = true
 		if id == rc.id {
 			return true, nil
 		}
@@ -149,11 +196,14 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
 		s.lg.Error("skipping undecodable conf change", zap.Uint64("index", e.GetIndex()), zap.Error(err))
 		return false
 	}
+	isAdd := cc.GetType() == raftpb.ConfChangeAddNode || cc.GetType() == raftpb.ConfChangeAddLearnerNode
+	var add addMemberContext
+	var addErr error
 	var idem idempotent
-	if cc.GetType() == raftpb.ConfChangeAddNode {
-		var c addMemberContext
-		if json.Unmarshal(cc.GetContext(), &c) == nil && c.Idempotency != nil {
-			idem = idempotent{key: c.Idempotency.Key, fingerprint: c.Idempotency.Fingerprint, window: c.Idempotency.Window}
+	if isAdd {
+		add, addErr = addContextFromConfChange(&cc)
+		if addErr == nil && add.Idempotency != nil {
+			idem = idempotent{key: add.Idempotency.Key, fingerprint: add.Idempotency.Fingerprint, window: add.Idempotency.Window}
 		}
 	}
 	if replay, ok := s.replay(idem); ok {
@@ -163,17 +213,29 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
 	result := outcome{index: e.GetIndex()}
 	id := cc.GetNodeId()
 	switch cc.GetType() {
-	case raftpb.ConfChangeAddNode:
-		m, err := memberFromConfChange(&cc)
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+		existing := s.members[id]
 		switch {
-		case err != nil:
-			result.err = err
-		case s.members[id] != nil:
+		case addErr != nil:
+			result.err = addErr
+		case add.Promote && cc.GetType() != raftpb.ConfChangeAddNode:
+			result.err = fmt.Errorf("%w: a promotion must be an AddNode conf change", ErrCorruptEntry)
+		case add.Promote && existing == nil:
+			result.err = ErrMemberNotFound
+		case add.Promote && !existing.IsLearner:
+			result.err = ErrNotLearner
+		case add.Promote:
+			promoted := *existing
+			promoted.IsLearner = false
+			s.members[id] = &promoted
+			s.lg.Info("member promoted from learner to voter", zap.Uint64("member-id", id))
+		case existing != nil:
 			result.err = ErrMemberExists
 		default:
+			m := add.member
 			s.members[id] = &m
 			delete(s.removed, id)
-			s.lg.Info("member added to the cluster", zap.Uint64("member-id", id), zap.Strings("peer-urls", m.PeerURLs))
+			s.lg.Info("member added to the cluster", zap.Uint64("member-id", id), zap.Strings("peer-urls", m.PeerURLs), zap.Bool("learner", m.IsLearner))
 		}
 	case raftpb.ConfChangeRemoveNode:
 		if s.members[id] == nil {

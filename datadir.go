@@ -69,6 +69,7 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 		rc.confState = snapshot.GetMetadata().GetConfState()
 		rc.queuedIndex = snapshot.GetMetadata().GetIndex()
 		rc.lastSnapshotIndex.Store(rc.queuedIndex)
+		rc.savedSnapshotIndex.Store(rc.queuedIndex)
 		rc.bootSnapshot = snapshot
 	}
 

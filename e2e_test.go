@@ -313,6 +313,38 @@ func e2eTail(path string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
+// e2eJoinSteps are the lines a member started with --join logs, in order,
+// as it is added as a learner, catches up and is promoted.
+var e2eJoinSteps = []string{"added to the cluster as a learner", "caught up with the leader", "promoted to a voter"}
+
+// e2eCheckJoinLog waits until p's log has every step of a join, in order:
+// the other members may count it a voter a moment before it logs so.
+func (c *e2eCluster) e2eCheckJoinLog(p *e2eProc) {
+	c.t.Helper()
+	missing := ""
+	defer func() {
+		if c.t.Failed() {
+			c.t.Logf("%s's log lacks %q (after the steps before it):\n%s", p.name, missing, e2eTail(p.log, 30))
+		}
+	}()
+	c.eventually(10*time.Second, fmt.Sprintf("%s to log every step of its join", p.name), func() bool {
+		b, err := os.ReadFile(p.log)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		log := string(b)
+		for _, step := range e2eJoinSteps {
+			i := strings.Index(log, step)
+			if i < 0 {
+				missing = step
+				return false
+			}
+			log = log[i+len(step):]
+		}
+		return true
+	})
+}
+
 // builtBinary is the raftkv binary built from this package, shared by
 // every test that runs real processes; TestMain removes it.
 var builtBinary struct {
@@ -534,18 +566,20 @@ func e2eClusterFlow(t *testing.T, bin string) {
 
 	t.Logf("%s: member %d stopped, restarted and caught up", time.Since(start).Round(time.Millisecond), follower)
 
-	// Dynamic membership: a fourth member joins through member 1 and
-	// catches up; removing member 2 makes its process exit by itself.
+	// Dynamic membership: a fourth member joins through member 1 as a
+	// learner, catches up and is promoted, saying so in its log; removing
+	// member 2 makes its process exit by itself.
 	id4 := c.allocate()
-	c.start(id4, "raftkv4", append(c.args(id4, 4), "--join", c.clients[0])...)
+	joiner := c.start(id4, "raftkv4", append(c.args(id4, 4), "--join", c.clients[0])...)
 	c.eventuallyGet(id4, "/keys/hello?level=consistent", "again", 20*time.Second)
 	c.expect("GET", id4, "/keys/durable?level=stale", "", http.StatusOK, "yes")
-	c.eventually(10*time.Second, "member 1 to list member 4 with its client URL", func() bool {
+	c.eventually(10*time.Second, "member 1 to list member 4 with its client URL, a voter", func() bool {
 		ms := c.members(1)
-		return len(ms) == 4 && ms[3].ID == id4 && len(ms[3].ClientURLs) == 1 && ms[3].ClientURLs[0] == c.clients[id4-1]
+		return len(ms) == 4 && ms[3].ID == id4 && len(ms[3].ClientURLs) == 1 && ms[3].ClientURLs[0] == c.clients[id4-1] && !ms[3].IsLearner
 	})
+	c.e2eCheckJoinLog(joiner)
 
-	t.Logf("%s: member 4 joined and caught up", time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: member 4 joined as a learner, caught up and was promoted", time.Since(start).Round(time.Millisecond))
 	removed := c.expectExit(2)
 	c.expect("DELETE", 1, "/members/2", "", http.StatusNoContent, "")
 	c.waitExit(removed, 15*time.Second, "after DELETE /members/2")

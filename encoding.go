@@ -288,18 +288,27 @@ func decodeCommand(data []byte) (command, error) {
 // node can learn its peers without decoding every key.
 //
 //	version (1 byte)
-//	member count (uvarint), then per member: id, peer URLs, client URLs
+//	member count (uvarint), then per member: id, peer URLs, client URLs, flags (1 byte)
 //	removed id count (uvarint), then the ids
 //	key count (uvarint), then per key: key, value, createIndex, modIndex
 //	record count (uvarint), then per idempotency record, oldest first:
 //	  key, fingerprint (8 bytes), result code, index, flags (1 byte), createIndex, modIndex
 //
 // Ids and indexes are uvarints; strings, URL lists and values are
-// length-prefixed. Version 1, written before versions existed, has no
-// indexes per key and no records; its keys load at version 0.
+// length-prefixed. Older versions still load, so that a member restarts
+// from a snapshot written before an upgrade: version 2, written before
+// learners existed, has no member flags (every member votes); version 1,
+// written before versions existed, has no member flags, no indexes per key
+// and no records, and its keys load at version 0.
 const (
-	snapshotVersion   = 2
+	snapshotVersion   = 3
+	snapshotVersionV2 = 2
 	snapshotVersionV1 = 1
+)
+
+// The flags of a member in a snapshot.
+const (
+	memberLearner = 1 << iota // a learner: replicated to, but not a voter
 )
 
 // The flags of a recorded result.
@@ -322,6 +331,11 @@ func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv *key
 		b = binary.AppendUvarint(b, m.ID)
 		b = appendStrings(b, m.PeerURLs)
 		b = appendStrings(b, m.ClientURLs)
+		var flags byte
+		if m.IsLearner {
+			flags |= memberLearner
+		}
+		b = append(b, flags)
 	}
 	b = binary.AppendUvarint(b, uint64(len(removed)))
 	for id := range removed {
@@ -364,7 +378,7 @@ type snapshotDecoder struct {
 
 // newSnapshotDecoder checks the version byte.
 func newSnapshotDecoder(data []byte) (*snapshotDecoder, error) {
-	if len(data) == 0 || (data[0] != snapshotVersion && data[0] != snapshotVersionV1) {
+	if len(data) == 0 || (data[0] != snapshotVersion && data[0] != snapshotVersionV2 && data[0] != snapshotVersionV1) {
 		return nil, fmt.Errorf("%w: unknown snapshot version", ErrCorruptEntry)
 	}
 	return &snapshotDecoder{decoder: decoder{buf: data[1:]}, version: data[0]}, nil
@@ -377,6 +391,9 @@ func (d *snapshotDecoder) decodeMembers() (map[uint64]*member, map[uint64]bool, 
 		m := &member{ID: d.uvarint()}
 		m.PeerURLs = d.strings()
 		m.ClientURLs = d.strings()
+		if d.version == snapshotVersion {
+			m.IsLearner = d.memberFlags()&memberLearner != 0
+		}
 		members[m.ID] = m
 	}
 	removed := make(map[uint64]bool)
@@ -384,6 +401,23 @@ func (d *snapshotDecoder) decodeMembers() (map[uint64]*member, map[uint64]bool, 
 		removed[d.uvarint()] = true
 	}
 	return members, removed, d.err
+}
+
+// memberFlags reads a member's flags byte, refusing flags it does not know.
+func (d *snapshotDecoder) memberFlags() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.buf) < 1 {
+		d.fail("truncated member")
+		return 0
+	}
+	flags := d.buf[0]
+	d.buf = d.buf[1:]
+	if flags&^memberLearner != 0 {
+		d.fail("unknown member flags %#x", flags)
+	}
+	return flags
 }
 
 // decodeKeys reads the keys, values and versions. Values are copied out of

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -151,6 +152,7 @@ func fullSnapshotContent() snapshotContent {
 		members: map[uint64]*member{
 			1:       {ID: 1, PeerURLs: []string{"http://10.0.0.1:2380"}, ClientURLs: []string{"http://10.0.0.1:2379"}},
 			2:       {ID: 2, PeerURLs: []string{"http://10.0.0.2:2380", "http://[::1]:2380"}},
+			4:       {ID: 4, PeerURLs: []string{"http://10.0.0.4:2380"}, ClientURLs: []string{"http://10.0.0.4:2379"}, IsLearner: true},
 			1 << 40: {ID: 1 << 40, ClientURLs: []string{""}},
 		},
 		removed: map[uint64]bool{3: true, math.MaxUint64: true},
@@ -242,6 +244,92 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
+// encodeOldSnapshot is st as a snapshot of version 1 or 2 was written,
+// before learners (no member flags) and, for version 1, before versions and
+// idempotency records. Members must all be voters, and for version 1 keys
+// must be at version 0 and there must be no records.
+func encodeOldSnapshot(version byte, st snapshotContent) []byte {
+	b := []byte{version}
+	b = binary.AppendUvarint(b, uint64(len(st.members)))
+	for _, m := range st.members {
+		b = binary.AppendUvarint(b, m.ID)
+		b = appendStrings(b, m.PeerURLs)
+		b = appendStrings(b, m.ClientURLs)
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.removed)))
+	for id := range st.removed {
+		b = binary.AppendUvarint(b, id)
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.kv)))
+	for _, k := range slices.Sorted(maps.Keys(st.kv)) {
+		b = appendString(b, k)
+		b = appendString(b, st.kv[k].value)
+		if version == snapshotVersionV2 {
+			b = binary.AppendUvarint(b, st.kv[k].createIndex)
+			b = binary.AppendUvarint(b, st.kv[k].modIndex)
+		}
+	}
+	if version == snapshotVersionV2 {
+		b = binary.AppendUvarint(b, uint64(len(st.records)))
+		for _, r := range st.records {
+			b = appendString(b, r.key)
+			b = binary.BigEndian.AppendUint64(b, r.fingerprint)
+			b = binary.AppendUvarint(b, resultCode(r.result.err))
+			b = binary.AppendUvarint(b, r.result.index)
+			var flags byte
+			if r.result.created {
+				flags |= resultCreated
+			}
+			if r.result.hasVersion {
+				flags |= resultHasVersion
+			}
+			b = append(b, flags)
+			b = binary.AppendUvarint(b, r.result.version.createIndex)
+			b = binary.AppendUvarint(b, r.result.version.modIndex)
+		}
+	}
+	return b
+}
+
+// TestSnapshotOlderVersions proves that snapshots of versions 1 and 2,
+// written before learners existed, still load, with every member a voter,
+// and that what they hold survives being written again as the current
+// version: a member restarted after an upgrade starts from the snapshot its
+// older self wrote.
+func TestSnapshotOlderVersions(t *testing.T) {
+	st := fullSnapshotContent()
+	for _, m := range st.members {
+		m.IsLearner = false
+	}
+	v1 := st
+	v1.kv = make(map[string]keyValue)
+	for k, v := range st.kv {
+		v1.kv[k] = keyValue{value: v.value}
+	}
+	v1.records = nil
+	for _, tt := range []struct {
+		version byte
+		want    snapshotContent
+	}{{snapshotVersionV2, st}, {snapshotVersionV1, v1}} {
+		t.Run(fmt.Sprintf("version %d", tt.version), func(t *testing.T) {
+			data := encodeOldSnapshot(tt.version, tt.want)
+			for range 2 { // as written then, and rewritten as the current version
+				got, err := decodeWholeSnapshot(data)
+				if err != nil {
+					t.Fatalf("decode version %d: %v", data[0], err)
+				}
+				if !maps.EqualFunc(got.members, tt.want.members, snapMemberEqual) || !maps.Equal(got.removed, tt.want.removed) ||
+					!maps.EqualFunc(got.kv, tt.want.kv, snapKVEqual) || !snapRecordsEqual(got.records, tt.want.records) {
+					t.Fatalf("version %d decoded to members %v, removed %v, %d keys, %d records; want members %v, removed %v, %d keys, %d records",
+						data[0], snapMemberList(got.members), got.removed, len(got.kv), len(got.records),
+						snapMemberList(tt.want.members), tt.want.removed, len(tt.want.kv), len(tt.want.records))
+				}
+				data = encodeSnapshot(got.members, got.removed, treeOf(got.kv), got.records)
+			}
+		})
+	}
+}
+
 // TestSnapshotCorrupt proves that a damaged snapshot (wrong version,
 // truncated anywhere, trailing bytes, absurd counts) is rejected with
 // ErrCorruptEntry and never panics, since loading half a state would
@@ -257,7 +345,9 @@ func TestSnapshotCorrupt(t *testing.T) {
 		data []byte
 	}{
 		{"version 0", append([]byte{0}, valid[1:]...)},
-		{"version 3", append([]byte{snapshotVersion + 1}, valid[1:]...)},
+		{"next version", append([]byte{snapshotVersion + 1}, valid[1:]...)},
+		{"unknown member flag", []byte{snapshotVersion, 1, 1, 0, 0, 2, 0, 0, 0}},
+		{"member without its flags", []byte{snapshotVersion, 1, 1, 0, 0}},
 		{"trailing zero byte", append(slices.Clone(valid), 0)},
 		{"trailing garbage", append(slices.Clone(valid), "garbage"...)},
 		{"member count beyond input", []byte{snapshotVersion, 0xff, 0xff, 0xff, 0xff, 0x0f}},
@@ -379,7 +469,7 @@ func commandDiff(got, want command) string {
 // snapMemberEqual compares members, treating nil and empty URL lists alike (the
 // snapshot decoder returns empty lists; GET /members shows both as []).
 func snapMemberEqual(a, b *member) bool {
-	return a.ID == b.ID && slices.Equal(a.PeerURLs, b.PeerURLs) && slices.Equal(a.ClientURLs, b.ClientURLs)
+	return a.ID == b.ID && slices.Equal(a.PeerURLs, b.PeerURLs) && slices.Equal(a.ClientURLs, b.ClientURLs) && a.IsLearner == b.IsLearner
 }
 
 // snapMemberList makes a member table printable.

@@ -370,7 +370,8 @@ func faultIDs(ms []*faultMember) []uint64 {
 
 // grow adds a member under load the way an operator would: a new process
 // with --join, through a member picked with rng. It returns once the new
-// member serves and every member lists it.
+// member serves and every member lists it as a voter: --join adds it as a
+// learner, and it is promoted once it has caught up.
 func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 	c.t.Helper()
 	via := c.active()[rng.IntN(len(c.active()))]
@@ -385,16 +386,19 @@ func (c *faultCluster) grow(rng *rand.Rand) *faultMember {
 				return false
 			}
 			i := slices.IndexFunc(ms, func(v memberView) bool { return v.ID == m.id })
-			return i >= 0 && len(ms[i].ClientURLs) > 0
+			return i >= 0 && len(ms[i].ClientURLs) > 0 && !ms[i].IsLearner
 		})
 	}
 	return m
 }
 
-// join starts m, whose args say --join, until it serves. A member that has
-// just reconnected after a fault may not count its peers healthy yet and
-// refuse the new voter (ErrTooFewHealthy), and the joiner then exits; like
-// an operator, join tries again a little later.
+// join starts m, whose args say --join, until it serves. --join adds a
+// learner, which strict reconfiguration never refuses; should the join be
+// refused all the same (ErrTooFewHealthy, as a voter's could be by a member
+// that has just reconnected after a fault and does not count its peers
+// healthy yet), the joiner exits, and, like an operator, join tries again a
+// little later. (Its promotion, which such a member may refuse too, the
+// joiner retries by itself.)
 func (c *faultCluster) join(m *faultMember) {
 	c.t.Helper()
 	for attempt := 1; ; attempt++ {

@@ -69,8 +69,12 @@ func (rc *raftNode) forceNewCluster(confState *raftpb.ConfState, lastIndex uint6
 	if err != nil {
 		return nil, nil, err
 	}
-	if !ids[rc.id] {
+	learner, ok := ids[rc.id]
+	if !ok {
 		return nil, nil, fmt.Errorf("%w: member %d is not in the configuration its own log ends with (members %v): it was removed, so its data is not the cluster's", ErrCannotForce, rc.id, slices.Sorted(maps.Keys(ids)))
+	}
+	if learner {
+		return nil, nil, fmt.Errorf("%w: member %d is a learner in the configuration its own log ends with: alone it would be a cluster without a voter, which elects no leader, and its log may be far behind the voters'; force a voter", ErrCannotForce, rc.id)
 	}
 	term := hardState.GetTerm()
 	if len(entries) > 0 {
@@ -116,37 +120,50 @@ func committedCount(entries []*raftpb.Entry, commit uint64) int {
 
 // configuredIDs is the members, voters and learners, of the configuration
 // raft's log ends with: the snapshot's, then each conf change after it
-// (etcd's GetEffectiveNodeIDsFromWALEntries). A change the kvstore refused
-// counts here too, so the set may hold an id raft does not: removing it
-// is refused in turn, and changes nothing. It never misses a member raft
-// has, which would keep a voter that can never vote.
+// (etcd's GetEffectiveNodeIDsFromWALEntries), each id mapped to whether it
+// is a learner. A change the kvstore refused counts here too, so the set
+// may hold an id raft does not: removing it is refused in turn, and changes
+// nothing. It never misses a member raft has, which would keep a voter
+// that can never vote. Whether a member is a learner follows the kvstore's
+// rules (confchange.go), which raft's configuration follows: an add of a
+// member that exists changes nothing, but for an AddNode marked Promote
+// (in raft's V2 format, which raftkv does not write, any AddNode of a
+// learner promotes it, as raft does).
 func configuredIDs(confState *raftpb.ConfState, entries []*raftpb.Entry) (map[uint64]bool, error) {
 	ids := make(map[uint64]bool)
-	for _, id := range slices.Concat(confState.GetVoters(), confState.GetLearners()) {
+	for _, id := range confState.GetVoters() {
+		ids[id] = false
+	}
+	for _, id := range confState.GetLearners() {
 		ids[id] = true
 	}
+	apply := func(typ raftpb.ConfChangeType, id uint64, promote bool) {
+		learner, exists := ids[id]
+		switch {
+		case typ == raftpb.ConfChangeRemoveNode:
+			delete(ids, id)
+		case !exists:
+			ids[id] = typ == raftpb.ConfChangeAddLearnerNode
+		case typ == raftpb.ConfChangeAddNode && learner && promote:
+			ids[id] = false
+		}
+	}
 	for _, e := range entries {
-		var changes []*raftpb.ConfChangeSingle
 		switch e.GetType() {
 		case raftpb.EntryConfChange:
 			var cc raftpb.ConfChange
 			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
 				return nil, fmt.Errorf("%w: conf change at index %d: %w", ErrCannotForce, e.GetIndex(), err)
 			}
-			changes = cc.AsV2().GetChanges()
+			add, err := addContextFromConfChange(&cc)
+			apply(cc.GetType(), cc.GetNodeId(), err == nil && add.Promote)
 		case raftpb.EntryConfChangeV2:
 			var cc raftpb.ConfChangeV2
 			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
 				return nil, fmt.Errorf("%w: conf change at index %d: %w", ErrCannotForce, e.GetIndex(), err)
 			}
-			changes = cc.GetChanges()
-		}
-		for _, c := range changes {
-			switch c.GetType() {
-			case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
-				ids[c.GetNodeId()] = true
-			case raftpb.ConfChangeRemoveNode:
-				delete(ids, c.GetNodeId())
+			for _, c := range cc.GetChanges() {
+				apply(c.GetType(), c.GetNodeId(), true)
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -109,6 +111,13 @@ func TestForceNewCluster(t *testing.T) {
 		id := c.allocate()
 		c.start(id, fmt.Sprintf("raftkv%d", id), append(c.args(id, int(id)), "--join", c.clients[via-1])...)
 		e2eWaitHealthy(c, id)
+		// --join adds a learner, promoted once it has caught up: only then
+		// does it count towards the quorum the rest of the test relies on.
+		c.eventually(10*time.Second, fmt.Sprintf("member %d to be promoted", id), func() bool {
+			ms := c.members(via)
+			i := slices.IndexFunc(ms, func(m memberView) bool { return m.ID == id })
+			return i >= 0 && !ms[i].IsLearner
+		})
 		step(fmt.Sprintf("member %d joined", id))
 	}
 	for _, id := range []uint64{1, 4, 5} {
@@ -159,17 +168,39 @@ func TestConfiguredIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	promote, err := json.Marshal(addMemberContext{member: member{ID: 4}, Promote: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	entries := []*raftpb.Entry{
 		kvEntry(10, encodePut(1, "k", []byte("v"))),
 		kvConfEntry(t, 11, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(uint64(5))}),
 		kvConfEntry(t, 12, &raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode.Enum(), NodeId: new(uint64(3))}),
 		{Index: new(uint64(13)), Term: new(uint64(1)), Type: raftpb.EntryConfChangeV2.Enum(), Data: v2Data},
+		kvConfEntry(t, 14, &raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode.Enum(), NodeId: new(uint64(8))}),
+		kvConfEntry(t, 15, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(uint64(4)), Context: promote}),
+		// Refused by the kvstore, so by raft: no promotion without Promote,
+		// no demotion of a voter.
+		kvConfEntry(t, 16, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(uint64(8))}),
+		kvConfEntry(t, 17, &raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode.Enum(), NodeId: new(uint64(1))}),
 	}
 	ids, err := configuredIDs(&raftpb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}, entries)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(slices.Sorted(maps.Keys(ids))); got != "[1 4 5 7]" {
-		t.Errorf("configuredIDs = %s, want [1 4 5 7]", got)
+	want := map[uint64]bool{1: false, 4: false, 5: false, 7: true, 8: true}
+	if !maps.Equal(ids, want) {
+		t.Errorf("configuredIDs = %v, want %v (id: is a learner)", ids, want)
+	}
+}
+
+// TestForceNewClusterRefusesLearner proves --force-new-cluster refuses a
+// member that is a learner in the configuration its log ends with: alone
+// it would be a cluster with no voter.
+func TestForceNewClusterRefusesLearner(t *testing.T) {
+	rc := &raftNode{id: 4}
+	_, _, err := rc.forceNewCluster(&raftpb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}, 10, &raftpb.HardState{}, nil)
+	if !errors.Is(err, ErrCannotForce) || !strings.Contains(err.Error(), "learner") {
+		t.Fatalf("forceNewCluster on a learner = %v, want ErrCannotForce naming it a learner", err)
 	}
 }

@@ -40,18 +40,41 @@ var ErrLeaderTransfer = errors.New("leadership transfer did not finish")
 // picks itself to take over, unless it is the leader: then it picks the
 // voter raft has replicated the most of its log to, since raft sends
 // MsgTimeoutNow only once the transferee's log matches the leader's, at
-// once if it already does. ctx, the request's, bounds the wait; raft itself
-// gives up on a transfer that takes longer than an election timeout.
+// once if it already does. A learner cannot lead (raft ignores a transfer
+// to one): one asked to remove the leader picks a voter it is connected
+// to (connectedVoter), whose progress it cannot know. Raft gives up on a
+// transfer that takes longer than an election timeout (a transferee that
+// has just restarted may need longer to catch up), so while no other
+// leader is known the request is made again each election timeout. ctx,
+// the request's, bounds the wait.
 func (h *httpAPI) handOffLeadership(ctx context.Context, leader uint64) error {
-	transferee := h.id
-	if leader == h.id {
-		transferee = h.raft.mostCaughtUp()
-		if transferee == raft.None {
-			return fmt.Errorf("%w: member %d leads and is connected to no other voter to hand over to", ErrLeaderTransfer, leader)
+	pick := func() uint64 {
+		switch {
+		case leader == h.id:
+			return h.raft.mostCaughtUp()
+		case h.isLearner(h.id):
+			return h.connectedVoter(leader)
+		}
+		return h.id
+	}
+	transferee := pick()
+	if transferee == raft.None {
+		return fmt.Errorf("%w: member %d leads and member %d is connected to no other voter to hand over to", ErrLeaderTransfer, leader, h.id)
+	}
+	electionTimeout := electionTicks * h.raft.cfg.tickInterval
+	var err error
+	for {
+		h.raft.transferLeadership(ctx, leader, transferee)
+		waitCtx, cancel := context.WithTimeout(ctx, electionTimeout)
+		err = h.raft.waitLeader(waitCtx, func(l uint64) bool { return l != raft.None && l != leader })
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if next := pick(); next != raft.None {
+			transferee = next
 		}
 	}
-	h.raft.transferLeadership(ctx, leader, transferee)
-	err := h.raft.waitLeader(ctx, func(l uint64) bool { return l != raft.None && l != leader })
 	if err == nil {
 		// The removal is proposed after this: see pendingConfIndex above.
 		err = h.reads.wait(ctx)
@@ -84,4 +107,24 @@ func (rc *raftNode) mostCaughtUp() uint64 {
 		}
 	}
 	return best
+}
+
+// isLearner reports whether member id is a learner in the applied member
+// table.
+func (h *httpAPI) isLearner(id uint64) bool {
+	m, ok := h.store.lookupMember(id)
+	return ok && m.IsLearner
+}
+
+// connectedVoter is the voter other than except, of the lowest id, that
+// this member is connected to, or None. A learner removing the leader
+// knows nobody's progress (only the leader does) and hands over to it; the
+// leader brings its log up to date before it lets it campaign.
+func (h *httpAPI) connectedVoter(except uint64) uint64 {
+	for _, m := range h.store.voters() {
+		if m.ID != except && m.ID != h.id && h.raft.peerConnected(m.ID) {
+			return m.ID
+		}
+	}
+	return raft.None
 }

@@ -130,9 +130,23 @@ func (c *testCluster) startWith(cfg config) {
 }
 
 // addMember allocates ports for a new member, adds it through member via
-// with --join and returns its id once it runs. Until it has asked to join
-// (it listens for clients first) its ports may still change.
+// with --join and returns its id once it runs and is promoted to a voter
+// (--join adds it as a learner).
 func (c *testCluster) addMember(via uint64) uint64 {
+	c.t.Helper()
+	id := c.joinMember(via)
+	eventually(c.t, 15*time.Second, fmt.Sprintf("joined member %d to be promoted to a voter", id), func() bool {
+		m, ok := c.server(id).store.lookupMember(id)
+		return ok && !m.IsLearner
+	})
+	return id
+}
+
+// joinMember allocates ports for a new member, adds it through member via
+// with --join and returns its id once it runs, a learner until it has
+// caught up. Until it has asked to join (it listens for clients first) its
+// ports may still change.
+func (c *testCluster) joinMember(via uint64) uint64 {
 	c.t.Helper()
 	id := c.allocate()
 	for attempt := 1; ; attempt++ {

@@ -85,6 +85,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *me
 	h.handleTaking("POST /members", takesIdempotencyKey, h.addMember)
 	h.handle("GET /members/{id}", h.getMember)
 	h.handle("DELETE /members/{id}", h.removeMember)
+	h.handle("POST /members/{id}/promote", h.promoteMember)
 	h.handle("GET /status", h.getStatus)
 	h.handle("GET /health", h.getHealth)
 	h.handle("GET /metrics", h.serveMetrics)
@@ -400,7 +401,7 @@ func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrKeyNotFound), errors.Is(err, ErrMemberNotFound):
 		http.Error(w, oneLine(err), http.StatusNotFound)
-	case errors.Is(err, ErrMemberExists):
+	case errors.Is(err, ErrMemberExists), errors.Is(err, ErrNotLearner):
 		http.Error(w, oneLine(err), http.StatusConflict)
 	case errors.Is(err, ErrPreconditionFailed):
 		http.Error(w, oneLine(err), http.StatusPreconditionFailed)

@@ -41,12 +41,15 @@ type joinedCluster struct {
 }
 
 // requestJoin asks the cluster, through the member at cfg.join, to add this
-// member (POST /members, following redirects), then reads the cluster it
-// joined from GET /members. Raft adds a member before it runs: the new
-// member starts empty and the leader brings it up to date. A 409 for this
-// very id and peer URL means an earlier attempt got through.
+// member as a learner (POST /members, following redirects), then reads the
+// cluster it joined from GET /members. Raft adds a member before it runs:
+// the new member starts empty and the leader brings it up to date; as a
+// learner it counts towards no quorum meanwhile, and it asks to be promoted
+// once it has caught up (promote.go). A 409 for this very id and peer URL
+// means an earlier attempt got through, or an operator added this member
+// with POST /members, as a learner or as a voter.
 func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster, error) {
-	body, err := json.Marshal(addMemberRequest{ID: cfg.id, PeerURL: cfg.peerURL(), ClientURL: cfg.clientURL})
+	body, err := json.Marshal(addMemberRequest{ID: cfg.id, PeerURL: cfg.peerURL(), ClientURL: cfg.clientURL, Learner: true})
 	if err != nil {
 		return joinedCluster{}, err
 	}
@@ -79,7 +82,7 @@ func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster
 				// The member that answered has applied this member, but
 				// one the GET was redirected to may not have yet.
 				joined.peers[cfg.id] = cfg.peerURL()
-				lg.Info("joined the cluster", zap.String("via", cfg.join), zap.Stringer("cluster-id", types.ID(joined.id)))
+				lg.Info("added to the cluster as a learner", zap.String("via", cfg.join), zap.Stringer("cluster-id", types.ID(joined.id)))
 				return joined, nil
 			case resp.StatusCode == http.StatusConflict:
 				return checkAlreadyMember(ctx, client, membersURL, cfg, lg, strings.TrimSpace(string(reason)))

@@ -37,6 +37,7 @@ type config struct {
 	clientURL      string            // advertised to the cluster and listened on
 	dataDir        string
 	join           string // client URL of a running member to ask to add us; "" when not joining
+	learner        bool   // stay a learner: never ask to be promoted (promote.go)
 	snapshotCount  uint64
 	requestTimeout time.Duration
 	maxValueBytes  int64
@@ -125,7 +126,8 @@ func parseFlags(args []string) (config, error) {
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
 	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
-	join := fs.String("join", "", "client URL of a running member: ask it to add this member, then start as a new member")
+	join := fs.String("join", "", "client URL of a running member: ask it to add this member as a learner, start as a new member, and ask to be promoted to a voter once caught up")
+	learner := fs.Bool("learner", false, "with --join, stay a learner: never ask to be promoted (POST /members/{id}/promote does it)")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
 	maxValueBytes := fs.Int64("max-value-bytes", 1<<20, "largest value a PUT accepts")
@@ -158,6 +160,7 @@ func parseFlags(args []string) (config, error) {
 		clientURL:         *clientURL,
 		dataDir:           *dataDir,
 		join:              *join,
+		learner:           *learner,
 		snapshotCount:     *snapshotCount,
 		requestTimeout:    *requestTimeout,
 		maxValueBytes:     *maxValueBytes,
@@ -288,6 +291,10 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
 
+	if err := checkLearnerFlag(cfg); err != nil {
+		clientLn.Close()
+		return nil, err
+	}
 	if cfg.join != "" && !hasWAL(cfg.dataDir) {
 		joined, err := requestJoin(ctx, cfg, lg)
 		if err != nil {
@@ -346,6 +353,7 @@ func startServer(ctx context.Context, cfg config, lg *zap.Logger) (*server, erro
 	s.http.RegisterOnShutdown(api.endStreams)
 	go s.http.Serve(clientLn)
 	go store.advertiseClientURL(rn, cfg.id, cfg.clientURL, cfg.requestTimeout)
+	s.promoteWhenCaughtUp(reads)
 	lg.Info("serving clients", zap.String("client-url", cfg.clientURL), zap.String("peer-url", cfg.peerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
 }

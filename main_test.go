@@ -35,6 +35,7 @@ func TestFlagsDefaults(t *testing.T) {
 		{"client URL", cfg.clientURL, "http://127.0.0.1:9121"},
 		{"data dir", cfg.dataDir, "raftkv-1"},
 		{"join", cfg.join, ""},
+		{"learner", cfg.learner, false},
 		{"snapshot count", cfg.snapshotCount, uint64(10000)},
 		{"request timeout", cfg.requestTimeout, 5 * time.Second},
 		{"max value bytes", cfg.maxValueBytes, int64(1 << 20)},
@@ -97,6 +98,12 @@ func TestFlagsValid(t *testing.T) {
 		{"join", []string{"--id", "4", "--cluster", flagTestCluster3 + ",http://127.0.0.1:42379", "--join", "http://127.0.0.1:12380"}, func(c config) error {
 			if c.join != "http://127.0.0.1:12380" || c.peerURL() != "http://127.0.0.1:42379" || c.clusterID != 0 {
 				return fmt.Errorf("join %q, peer URL %s, cluster ID %x (want 0: learned by joining)", c.join, c.peerURL(), c.clusterID)
+			}
+			return nil
+		}},
+		{"join as a learner that stays one", []string{"--id", "4", "--cluster", "4=http://127.0.0.1:22379", "--port", "22380", "--join", "http://127.0.0.1:12380", "--learner"}, func(c config) error {
+			if !c.learner || c.join != "http://127.0.0.1:12380" {
+				return fmt.Errorf("learner %v, join %q", c.learner, c.join)
 			}
 			return nil
 		}},
@@ -346,6 +353,10 @@ func TestFlagsStartFailures(t *testing.T) {
 			}
 			return func() { ln.Close() }
 		}, func(cfg config) string { return flagTestHostPort(cfg.peerURL()) }},
+		{"--learner on a first start without --join", func(t *testing.T, cfg *config) func() {
+			cfg.learner = true
+			return func() {}
+		}, func(cfg config) string { return "--learner needs --join" }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

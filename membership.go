@@ -37,12 +37,16 @@ type addMemberRequest struct {
 	ID        uint64 `json:"id"`
 	PeerURL   string `json:"peerURL"`
 	ClientURL string `json:"clientURL"`
+	// Learner adds a member that does not vote until it is promoted
+	// (learner.go). Left out when false, so that the Idempotency-Key
+	// fingerprint of a request without it is what it always was.
+	Learner bool `json:"learner,omitempty"`
 }
 
-// addMember handles POST /members: 201 once the new voter is committed and
-// in the member table here, 409 if it clashes with a member or would cost
-// the cluster its quorum (mayAddMember). The new member must then be
-// started with --join.
+// addMember handles POST /members: 201 once the new voter or learner is
+// committed and in the member table here, 409 if it clashes with a member
+// or, for a voter, would cost the cluster its quorum (mayAddMember). The
+// new member must then be started with --join.
 func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request) {
 	var req addMemberRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMemberBodyBytes))
@@ -128,7 +132,7 @@ func (req addMemberRequest) validate() (member, error) {
 	if err != nil {
 		return member{}, fmt.Errorf("peerURL: %w", err)
 	}
-	m := member{ID: req.ID, PeerURLs: []string{peerURL}}
+	m := member{ID: req.ID, PeerURLs: []string{peerURL}, IsLearner: req.Learner}
 	if req.ClientURL != "" {
 		clientURL, err := normalizeURL(req.ClientURL)
 		if err != nil {
@@ -200,8 +204,8 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if len(h.store.memberList()) == 1 {
-		http.Error(w, "cannot remove the only member", http.StatusConflict)
+	if !m.IsLearner && len(h.store.voters()) == 1 {
+		http.Error(w, "cannot remove the only voter", http.StatusConflict)
 		return
 	}
 	if err := h.mayRemoveMember(m.ID); err != nil {

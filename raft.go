@@ -110,6 +110,9 @@ type raftNode struct {
 	forceSnapshot     bool             // a conf change was applied since the last snapshot
 	bootSnapshot      *raftpb.Snapshot // the snapshot found on disk, sent to the kvstore first
 	lastSnapshotIndex atomic.Uint64    // index of the newest snapshot on disk
+	// savedSnapshotIndex is the index of the newest snapshot whose file is
+	// written whole, set by whichever goroutine wrote it (see diskSnapshots).
+	savedSnapshotIndex atomic.Uint64
 
 	// bootIndex is what the kvstore must apply before this member serves:
 	// on a restart, the commit index its WAL recorded (see datadir.go); on
@@ -191,7 +194,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 		ID:              rc.id,
 		ElectionTick:    electionTicks,
 		HeartbeatTick:   heartbeatTicks,
-		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, snapshotter: rc.snapshotter},
+		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, lg: rc.lg, dir: rc.snapDir(), saved: &rc.savedSnapshotIndex},
 		Applied:         rc.queuedIndex,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: maxInflightAppends,

@@ -68,6 +68,18 @@ func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Dura
 // wait returns once the local state is at least as new as the cluster's
 // was when wait was called: a read made after it is linearizable.
 func (r *readLoop) wait(ctx context.Context) error {
+	index, err := r.readIndex(ctx)
+	if err != nil {
+		return err
+	}
+	return r.store.waitApplied(ctx, index)
+}
+
+// readIndex returns the index this member must apply to be as new as the
+// cluster was when readIndex was called: the leader's commit index then.
+// It does not wait for the apply; a learner catching up compares it with
+// how far it has got (promote.go).
+func (r *readLoop) readIndex(ctx context.Context) (uint64, error) {
 	r.mu.Lock()
 	round := r.next
 	round.reads++
@@ -78,14 +90,11 @@ func (r *readLoop) wait(ctx context.Context) error {
 	}
 	select {
 	case <-round.done:
-		if round.err != nil {
-			return round.err
-		}
-		return r.store.waitApplied(ctx, round.index)
+		return round.index, round.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	case <-r.store.done:
-		return ErrStopped
+		return 0, ErrStopped
 	}
 }
 

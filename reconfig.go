@@ -27,7 +27,12 @@ import (
 // connection is up, since raft replicates to it from that moment, so that
 // a change right after a member restarts is not refused.
 //
-// Both checks answer ErrNoLeader first when no leader is known: then no
+// Only voters count. A learner (learner.go) is in no quorum: adding or
+// removing one never risks the quorum, and is never refused for it, while
+// promoting one adds a voter and is checked as an add is, the learner
+// counting as healthy (it must be connected to the leader to be promoted).
+//
+// Every check answers ErrNoLeader first when no leader is known: then no
 // change can commit, as no write can, and a member cut off from the rest
 // would take every other member for down.
 
@@ -46,7 +51,10 @@ func (h *httpAPI) mayAddMember(m member) error {
 	if h.raft.leaderID() == raft.None {
 		return ErrNoLeader
 	}
-	voters := h.store.memberList()
+	if m.IsLearner {
+		return nil
+	}
+	voters := h.store.voters()
 	if len(voters) == 1 {
 		return nil
 	}
@@ -66,7 +74,10 @@ func (h *httpAPI) mayRemoveMember(id uint64) error {
 	if h.raft.leaderID() == raft.None {
 		return ErrNoLeader
 	}
-	voters := h.store.memberList()
+	if m, ok := h.store.lookupMember(id); ok && m.IsLearner {
+		return nil
+	}
+	voters := h.store.voters()
 	n, healthy := len(voters)-1, h.countHealthy(voters, id)
 	if healthy < quorum(n) {
 		return fmt.Errorf("%w: removing member %d would leave %d voters, %d of them healthy, and a quorum is %d; start the members that are down first",
@@ -75,12 +86,34 @@ func (h *httpAPI) mayRemoveMember(id uint64) error {
 	return nil
 }
 
+// mayPromoteMember refuses to promote learner id until it has caught up
+// with the leader (learnerReady), and then, as an add of a voter, if the
+// healthy voters would be fewer than a quorum of the new size. It runs on
+// the leader.
+func (h *httpAPI) mayPromoteMember(id uint64) error {
+	if h.raft.leaderID() == raft.None {
+		return ErrNoLeader
+	}
+	if err := h.raft.learnerReady(id); err != nil {
+		return err
+	}
+	voters := h.store.voters()
+	// learnerReady found the learner connected: it is healthy.
+	n, healthy := len(voters)+1, h.countHealthy(voters, id)+1
+	if healthy < quorum(n) {
+		return fmt.Errorf("%w: promoting member %d would make %d voters, %d of them healthy, and a quorum is %d; start or remove the members that are down first",
+			ErrTooFewHealthy, id, n, healthy, quorum(n))
+	}
+	return nil
+}
+
 // refuseChange answers a membership change refused before anything was
-// proposed: 409 for too few healthy voters; 503, to be retried, when no
-// leader is known or the leader could not hand over (handOffLeadership).
+// proposed: 409 for too few healthy voters, or a learner that is not
+// ready to be promoted; 503, to be retried, when no leader is known or the
+// leader could not hand over (handOffLeadership).
 func (h *httpAPI) refuseChange(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, ErrTooFewHealthy):
+	case errors.Is(err, ErrTooFewHealthy), errors.Is(err, ErrLearnerNotReady), errors.Is(err, ErrNotLearner):
 		http.Error(w, oneLine(err), http.StatusConflict)
 	case errors.Is(err, ErrLeaderTransfer):
 		w.Header().Set("Retry-After", "1")
@@ -90,8 +123,8 @@ func (h *httpAPI) refuseChange(w http.ResponseWriter, err error) {
 	}
 }
 
-// countHealthy counts the voters, other than except, that this member
-// counts as healthy: itself, and every one it is connected to.
+// countHealthy counts the members of voters, other than except, that this
+// member counts as healthy: itself, and every one it is connected to.
 func (h *httpAPI) countHealthy(voters []member, except uint64) int {
 	healthy := 0
 	for _, m := range voters {

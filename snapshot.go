@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
@@ -31,10 +33,12 @@ import (
 // handed to it since the last snapshot, then compacts raft's in-memory log
 // and lets the WAL release the files the snapshot covers.
 //
-// It also snapshots right after a conf change, as etcd does. A member added
-// after the leader compacted its log can only catch up by snapshot, and it
-// refuses one whose configuration does not include it: without a fresh
-// snapshot it would wait, empty, for snapshotCount more writes.
+// It also snapshots right after a conf change that adds or removes a
+// member, as etcd does. A member added after the leader compacted its log
+// can only catch up by snapshot, and it refuses one whose configuration
+// does not include it: without a fresh snapshot it would wait, empty, for
+// snapshotCount more writes. (Not after a promotion: the learner is in the
+// last snapshot already, and taking one holds every member's apply up.)
 func (rc *raftNode) maybeSnapshot(applied <-chan struct{}) error {
 	if !rc.forceSnapshot && rc.queuedIndex-rc.lastSnapshotIndex.Load() < rc.snapshotCount {
 		return nil
@@ -93,6 +97,7 @@ func (rc *raftNode) saveSnapshot(snapshot *raftpb.Snapshot) error {
 	if err := rc.wal.SaveSnapshot(walSnap); err != nil {
 		return fmt.Errorf("save snapshot record to WAL: %w", err)
 	}
+	rc.savedSnapshotIndex.Store(md.GetIndex()) // diskSnapshots may read the file now
 	return nil
 }
 
@@ -166,27 +171,49 @@ const releaseMemoryAbove = 32 << 20
 
 // diskSnapshots is raft's in-memory log with snapshots kept on disk only:
 // the MemoryStorage holds each snapshot's metadata, and Snapshot reads the
-// data back from the newest snapshot file. Raft asks for it only to send a
+// data back from that snapshot's file. Raft asks for it only to send a
 // follower that has fallen behind the log; keeping the whole state machine
 // in memory a second time for that would double a member's footprint.
+//
+// Raft asks from its own goroutine, while the apply goroutine may be
+// writing the very snapshot raft's log already names (maybeSnapshot records
+// it in the MemoryStorage first, then writes the file): a conf change adds
+// a member that needs a snapshot and forces a new one, at once. So Snapshot
+// reads a file only once it is written whole (saved), and reads it by its
+// name, never the way the snapshotter's Load does: Load takes a file it
+// cannot read, one half written, for broken and renames it *.broken, and
+// the snapshot raft's log names is then never available again (until the
+// next one), while raft goes on reading files on every message from the
+// member that waits, and commits nothing meanwhile.
 type diskSnapshots struct {
 	*raft.MemoryStorage
-	snapshotter *snap.Snapshotter
+	lg    *zap.Logger
+	dir   string         // the snapshot files' directory
+	saved *atomic.Uint64 // the index of the newest snapshot written whole
 }
 
 // Snapshot returns the newest snapshot, data included.
 func (s diskSnapshots) Snapshot() (*raftpb.Snapshot, error) {
 	meta, err := s.MemoryStorage.Snapshot()
-	if err != nil || meta.GetMetadata().GetIndex() == 0 {
+	md := meta.GetMetadata()
+	if err != nil || md.GetIndex() == 0 {
 		return meta, err
 	}
-	snapshot, err := s.snapshotter.Load()
-	if err != nil || snapshot.GetMetadata().GetIndex() != meta.GetMetadata().GetIndex() {
-		// Made in memory but not yet saved to disk, or the other way round;
-		// raft asks again later.
+	if s.saved.Load() < md.GetIndex() {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable // being written; raft asks again later
+	}
+	snapshot, err := snap.Read(s.lg, filepath.Join(s.dir, snapFileName(md.GetTerm(), md.GetIndex())))
+	if err != nil {
+		s.lg.Warn("cannot read the snapshot to send a follower", zap.Uint64("index", md.GetIndex()), zap.Error(err))
 		return nil, raft.ErrSnapshotTemporarilyUnavailable
 	}
 	return snapshot, nil
+}
+
+// snapFileName is the name etcd's snap package gives the snapshot at term
+// and index (Snapshotter.SaveSnap).
+func snapFileName(term, index uint64) string {
+	return fmt.Sprintf("%016x-%016x.snap", term, index)
 }
 
 // withoutData is snapshot with its metadata only, for the MemoryStorage.
