@@ -46,8 +46,8 @@ import (
 // RAFTKV_TLS=1 (e2eTLSEnv) starts the cluster on TLS for clients and peers,
 // client certificates required on both, and the clients dial it over TLS
 // (HTTP/1.1, as Go's client does with a TLS configuration of its own);
-// the ceilings stay plain HTTP. Run it and a plain run one after the other
-// to read TLS's cost.
+// the ceilings stay plain HTTP. BenchmarkTLS (tls_bench_test.go) sets the
+// two side by side in one run.
 //
 // Each benchmark does b.N requests split over its c clients and reports
 // ops/s, p50-ms, p99-ms, client-cpu-us/op and, where there are server
@@ -986,11 +986,20 @@ type benchCluster struct {
 	procs *e2eCluster
 }
 
-// startBenchCluster builds raftkv, starts a cluster for the rest of b and
-// returns once every member knows the same leader.
+// startBenchCluster builds raftkv, starts a cluster for the rest of b (on
+// TLS if e2eTLSEnv says so) and returns once every member knows the same
+// leader.
 func startBenchCluster(b *testing.B) *benchCluster {
 	b.Helper()
+	return startBenchClusterOn(b, e2eTLS(b))
+}
+
+// startBenchClusterOn is startBenchCluster with the members on TLS with
+// pki's certificates, or on plain http if pki is nil.
+func startBenchClusterOn(b *testing.B, pki *testPKI) *benchCluster {
+	b.Helper()
 	procs := newE2ECluster(b, e2eBuild(b))
+	procs.pki = pki
 	procs.deadline = time.Now().Add(24 * time.Hour) // every wait here bounds itself
 	for range benchMembers {
 		procs.allocate()

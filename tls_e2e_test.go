@@ -32,8 +32,7 @@ var e2ePKI struct {
 }
 
 // e2eTLS returns the real-process members' certificates, or nil when
-// e2eTLSEnv is not set. The first call makes them and has e2eTransport,
-// which the harness's own clients share, dial with them.
+// e2eTLSEnv is not set.
 func e2eTLS(t testing.TB) *testPKI {
 	t.Helper()
 	switch os.Getenv(e2eTLSEnv) {
@@ -43,6 +42,14 @@ func e2eTLS(t testing.TB) *testPKI {
 	default:
 		t.Fatalf("%s=%q: want 1 (members on TLS) or 0", e2eTLSEnv, os.Getenv(e2eTLSEnv))
 	}
+	return e2eCerts(t)
+}
+
+// e2eCerts returns the certificates of real-process members on TLS. The
+// first call makes them and has e2eTransport, which the harness's own
+// clients share, dial with them; a plain http URL ignores them.
+func e2eCerts(t testing.TB) *testPKI {
+	t.Helper()
 	e2ePKI.once.Do(func() {
 		if e2ePKI.dir, e2ePKI.err = os.MkdirTemp("", "raftkv-test-pki-"); e2ePKI.err != nil {
 			return
