@@ -11,10 +11,11 @@ import (
 // clients and peers with client certificates required on both (as
 // RAFTKV_TLS=1 runs the harness), and drives each workload on the plain
 // cluster and then, at once, on the TLS one, with the same client code. The
-// TLS figure reports tls-ratio, its ops/s over the plain cluster's just
-// before. The idle cluster costs the other only its heartbeats. -count
-// repeats the pair; on a noisy machine read the ratios, and the server CPU
-// per operation, of each pair:
+// TLS figure reports tls-ratio, its ops/s over the plain cluster's last
+// figure, measured just before. The idle cluster costs the other only its
+// heartbeats. -count repeats each measurement that many times in a row
+// (the plain ones, then the TLS ones), so the pairs are seconds apart; on
+// a noisy machine read the ratios, and the server CPU per operation:
 //
 //	go test -run '^$' -bench BenchmarkTLS -benchtime 5s -count 3 .
 func BenchmarkTLS(b *testing.B) {
