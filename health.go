@@ -17,9 +17,14 @@ import (
 // advertised its own. Right after a cluster starts, a leader is known a
 // moment before either URL is applied.
 
-// ErrNotAdvertised is a member whose client URL the member table does not
-// show yet.
-var ErrNotAdvertised = errors.New("has not advertised its client URL yet")
+// Why a member is not ready.
+var (
+	// ErrNotAdvertised is a member whose client URL the member table does
+	// not show yet.
+	ErrNotAdvertised = errors.New("has not advertised its client URL yet")
+	// ErrLeaderUnreachable is a learner cut off from the leader it names.
+	ErrLeaderUnreachable = errors.New("cannot reach the leader")
+)
 
 // getHealth handles GET /health: 200 ok when ready says so; otherwise 503
 // with Retry-After and the reason.
@@ -36,10 +41,18 @@ func (h *httpAPI) getHealth(w http.ResponseWriter, r *http.Request) {
 // ready returns nil when this member could serve any request now: a leader
 // is known, the leader's client URL is known (a default read can be
 // redirected), and this member's own client URL is in the member table.
+//
+// A voter that stops hearing from its leader campaigns after an election
+// timeout, and so forgets the leader. A learner never campaigns: raft lets
+// it name a leader it lost long ago, so for a learner only the peer
+// transport can tell that the leader is still there.
 func (h *httpAPI) ready() error {
 	leader := h.raft.leaderID()
 	if leader == raft.None {
 		return ErrNoLeader
+	}
+	if self, ok := h.store.lookupMember(h.id); ok && self.IsLearner && !h.raft.peerConnected(leader) {
+		return fmt.Errorf("this member (%d) is a learner and %w, member %d", h.id, ErrLeaderUnreachable, leader)
 	}
 	if m, ok := h.store.lookupMember(leader); !ok || len(m.ClientURLs) == 0 {
 		return fmt.Errorf("leader %d %w", leader, ErrNotAdvertised)

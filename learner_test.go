@@ -164,7 +164,8 @@ func learnerCheckTable(t *testing.T, c *testCluster, id uint64, learners ...uint
 // --join --learner get every write, are learners in every member's table
 // and in raft's configuration, and count towards no quorum: with two of
 // three voters stopped, the last voter and two learners (three of five
-// members) elect no leader and commit nothing.
+// members) elect no leader and commit nothing, and the learners, which
+// still name the stopped leader, answer /health with 503.
 func TestLearnerReceivesDataButDoesNotVote(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
 	leader := c.waitLeader()
@@ -214,6 +215,13 @@ func TestLearnerReceivesDataButDoesNotVote(t *testing.T) {
 	}
 	if r := do(t, http.MethodPut, c.url(last, "/keys/learn/no-quorum"), "x"); r.code != http.StatusServiceUnavailable {
 		t.Fatalf("PUT with one voter of three and two learners up: %d %q, want 503", r.code, r.body)
+	}
+	// Still naming the stopped leader, a learner must not call itself ready.
+	for _, l := range []uint64{l1, l2} {
+		eventually(t, 10*time.Second, fmt.Sprintf("learner %d's /health to say it cannot reach the leader", l), func() bool {
+			r := do(t, http.MethodGet, c.url(l, "/health"), "")
+			return r.code == http.StatusServiceUnavailable && strings.Contains(r.body, "cannot reach the leader")
+		})
 	}
 }
 
