@@ -402,7 +402,7 @@ func openBenchWatchers(b *testing.B, base string, n int) []*benchWatcher {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true, TLSClientConfig: e2eClientTLS()}}
 	watchers := make([]*benchWatcher, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

@@ -195,6 +195,7 @@ func (w *workload) startWatchers() {
 				DisableKeepAlives:     true,
 				DialContext:           dialer.DialContext,
 				ResponseHeaderTimeout: clientTimeout, // a paused member accepts, but does not answer
+				TLSClientConfig:       e2eClientTLS(),
 			}},
 			lc:     workloadHTTPClient(),
 			errors: make(map[string]int), relistFailed: make(map[string]int), goneWhy: make(map[string]string),
