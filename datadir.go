@@ -148,9 +148,12 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 	}
 }
 
+// walDir and snapDir are where this member's WAL and snapshot files live,
+// as etcd lays out a member's data dir.
 func (rc *raftNode) walDir() string  { return walDir(rc.cfg.dataDir) }
 func (rc *raftNode) snapDir() string { return filepath.Join(rc.cfg.dataDir, "snap") }
 
+// walDir is the WAL directory of the data dir dataDir.
 func walDir(dataDir string) string { return filepath.Join(dataDir, "wal") }
 
 // hasWAL reports whether dataDir holds a member's WAL: a restart, not a first start.

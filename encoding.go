@@ -8,7 +8,8 @@ import (
 
 // The log entry format.
 //
-// Every normal raft entry carries one client command. It is written to the
+// A normal raft entry carries a client command, or a batch of them (below);
+// an empty one is a new leader's first entry of its term. It is written to the
 // WAL, sent to every follower and decoded by every member, so the encoding is
 // a flat binary layout rather than gob or JSON: building an entry is one
 // allocation, decoding one allocates nothing (key and value are sub-slices
@@ -510,6 +511,7 @@ type decoder struct {
 	err error
 }
 
+// uvarint reads a varint-encoded unsigned integer.
 func (d *decoder) uvarint() uint64 {
 	if d.err != nil {
 		return 0
@@ -534,6 +536,8 @@ func (d *decoder) count() int {
 	return int(n)
 }
 
+// bytes reads a length-prefixed byte string, as a sub-slice of the input
+// (no copy).
 func (d *decoder) bytes() []byte {
 	n := d.count()
 	if d.err != nil {
@@ -544,6 +548,7 @@ func (d *decoder) bytes() []byte {
 	return b
 }
 
+// strings reads a count, then that many length-prefixed strings.
 func (d *decoder) strings() []string {
 	n := d.count()
 	ss := make([]string, 0, n)
@@ -553,12 +558,14 @@ func (d *decoder) strings() []string {
 	return ss
 }
 
+// rest takes every byte left: a field that ends its record needs no length.
 func (d *decoder) rest() []byte {
 	b := d.buf
 	d.buf = nil
 	return b
 }
 
+// fail records the first error, as ErrCorruptEntry with what was wrong.
 func (d *decoder) fail(format string, args ...any) {
 	if d.err == nil {
 		d.err = fmt.Errorf("%w: "+format, append([]any{ErrCorruptEntry}, args...)...)

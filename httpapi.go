@@ -58,6 +58,8 @@ type httpAPI struct {
 // waits for requests to finish, and a stream never would.
 func (h *httpAPI) endStreams() { h.stopOnce.Do(func() { close(h.stopping) }) }
 
+// newHTTPAPI is the client API of the member whose kvstore, raftNode and
+// read loop it is given; startServer serves it on the client listener.
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics) *httpAPI {
 	h := &httpAPI{
 		metrics:        m,
@@ -233,8 +235,8 @@ func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
 }
 
 // readLevel returns the level a GET's query asks for, levelDefault if it
-// names none. The query is one checkQuery accepted (its route takes only
-// level), so reading it allocates nothing.
+// names none. The query is one checkQuery accepted (level, and for a
+// listing limit, after and keys), so reading it allocates nothing.
 func readLevel(rawQuery string) (string, error) {
 	level, ok := queryValue(rawQuery, "level")
 	switch {
@@ -457,10 +459,15 @@ func withLists(m member) member {
 	return m
 }
 
+// setRaftIndex sets X-Raft-Index, the raft index an answer reflects: the
+// entry a write was applied at, or the index of the state a read, listing
+// or copy was taken from.
 func setRaftIndex(w http.ResponseWriter, index uint64) {
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
 }
 
+// writeJSON answers code with v as JSON. An error encoding to a client
+// that went away has nobody to tell.
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

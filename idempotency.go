@@ -102,6 +102,7 @@ type dedup struct {
 	head  int
 }
 
+// newDedup is an empty record, as a new cluster starts with.
 func newDedup() *dedup { return &dedup{byKey: make(map[string]*dedupRecord)} }
 
 // lookup returns the record for key, if it is remembered.

@@ -45,7 +45,7 @@ type joinedCluster struct {
 // cluster it joined from GET /members. Raft adds a member before it runs:
 // the new member starts empty and the leader brings it up to date; as a
 // learner it counts towards no quorum meanwhile, and it asks to be promoted
-// once it has caught up (promote.go). A 409 for this very id and peer URL
+// once it has caught up (autopromote.go). A 409 for this very id and peer URL
 // means an earlier attempt got through, or an operator added this member
 // with POST /members, as a learner or as a voter.
 func requestJoin(ctx context.Context, cfg config, lg *zap.Logger) (joinedCluster, error) {

@@ -28,7 +28,7 @@ import (
 //     Progress.Match), so a follower redirects to it, and the leader refuses
 //     with a 409 while the learner lags (learnerReady);
 //   - --join adds the new member as a learner and has it ask for its own
-//     promotion once it has caught up (promote.go).
+//     promotion once it has caught up (autopromote.go).
 //
 // The learner flag is in the replicated member table (and so in every
 // snapshot) and in raft's configuration, and both change together, by the

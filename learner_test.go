@@ -130,7 +130,7 @@ func TestLearnerLag(t *testing.T) {
 // via and stays a learner (--learner) unless stay is false.
 func (c *testCluster) learnerConfig(id, via uint64, stay bool) config {
 	cfg := c.config(id, c.clientURL(via))
-	cfg.learner = stay
+	cfg.stayLearner = stay
 	return cfg
 }
 

@@ -37,7 +37,7 @@ type config struct {
 	clientURL      string            // advertised to the cluster and listened on
 	dataDir        string
 	join           string // client URL of a running member to ask to add us; "" when not joining
-	learner        bool   // stay a learner: never ask to be promoted (promote.go)
+	stayLearner    bool   // --learner: never ask to be promoted (autopromote.go)
 	snapshotCount  uint64
 	requestTimeout time.Duration
 	maxValueBytes  int64
@@ -160,7 +160,7 @@ func parseFlags(args []string) (config, error) {
 		clientURL:         *clientURL,
 		dataDir:           *dataDir,
 		join:              *join,
-		learner:           *learner,
+		stayLearner:       *learner,
 		snapshotCount:     *snapshotCount,
 		requestTimeout:    *requestTimeout,
 		maxValueBytes:     *maxValueBytes,

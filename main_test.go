@@ -35,7 +35,7 @@ func TestFlagsDefaults(t *testing.T) {
 		{"client URL", cfg.clientURL, "http://127.0.0.1:9121"},
 		{"data dir", cfg.dataDir, "raftkv-1"},
 		{"join", cfg.join, ""},
-		{"learner", cfg.learner, false},
+		{"learner", cfg.stayLearner, false},
 		{"snapshot count", cfg.snapshotCount, uint64(10000)},
 		{"request timeout", cfg.requestTimeout, 5 * time.Second},
 		{"max value bytes", cfg.maxValueBytes, int64(1 << 20)},
@@ -102,8 +102,8 @@ func TestFlagsValid(t *testing.T) {
 			return nil
 		}},
 		{"join as a learner that stays one", []string{"--id", "4", "--cluster", "4=http://127.0.0.1:22379", "--port", "22380", "--join", "http://127.0.0.1:12380", "--learner"}, func(c config) error {
-			if !c.learner || c.join != "http://127.0.0.1:12380" {
-				return fmt.Errorf("learner %v, join %q", c.learner, c.join)
+			if !c.stayLearner || c.join != "http://127.0.0.1:12380" {
+				return fmt.Errorf("learner %v, join %q", c.stayLearner, c.join)
 			}
 			return nil
 		}},
@@ -354,7 +354,7 @@ func TestFlagsStartFailures(t *testing.T) {
 			return func() { ln.Close() }
 		}, func(cfg config) string { return flagTestHostPort(cfg.peerURL()) }},
 		{"--learner on a first start without --join", func(t *testing.T, cfg *config) func() {
-			cfg.learner = true
+			cfg.stayLearner = true
 			return func() {}
 		}, func(cfg config) string { return "--learner needs --join" }},
 	}

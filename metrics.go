@@ -105,14 +105,14 @@ func newMetrics(lg *zap.Logger) *metrics {
 			"Times this member saw a new leader."),
 
 		readIndexRounds: f.counter("raftkv_read_index_rounds_total",
-			"ReadIndex rounds this member ran for consistent reads (one serves every read waiting when it starts)."),
+			"ReadIndex rounds this member ran: for consistent reads (one serves every read waiting when it starts), membership changes, GET /snapshot and a learner's promotion."),
 		readIndexFailures: f.counter("raftkv_read_index_failures_total",
 			"ReadIndex rounds that got no read index (no leader, or none within --request-timeout)."),
 		readIndexDuration: f.histogram("raftkv_read_index_round_duration_seconds",
 			"How long a ReadIndex round took to get the leader's confirmed commit index.",
 			requestBuckets),
 		readsPerRound: f.histogram("raftkv_read_index_reads_per_round",
-			"Consistent reads served by one ReadIndex round.",
+			"Requests served by one ReadIndex round.",
 			readsPerRoundBuckets),
 
 		watchStreams: f.gauge("raftkv_watch_streams",

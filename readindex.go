@@ -54,6 +54,8 @@ type readRound struct {
 	reads int // readers that joined it, under readLoop.mu while it is next
 }
 
+// newReadLoop is the read loop of the member rn drives; run starts it.
+// Each round waits for --request-timeout at most.
 func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration) *readLoop {
 	return &readLoop{
 		lg:      lg,
@@ -78,7 +80,7 @@ func (r *readLoop) wait(ctx context.Context) error {
 // readIndex returns the index this member must apply to be as new as the
 // cluster was when readIndex was called: the leader's commit index then.
 // It does not wait for the apply; a learner catching up compares it with
-// how far it has got (promote.go).
+// how far it has got (autopromote.go).
 func (r *readLoop) readIndex(ctx context.Context) (uint64, error) {
 	r.mu.Lock()
 	round := r.next

@@ -37,7 +37,7 @@ import (
 //
 // What the data dir holds, as a first start followed by a snapshot would:
 //
-//	snap/<term>-<index>.snap  the state, with the member table of --cluster
+//	snap/<term>-<index>.snap  (16 hex digits each) the state, with the member table of --cluster
 //	wal/                      metadata (member id, cluster ID), a record
 //	                          of that snapshot, and a hard state whose
 //	                          commit index is the snapshot's

@@ -28,8 +28,9 @@ import (
 //
 // It asks only once it has caught up by its own count, so as not to send
 // the leader requests it must refuse: a ReadIndex round gives the leader's
-// commit index, and this member's applied index must be within
-// learnerMaxLag of it. The leader then judges by its own count (learnerReady)
+// commit index, and this member's applied index must be as close to it as
+// the leader will want its log to be (checkLearnerLag). The leader then
+// judges by its own count, how much of its log this one matches (learnerReady),
 // and answers 409 while the learner lags; the promoter asks again every
 // promoteInterval until it is promoted or the member stops. Each step is
 // logged: added as a learner (join.go), caught up, promoted.
@@ -48,7 +49,7 @@ var ErrLearnerFlag = errors.New("--learner needs --join")
 // checkLearnerFlag refuses --learner on the first start of an initial
 // member: it starts as a voter, and the flag would mean nothing.
 func checkLearnerFlag(cfg config) error {
-	if cfg.learner && cfg.join == "" && !hasWAL(cfg.dataDir) {
+	if cfg.stayLearner && cfg.join == "" && !hasWAL(cfg.dataDir) {
 		return fmt.Errorf("%w: member %d starts the cluster as a voter; only a member that joins can be a learner", ErrLearnerFlag, cfg.id)
 	}
 	return nil
@@ -68,7 +69,7 @@ type promoter struct {
 // started with --learner. It returns at once; the promoter ends by itself
 // for a voter.
 func (s *server) promoteWhenCaughtUp(reads *readLoop) {
-	if s.cfg.learner {
+	if s.cfg.stayLearner {
 		if m, ok := s.store.lookupMember(s.cfg.id); ok && !m.IsLearner {
 			s.lg.Warn("--learner: this member is a voter already; the flag only keeps a learner from asking to be promoted")
 		}
@@ -103,15 +104,21 @@ func (p *promoter) run() {
 			}
 			return
 		}
-		if !wasLearner {
-			// Not in the table yet: a joining member that has not applied
-			// its own addition.
+		if ok && !wasLearner {
 			wasLearner = true
 			p.lg.Info("this member is a learner: catching up with the leader before asking to be promoted")
 		}
+		// Not in the table (!ok): a joining member that has not applied its
+		// own addition yet.
 		applied, leaderCommit, err := p.progress()
+		if err == nil && !ok {
+			err = fmt.Errorf("member %d: %w", p.cfg.id, ErrMemberNotFound)
+		}
+		if err == nil {
+			err = checkLearnerLag(p.cfg.id, applied, leaderCommit)
+		}
 		switch {
-		case err != nil || !ok || applied+learnerMaxLag < leaderCommit:
+		case err != nil:
 			if time.Since(lastLog) >= promoteLogEvery {
 				lastLog = time.Now()
 				p.lg.Info("still catching up with the leader", zap.Uint64("applied-index", applied), zap.Uint64("leader-commit-index", leaderCommit), zap.NamedError("reason", err))
