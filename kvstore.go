@@ -384,11 +384,12 @@ func (s *kvstore) applyWrite(index uint64, cmd command) outcome {
 }
 
 // snapshot serialises the applied state. The raft node calls it only when
-// the store has applied exactly up to the snapshot's index.
+// the store has applied exactly up to the snapshot's index. It encodes a
+// point-in-time copy (backup.go), as GET /snapshot does, so that reads go
+// on while a large state is encoded.
 func (s *kvstore) snapshot() []byte {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return encodeSnapshot(s.members, s.removed, s.kv, s.dedup.records())
+	st, _, _ := s.pointInTime()
+	return st.encode()
 }
 
 // loadSnapshot replaces the whole state with a snapshot's; s.mu must be held.
