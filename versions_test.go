@@ -198,7 +198,8 @@ func TestHTTPConditionalRace(t *testing.T) {
 // TestHTTPIdempotencyKey proves a write carrying an Idempotency-Key applies
 // once: a retry gets the first attempt's answer (status, ETag, X-Raft-Index)
 // with Idempotent-Replayed: true and changes nothing, even after another
-// write; a key reused for a different request is 422; DELETE and
+// write; a key reused for a different request, a POST /members too, is
+// 422; DELETE and
 // conditional writes replay their 404 and 412 too.
 func TestHTTPIdempotencyKey(t *testing.T) {
 	c, h := httpTestCluster(t, nil)
@@ -238,6 +239,11 @@ func TestHTTPIdempotencyKey(t *testing.T) {
 		if rec.Code != tc.got || !strings.Contains(rec.Body.String(), "Idempotency-Key was already used for a different request") {
 			t.Errorf("%s: %d %q, want %d naming the reuse", tc.what, rec.Code, rec.Body.String(), tc.got)
 		}
+	}
+	// POST /members looks for the key's record before it checks the member.
+	add := fmt.Sprintf(`{"id":1,"peerURL":%q}`, c.server(1).raft.cfg.peerURL())
+	if rec := versionsReq(h, "POST", "/members", add, "Idempotency-Key", "put-1"); rec.Code != 422 {
+		t.Errorf("POST /members with a PUT's Idempotency-Key: %d %q, want 422", rec.Code, rec.Body.String())
 	}
 	if got, _ := testValue(c.server(1).store, "k"); string(got) != "v2" {
 		t.Errorf("key k holds %q after refused reuses, want v2", got)
