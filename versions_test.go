@@ -199,8 +199,7 @@ func TestHTTPConditionalRace(t *testing.T) {
 // once: a retry gets the first attempt's answer (status, ETag, X-Raft-Index)
 // with Idempotent-Replayed: true and changes nothing, even after another
 // write; a key reused for a different request, a POST /members too, is
-// 422; DELETE and
-// conditional writes replay their 404 and 412 too.
+// 422; DELETE and conditional writes replay their 404 and 412 too.
 func TestHTTPIdempotencyKey(t *testing.T) {
 	c, h := httpTestCluster(t, nil)
 	first := versionsReq(h, "PUT", "/keys/k", "v1", "Idempotency-Key", "put-1")
