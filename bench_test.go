@@ -1071,6 +1071,22 @@ const benchMemoryEnv = "RAFTKV_BENCH_MEMORY"
 // quick try of the benchmark itself; figures to compare need the default.
 const benchMemoryKeysEnv = "RAFTKV_BENCH_MEMORY_KEYS"
 
+// benchKeysFromEnv is how many keys a long benchmark loads: 1 000 000, or
+// the number the environment variable env names, for a quick try of the
+// benchmark itself.
+func benchKeysFromEnv(b *testing.B, env string) int {
+	b.Helper()
+	s := os.Getenv(env)
+	if s == "" {
+		return 1_000_000
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive number of keys", env, s)
+	}
+	return n
+}
+
 // benchMemoryClients is how many clients load BenchmarkMemory's keys.
 const benchMemoryClients = 128
 
@@ -1102,14 +1118,7 @@ func BenchmarkMemory(b *testing.B) {
 	if runtime.GOOS != "linux" {
 		b.Skip("reads member RSS from /proc")
 	}
-	keys := 1_000_000
-	if s := os.Getenv(benchMemoryKeysEnv); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			b.Fatalf("%s=%q: want a positive number of keys", benchMemoryKeysEnv, s)
-		}
-		keys = n
-	}
+	keys := benchKeysFromEnv(b, benchMemoryKeysEnv)
 	b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
 		if b.N == 1 {
 			benchMemoryLast = measureMemory(b, keys)

@@ -51,6 +51,18 @@ const (
 	clusterIDHeader = "X-Raftkv-Cluster-Id"
 )
 
+// checkIDInCluster refuses an --id out of range, or one --cluster gives
+// no peer URL for.
+func checkIDInCluster(id uint64, cluster map[uint64]string) error {
+	if id < 1 || id > maxMemberID {
+		return fmt.Errorf("--id %d: must be 1 to %d", id, maxMemberID)
+	}
+	if _, ok := cluster[id]; !ok {
+		return fmt.Errorf("--id %d: --cluster has no peer URL for member %d (give it as %d=URL)", id, id, id)
+	}
+	return nil
+}
+
 // parseCluster reads --cluster, in one of two forms. Positional peer URLs,
 // member i's the i-th ("http://a:2379,http://b:2379"), are how the Procfile
 // starts a fixed cluster. id=URL entries ("1=http://a:2379,4=http://b:2379"),

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -41,20 +40,7 @@ var (
 
 // e2eTry sends one request with client and reads the whole answer.
 func e2eTry(client *http.Client, method, url, body string) (response, error) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return response{}, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return response{}, fmt.Errorf("%s %s: read body: %w", method, url, err)
-	}
-	return response{code: resp.StatusCode, body: string(b), header: resp.Header}, nil
+	return tryWithHeader(client, method, url, body, nil)
 }
 
 // e2eProc is one raftkv process.

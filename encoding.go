@@ -350,6 +350,12 @@ func encodeSnapshot(members map[uint64]*member, removed map[uint64]bool, kv *key
 		b = binary.AppendUvarint(b, v.modIndex)
 		return true
 	})
+	return appendRecords(b, records)
+}
+
+// appendRecords appends the idempotency records, oldest first: the last
+// section of a snapshot since version 2.
+func appendRecords(b []byte, records []*dedupRecord) []byte {
 	b = binary.AppendUvarint(b, uint64(len(records)))
 	for _, r := range records {
 		b = appendString(b, r.key)

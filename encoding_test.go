@@ -270,23 +270,7 @@ func encodeOldSnapshot(version byte, st snapshotContent) []byte {
 		}
 	}
 	if version == snapshotVersionV2 {
-		b = binary.AppendUvarint(b, uint64(len(st.records)))
-		for _, r := range st.records {
-			b = appendString(b, r.key)
-			b = binary.BigEndian.AppendUint64(b, r.fingerprint)
-			b = binary.AppendUvarint(b, resultCode(r.result.err))
-			b = binary.AppendUvarint(b, r.result.index)
-			var flags byte
-			if r.result.created {
-				flags |= resultCreated
-			}
-			if r.result.hasVersion {
-				flags |= resultHasVersion
-			}
-			b = append(b, flags)
-			b = binary.AppendUvarint(b, r.result.version.createIndex)
-			b = binary.AppendUvarint(b, r.result.version.modIndex)
-		}
+		b = appendRecords(b, st.records)
 	}
 	return b
 }

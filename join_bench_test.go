@@ -37,14 +37,7 @@ func BenchmarkJoin(b *testing.B) {
 	if os.Getenv(benchJoinEnv) != "1" {
 		b.Skipf("takes minutes; set %s=1 and -timeout 30m to run it", benchJoinEnv)
 	}
-	keys := 1_000_000
-	if s := os.Getenv(benchJoinKeysEnv); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			b.Fatalf("%s=%q: want a positive number of keys", benchJoinKeysEnv, s)
-		}
-		keys = n
-	}
+	keys := benchKeysFromEnv(b, benchJoinKeysEnv)
 	var last []benchMetric
 	b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
 		if b.N == 1 {

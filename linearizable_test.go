@@ -795,7 +795,8 @@ func headerIndex(h http.Header, name string, required bool) (uint64, error) {
 	return n, nil
 }
 
-// tryWithHeader is e2eTry with request headers.
+// tryWithHeader sends one request with client and header, and reads the
+// whole answer.
 func tryWithHeader(client *http.Client, method, url, body string, header http.Header) (response, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {

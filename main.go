@@ -176,11 +176,8 @@ func parseFlags(args []string) (config, error) {
 	if cfg.cluster, err = parseCluster(*cluster); err != nil {
 		return config{}, err
 	}
-	if cfg.id < 1 || cfg.id > maxMemberID {
-		return config{}, fmt.Errorf("--id %d: must be 1 to %d", cfg.id, maxMemberID)
-	}
-	if _, ok := cfg.cluster[cfg.id]; !ok {
-		return config{}, fmt.Errorf("--id %d: --cluster has no peer URL for member %d (give it as %d=URL)", cfg.id, cfg.id, cfg.id)
+	if err := checkIDInCluster(cfg.id, cfg.cluster); err != nil {
+		return config{}, err
 	}
 	if err := checkClusterToken(*clusterToken); err != nil {
 		return config{}, err

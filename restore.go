@@ -116,11 +116,8 @@ func parseRestoreFlags(args []string, usage io.Writer) (restoreOptions, error) {
 	if opts.cluster, err = parseCluster(*cluster); err != nil {
 		return restoreOptions{}, err
 	}
-	if opts.id < 1 || opts.id > maxMemberID {
-		return restoreOptions{}, fmt.Errorf("--id %d: must be 1 to %d", opts.id, maxMemberID)
-	}
-	if _, ok := opts.cluster[opts.id]; !ok {
-		return restoreOptions{}, fmt.Errorf("--id %d: --cluster has no peer URL for member %d (give it as %d=URL)", opts.id, opts.id, opts.id)
+	if err := checkIDInCluster(opts.id, opts.cluster); err != nil {
+		return restoreOptions{}, err
 	}
 	if err := checkClusterToken(opts.clusterToken); err != nil {
 		return restoreOptions{}, err
