@@ -87,14 +87,10 @@ func (c *testCluster) allocate() uint64 {
 	return uint64(len(c.peerURLs))
 }
 
-// config is member id's config; join is "" or a client URL to join through.
-func (c *testCluster) config(id uint64, join string) config {
-	cfg := config{
-		id:                id,
-		cluster:           positionalCluster(c.peerURLs),
-		clientURL:         c.clients[id-1],
-		dataDir:           filepath.Join(c.dir, fmt.Sprintf("member-%d", id)),
-		join:              join,
+// testConfigDefaults is the config every in-process member starts from:
+// the flags' defaults, but a 3 s request timeout and testTick.
+func testConfigDefaults() config {
+	return config{
 		snapshotCount:     10000,
 		requestTimeout:    3 * time.Second,
 		maxValueBytes:     1 << 20,
@@ -104,6 +100,16 @@ func (c *testCluster) config(id uint64, join string) config {
 		logLevel:          zapcore.InfoLevel,
 		tickInterval:      testTick,
 	}
+}
+
+// config is member id's config; join is "" or a client URL to join through.
+func (c *testCluster) config(id uint64, join string) config {
+	cfg := testConfigDefaults()
+	cfg.id = id
+	cfg.cluster = positionalCluster(c.peerURLs)
+	cfg.clientURL = c.clients[id-1]
+	cfg.dataDir = filepath.Join(c.dir, fmt.Sprintf("member-%d", id))
+	cfg.join = join
 	if join == "" {
 		cfg.clusterID = deriveClusterID(cfg.cluster, defaultClusterToken)
 	}

@@ -271,21 +271,13 @@ func TestFlagsErrors(t *testing.T) {
 // keeping its data in dataDir.
 func flagTestConfig(t *testing.T, dataDir string) config {
 	cluster := map[uint64]string{1: "http://" + freeAddr(t)}
-	return config{
-		id:                1,
-		cluster:           cluster,
-		clusterID:         deriveClusterID(cluster, defaultClusterToken),
-		clientURL:         "http://" + freeAddr(t),
-		dataDir:           dataDir,
-		snapshotCount:     10000,
-		requestTimeout:    3 * time.Second,
-		maxValueBytes:     1 << 20,
-		idempotencyWindow: defaultIdempotencyWindow,
-		watchHistoryBytes: defaultWatchHistoryBytes,
-		watchKeepAlive:    watchKeepAlive,
-		logLevel:          zapcore.InfoLevel,
-		tickInterval:      testTick,
-	}
+	cfg := testConfigDefaults()
+	cfg.id = 1
+	cfg.cluster = cluster
+	cfg.clusterID = deriveClusterID(cluster, defaultClusterToken)
+	cfg.clientURL = "http://" + freeAddr(t)
+	cfg.dataDir = dataDir
+	return cfg
 }
 
 // flagTestStart runs startServer, failing the test if it panics or takes
