@@ -233,7 +233,5 @@ func (h *httpAPI) getSnapshot(w http.ResponseWriter, r *http.Request, slot chan 
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="raftkv-%s-%d.snap"`, types.ID(hd.clusterID), index))
 	// An error here is the client gone: nothing is left to tell it.
 	writeBackup(w, hd, data)
-	if len(data) >= releaseMemoryAbove {
-		go releaseSnapshotMemory()
-	}
+	releaseMemoryAfter(len(data))
 }

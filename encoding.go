@@ -65,12 +65,13 @@ const (
 // ErrCorruptEntry reports a log entry or snapshot that cannot be decoded.
 var ErrCorruptEntry = errors.New("corrupt entry")
 
-// command is a decoded log entry.
+// command is one decoded client command: a whole entry, or one of an
+// opBatch entry's.
 type command struct {
 	op        op
 	requestID uint64
-	key       []byte       // opPut, opDelete
-	value     []byte       // opPut
+	key       []byte       // opPut, opDelete, opPutIf, opDeleteIf
+	value     []byte       // opPut, opPutIf
 	memberID  uint64       // opAdvertise
 	clientURL string       // opAdvertise
 	cond      precondition // opPutIf, opDeleteIf

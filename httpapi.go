@@ -52,6 +52,7 @@ type httpAPI struct {
 	stopping       chan struct{} // closed when the server shuts down: watch streams end
 	stopOnce       sync.Once
 	metrics        *metrics // nil keeps none (metrics.go)
+	clusterIDValue []string // the clusterIDHeader of every answer: fixed before the API starts
 }
 
 // endStreams ends every watch stream: the server is shutting down, which
@@ -63,6 +64,7 @@ func (h *httpAPI) endStreams() { h.stopOnce.Do(func() { close(h.stopping) }) }
 func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics) *httpAPI {
 	h := &httpAPI{
 		metrics:        m,
+		clusterIDValue: []string{types.ID(rn.clusterID).String()},
 		id:             cfg.id,
 		clientURL:      cfg.clientURL,
 		store:          store,
@@ -111,7 +113,7 @@ func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *me
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w, rec := h.metrics.trackRequest(w)
 	defer h.metrics.requestDone(rec, r)
-	w.Header().Set(clusterIDHeader, types.ID(h.raft.clusterID).String())
+	w.Header()[clusterIDHeader] = h.clusterIDValue
 	if r.RequestURI == "*" {
 		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
 		return
@@ -147,7 +149,7 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 		h.valueTooLarge(w)
 		return
 	}
-	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxValueBytes))
+	value, err := readValue(http.MaxBytesReader(w, r.Body, h.maxValueBytes), r.ContentLength)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			h.valueTooLarge(w)
@@ -227,6 +229,23 @@ func checkValueHeaders(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	return true
+}
+
+// readValue reads a PUT's body. A body whose length the request gave is
+// read into a buffer of that size at once; io.ReadAll would grow one from
+// 512 bytes, copying a large value many times.
+func readValue(body io.Reader, contentLength int64) ([]byte, error) {
+	if contentLength < 0 {
+		return io.ReadAll(body)
+	}
+	value := make([]byte, contentLength)
+	if _, err := io.ReadFull(body, value); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // the body ended before its Content-Length
+		}
+		return nil, err
+	}
+	return value, nil
 }
 
 // valueTooLarge answers 413 for a value over --max-value-bytes.

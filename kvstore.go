@@ -51,8 +51,8 @@ type applyBatch struct {
 	snapshot *raftpb.Snapshot
 	entries  []*raftpb.Entry
 	// applied is closed once the batch is applied, so the raft node knows
-	// when the state matches the index it handed over and a snapshot may be
-	// taken.
+	// when the state matches the index it handed over: before it takes a
+	// snapshot, and before it applies a conf change to raft.
 	applied chan struct{}
 	// confChangeTaken is set, before applied closes, when the batch's last
 	// entry is a conf change that the kvstore took (confchange.go).
@@ -61,8 +61,9 @@ type applyBatch struct {
 
 // kvstore is the replicated state machine. It proposes commands through
 // proposeC and confChangeC, applies what raft commits as it arrives on
-// applyC, and wakes the handler waiting for each entry. Reads are served from the
-// applied state; how stale they may be is the read level's business.
+// applyC, and wakes the handler waiting for each entry. Reads are served
+// from the applied state; how stale they may be is the read level's
+// business.
 type kvstore struct {
 	lg          *zap.Logger
 	proposeC    chan<- proposal
@@ -189,7 +190,7 @@ func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
 }
 
 // get reads key from the applied state, with the applied index the answer
-// reflects. The returned value is never modified: a put stores a new slice.
+// reflects. The value is a string, so no later write can change it.
 func (s *kvstore) get(key string) (keyValue, uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -252,7 +253,7 @@ func (s *kvstore) apply(b *applyBatch) error {
 		if err := s.loadSnapshot(b.snapshot); err != nil {
 			return err
 		}
-		go releaseSnapshotMemory()
+		releaseMemoryAfter(len(b.snapshot.GetData()))
 	}
 	for _, e := range b.entries {
 		// Store the index first: the handler woken below may ask /status.

@@ -107,11 +107,12 @@ type raftNode struct {
 	// Owned by serveCommitted.
 	confState         *raftpb.ConfState
 	queuedIndex       uint64           // last index sent to the kvstore on applyC; its appliedIndex follows
-	forceSnapshot     bool             // a conf change was applied since the last snapshot
+	forceSnapshot     bool             // a member was added or removed since the last snapshot (not promoted: confchange.go)
 	bootSnapshot      *raftpb.Snapshot // the snapshot found on disk, sent to the kvstore first
 	lastSnapshotIndex atomic.Uint64    // index of the newest snapshot on disk
 	// savedSnapshotIndex is the index of the newest snapshot whose file is
-	// written whole, set by whichever goroutine wrote it (see diskSnapshots).
+	// written whole, set by whichever goroutine wrote it: serveCommitted, or
+	// the append goroutine for a leader's snapshot (see diskSnapshots).
 	savedSnapshotIndex atomic.Uint64
 
 	// bootIndex is what the kvstore must apply before this member serves:
@@ -251,12 +252,13 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 // for a leader to be elected.
 func (rc *raftNode) serveProposals() {
 	var batch []proposal
-	var next *proposal // held back from the last batch, which wrote its key
+	var next proposal // held back from the last batch, which wrote its key
+	held := false
 	keys := make(map[string]struct{})
 	for {
 		var p proposal
-		if next != nil {
-			p, next = *next, nil
+		if held {
+			p, held = next, false
 		} else {
 			select {
 			case p = <-rc.proposeC:
@@ -270,7 +272,7 @@ func (rc *raftNode) serveProposals() {
 		// Handlers that arrived while raft took the last proposal are
 		// waiting to send theirs: take them all and propose one entry,
 		// which raft logs, fsyncs, replicates and commits once.
-		batch, next = rc.takeWaiting(append(batch[:0], p), keys)
+		batch, next, held = rc.takeWaiting(append(batch[:0], p), keys)
 		rc.proposeBatch(batch)
 	}
 }
@@ -282,10 +284,10 @@ const maxBatchBytes = 512 << 10
 
 // takeWaiting adds to batch the proposals handlers are waiting to send, if
 // any, until it holds maxBatchBytes or the next one writes a key the batch
-// already writes: that one is returned, to start the next batch. One entry
-// writes a key at most once, so a key's modIndex names one value of it
-// (versions.go).
-func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) ([]proposal, *proposal) {
+// already writes: that one is returned, with held true, to start the next
+// batch. One entry writes a key at most once, so a key's modIndex names one
+// value of it (versions.go).
+func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) (_ []proposal, next proposal, held bool) {
 	clear(keys)
 	size := 0
 	for _, p := range batch {
@@ -298,7 +300,7 @@ func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) ([]p
 		select {
 		case p := <-rc.proposeC:
 			if _, repeated := keys[p.key]; repeated && p.key != "" {
-				return batch, &p
+				return batch, p, true
 			}
 			if p.key != "" {
 				keys[p.key] = struct{}{}
@@ -306,10 +308,10 @@ func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) ([]p
 			batch = append(batch, p)
 			size += len(p.data)
 		default:
-			return batch, nil
+			return batch, proposal{}, false
 		}
 	}
-	return batch, nil
+	return batch, proposal{}, false
 }
 
 // proposeBatch proposes the commands of batch as one entry.
@@ -327,7 +329,10 @@ func (rc *raftNode) proposeBatch(batch []proposal) {
 }
 
 // propose hands one proposal, for the handlers waiting on requestIDs, to
-// raft. A proposal raft refuses never reaches the log, so no member will
+// raft. node.Propose gives it to raft's goroutine; on the leader it comes
+// out of the next Ready as an entry to persist and send (ready.go), and a
+// follower's raft forwards it to the leader as a MsgProp, in that Ready's
+// messages, so a write needs no redirect. A proposal raft refuses never reaches the log, so no member will
 // ever apply it: wake its waiters here with ErrNoLeader, which clients may
 // take as "not applied". Any other failure (the deadline passed while raft
 // held the proposal, or raft stopped) may come after raft took it, so it

@@ -28,9 +28,9 @@ const readIndexRetry = 500 * time.Millisecond
 // answer comes back from raft in a Ready, which handleReady puts on
 // readStateC; if the loop is so far behind that readStateC is full, the
 // answer is dropped (with a warning) and the loop asks again after
-// readIndexRetry. Each
-// read then waits for the apply itself, so the loop can send the next
-// ReadIndex while the state machine catches up with the last.
+// readIndexRetry. Each read then waits for the apply itself, so the loop
+// can send the next ReadIndex while the state machine catches up with the
+// last.
 type readLoop struct {
 	lg      *zap.Logger
 	raft    *raftNode

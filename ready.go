@@ -35,6 +35,13 @@ import (
 //	apply    apply       (serveCommitted)    -> kvstore        committedC, then applyC
 //	advance  apply                           sendResponses     -
 //
+// The apply goroutine does not apply: it hands the committed entries, in
+// order, to the kvstore's own goroutine (kvstore.serveApply) on applyC, and
+// the advance follows the hand-over. The kvstore applies them in the same
+// order, and whatever needs the state at an index waits for it to get
+// there: a snapshot or a conf change for applyBatch.applied, a read in
+// kvstore.waitApplied.
+//
 // With asynchronous writes there is no Advance call. Raft puts the disk work
 // into two local messages: MsgStorageAppend (to raft.LocalAppendThread) and
 // MsgStorageApply (to raft.LocalApplyThread). Each carries responses to

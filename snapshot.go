@@ -79,9 +79,7 @@ func (rc *raftNode) maybeSnapshot(applied <-chan struct{}) error {
 	rc.lastSnapshotIndex.Store(index)
 	rc.forceSnapshot = false
 	rc.lg.Info("saved snapshot", zap.Uint64("index", index))
-	if len(data) >= releaseMemoryAbove {
-		go releaseSnapshotMemory()
-	}
+	releaseMemoryAfter(len(data))
 	return nil
 }
 
@@ -163,11 +161,19 @@ func (rc *raftNode) installLeaderSnapshot(snapshot *raftpb.Snapshot) error {
 // a caller that must not pause runs it on a goroutine of its own.
 func releaseSnapshotMemory() { debug.FreeOSMemory() }
 
-// releaseMemoryAbove is the snapshot size from which making one is followed
-// by releaseSnapshotMemory. Below it the copies are too small to matter, and
+// releaseMemoryAbove is the snapshot size from which making or loading one
+// is followed by releaseSnapshotMemory. Below it the copies are too small to matter, and
 // a forced collection every few seconds under load costs more CPU (8% of a
 // member's, measured at 10 000-key snapshots) than it gives back memory.
 const releaseMemoryAbove = 32 << 20
+
+// releaseMemoryAfter runs releaseSnapshotMemory, on a goroutine of its own,
+// after a snapshot of size bytes was made or loaded, if it is that large.
+func releaseMemoryAfter(size int) {
+	if size >= releaseMemoryAbove {
+		go releaseSnapshotMemory()
+	}
+}
 
 // diskSnapshots is raft's in-memory log with snapshots kept on disk only:
 // the MemoryStorage holds each snapshot's metadata, and Snapshot reads the

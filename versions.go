@@ -105,8 +105,8 @@ func (l *tagList) matches(modIndex uint64, strong bool) bool {
 // parseTagList parses the header name of r: nil if absent. Several
 // header lines are one list (RFC 9110 §5.3). Every tag must be one this
 // server gives, "N" for a decimal index N (or W/"N"): anything else
-// cannot name a keyVersion of a key, and is refused rather than left never to
-// match.
+// cannot name a version of a key, and is refused rather than left never
+// to match.
 func parseTagList(h http.Header, name string) (*tagList, error) {
 	lines, ok := h[name]
 	if !ok {

@@ -137,6 +137,9 @@ func (h *watchHistory) record(evs []event) {
 // of each of its prefixes. A prefix watch names a prefix ending in '/', or
 // the empty one, so only those can match.
 func (h *watchHistory) forEachWatching(key string, fn func(*watcher)) {
+	if len(h.byKey) == 0 && len(h.byPrefix) == 0 {
+		return // nobody watches: the common case, on every applied write
+	}
 	each := func(ws map[*watcher]struct{}) {
 		for w := range ws {
 			fn(w)
