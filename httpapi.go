@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,33 +9,42 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
-	"go.uber.org/zap"
-)
 
-const (
-	maxKeyBytes        = 4096
-	maxMemberBodyBytes = 64 << 10
-	maxMemberID        = 1<<16 - 1 // request ids carry the member id in 16 bits
+	"raftkv/api"
+	"raftkv/config"
+	"raftkv/idempotency"
+	"raftkv/keyspace"
+	"raftkv/membership"
+	"raftkv/metrics"
+	"raftkv/recovery"
+	"raftkv/version"
+	"raftkv/watch"
 )
 
 // ErrNoKey is a key path that names no key: /keys or /keys/.
 var ErrNoKey = errors.New("no key in path: use /keys/{key} (GET /keys/ lists every key)")
 
-// The read levels of GET /keys/{key}.
+// The read levels of GET /keys/{key} and of a listing.
 const (
 	levelStale      = "stale"      // this member's applied state, however old
 	levelDefault    = "default"    // the leader's applied state
 	levelConsistent = "consistent" // linearizable, on any member, via ReadIndex
 )
 
+// Listing pages, GET /keys/{prefix}/.
+const (
+	defaultListLimit = 1000
+	maxListLimit     = 10000
+)
+
 // httpAPI is the client API. Writes go through the kvstore into raft and
 // answer once applied here; reads are served from the local applied state
-// after whatever wait their level asks for.
+// after whatever wait their level asks for. The routes of the features
+// (members, watch, backups) are served by their packages' handlers.
 type httpAPI struct {
 	id             uint64
 	clientURL      string // this member's, as it advertises it
@@ -45,87 +53,68 @@ type httpAPI struct {
 	reads          *readLoop
 	requestTimeout time.Duration
 	maxValueBytes  int64
-	idemWindow     uint64      // --idempotency-window, carried in each keyed entry
-	answerLog      *zap.Logger // 5xx answers (see serverError)
-	mux            *http.ServeMux
-	watchKeepAlive time.Duration
-	stopping       chan struct{} // closed when the server shuts down: watch streams end
-	stopOnce       sync.Once
-	metrics        *metrics // nil keeps none (metrics.go)
-	clusterIDValue []string // the clusterIDHeader of every answer: fixed before the API starts
+	idemWindow     uint64 // --idempotency-window, carried in each keyed entry
+	errs           api.Errors
+	mux            *api.Mux
+	watches        *watch.Streams
+	metrics        *metrics.Metrics // nil keeps none
+	clusterIDValue []string         // the api.ClusterIDHeader of every answer: fixed before the API starts
 }
 
-// endStreams ends every watch stream: the server is shutting down, which
-// waits for requests to finish, and a stream never would.
-func (h *httpAPI) endStreams() { h.stopOnce.Do(func() { close(h.stopping) }) }
-
-// newHTTPAPI is the client API of the member whose kvstore, raftNode and
+// newHTTPAPI is the client API of the member whose kvstore, raft node and
 // read loop it is given; startServer serves it on the client listener.
-func newHTTPAPI(cfg config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics) *httpAPI {
+func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics.Metrics, errs api.Errors) *httpAPI {
 	h := &httpAPI{
-		metrics:        m,
-		clusterIDValue: []string{types.ID(rn.clusterID).String()},
-		id:             cfg.id,
-		clientURL:      cfg.clientURL,
+		id:             cfg.ID,
+		clientURL:      cfg.ClientURL,
 		store:          store,
 		raft:           rn,
 		reads:          reads,
-		requestTimeout: cfg.requestTimeout,
-		maxValueBytes:  cfg.maxValueBytes,
-		idemWindow:     cfg.idempotencyWindow,
-		answerLog:      newAnswerLogger(store.lg),
-		mux:            http.NewServeMux(),
-		watchKeepAlive: cfg.watchKeepAlive,
-		stopping:       make(chan struct{}),
+		requestTimeout: cfg.RequestTimeout,
+		maxValueBytes:  cfg.MaxValueBytes,
+		idemWindow:     cfg.IdempotencyWindow,
+		errs:           errs,
+		mux:            api.NewMux(),
+		watches:        watch.NewStreams(store.watch, store.AppliedIndex, store.done, cfg.WatchKeepAlive, m, errs),
+		metrics:        m,
+		clusterIDValue: []string{types.ID(rn.clusterID).String()},
 	}
+	running := running{kvstore: store, raftNode: rn, readLoop: reads, httpAPI: h}
+	members := membership.NewAPI(cfg.ID, cfg.PeerURL(), cfg.ClientURL, running, cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered)
+	backups := recovery.NewBackups(running, rn.clusterID, cfg.ID, cfg.RequestTimeout, errs)
+
+	// Every route, with the query parameters and headers it takes.
 	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the
-	// path ends in '/' (GET /keys/ lists every key): see listing.go.
-	h.handleTaking("PUT /keys/{key...}", takesConditions|takesIdempotencyKey, h.putKey)
-	h.handleTaking("GET /keys/{key...}", takesConditions, h.getKey, "level", "limit", "after", "keys")
-	h.handle("GET /watch/{key...}", h.watch, "from", "limit")
-	h.handleTaking("DELETE /keys/{key...}", takesConditions|takesIdempotencyKey, h.deleteKey)
-	h.mux.HandleFunc("/keys", noKey)
-	h.handle("GET /members", h.listMembers)
-	h.handleTaking("POST /members", takesIdempotencyKey, h.addMember)
-	h.handle("GET /members/{id}", h.getMember)
-	h.handle("DELETE /members/{id}", h.removeMember)
-	h.handle("POST /members/{id}/promote", h.promoteMember)
-	h.handle("GET /status", h.getStatus)
-	h.handle("GET /health", h.getHealth)
-	h.handle("GET /metrics", h.serveMetrics)
-	h.handle("GET /version", getBuildInfo)
-	h.handle("GET /snapshot", h.snapshotRoute(), "level") // backup.go
-	if cfg.enablePprof {
+	// path ends in '/' (GET /keys/ lists every key).
+	h.mux.Handle("PUT /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.putKey)
+	h.mux.Handle("GET /keys/{key...}", api.TakesConditions, h.getKey, "level", "limit", "after", "keys")
+	h.mux.Handle("DELETE /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.deleteKey)
+	h.mux.Refuse("/keys", ErrNoKey)
+	h.mux.Handle("GET /watch/{key...}", 0, h.watches.ServeHTTP, "from", "limit")
+	h.mux.Handle("GET /members", 0, members.List)
+	h.mux.Handle("POST /members", api.TakesIdempotencyKey, members.Add)
+	h.mux.Handle("GET /members/{id}", 0, members.Get)
+	h.mux.Handle("DELETE /members/{id}", 0, members.Remove)
+	h.mux.Handle("POST /members/{id}/promote", 0, members.Promote)
+	h.mux.Handle("GET /status", 0, h.getStatus)
+	h.mux.Handle("GET /health", 0, members.Health)
+	h.mux.Handle("GET /metrics", 0, m.ServeHTTP)
+	h.mux.Handle("GET /version", 0, version.Serve)
+	h.mux.Handle("GET /snapshot", 0, backups.ServeHTTP, "level")
+	if cfg.EnablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
-		h.handle("GET /debug/pprof/", pprof.Index, "debug", "gc", "seconds")
-		h.handle("GET /debug/pprof/profile", pprof.Profile, "seconds")
+		h.mux.Handle("GET /debug/pprof/", 0, pprof.Index, "debug", "gc", "seconds")
+		h.mux.Handle("GET /debug/pprof/profile", 0, pprof.Profile, "seconds")
 	}
-	h.mux.HandleFunc("/", h.noRoute)
 	return h
 }
 
-// ServeHTTP refuses what ServeMux would otherwise answer without a reason:
-// the request target "*", which only OPTIONS may use, and paths it would
-// clean and redirect (see uncleanPath), so a PUT to one fails plainly.
-// An absolute-form target without a path ("GET http://host") would be
-// redirected to "/", where no route is. Every answer names the cluster,
-// for a member joining through this one.
+// ServeHTTP counts every request, names the cluster on every answer (for
+// a member joining through this one), and routes it.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w, rec := h.metrics.trackRequest(w)
-	defer h.metrics.requestDone(rec, r)
-	w.Header()[clusterIDHeader] = h.clusterIDValue
-	if r.RequestURI == "*" {
-		http.Error(w, "request target * is only for OPTIONS", http.StatusBadRequest)
-		return
-	}
-	if r.URL.Path == "" {
-		h.noRoute(w, r)
-		return
-	}
-	if reason := uncleanPath(r.URL.Path); reason != "" {
-		http.Error(w, reason, http.StatusBadRequest)
-		return
-	}
+	w, rec := h.metrics.TrackRequest(w)
+	defer h.metrics.RequestDone(rec, r)
+	w.Header()[api.ClusterIDHeader] = h.clusterIDValue
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -137,134 +126,80 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !checkValueHeaders(w, r) {
-		return
-	}
-	cond, err := parsePrecondition(r.Header)
+	cond, err := keyspace.ParseCondition(r.Header)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if r.ContentLength > h.maxValueBytes {
-		h.valueTooLarge(w)
-		return
-	}
-	value, err := readValue(http.MaxBytesReader(w, r.Body, h.maxValueBytes), r.ContentLength)
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			h.valueTooLarge(w)
-		} else if errors.Is(err, ErrBodyTimeout) {
-			// RFC 9110 §15.5.9: 408, and the connection is closed.
-			w.Header().Set("Connection", "close")
-			http.Error(w, oneLine(err), http.StatusRequestTimeout)
-		} else {
-			http.Error(w, "reading value: "+oneLine(err), http.StatusBadRequest)
-		}
-		return
-	}
-	idem, ok := h.idempotencyFrom(w, r, "PUT", key, value, cond)
+	value, ok := api.ReadValue(w, r, h.maxValueBytes)
 	if !ok {
+		return
+	}
+	// The key's fingerprint covers what decides the write: method, key,
+	// value and conditions, however they were written.
+	idem, err := idempotency.KeyOf(r.Header, h.idemWindow, []byte(r.Method), []byte(key), value, []byte(cond.IfMatch.String()), []byte(cond.IfNoneMatch.String()))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	o, err := h.store.put(ctx, key, value, cond, idem)
+	o, err := h.store.write(ctx, true, key, value, cond, idem)
 	code := http.StatusNoContent
-	if o.created {
+	if o.Created {
 		code = http.StatusCreated
 	}
 	h.answerWrite(w, o, err, code)
 }
 
-// idempotencyFrom returns the request's Idempotency-Key, with the
-// fingerprint of what the request asks (method, the parts given, and its
-// conditions, however they were written), or answers 400.
-func (h *httpAPI) idempotencyFrom(w http.ResponseWriter, r *http.Request, method, target string, body []byte, cond precondition) (idempotent, bool) {
-	key, err := parseIdempotencyKey(r.Header)
+// deleteKey handles DELETE /keys/{key}: 204 if the key existed, 404 if
+// not, both once the delete is applied on this member; 412 if its
+// If-Match or If-None-Match was false then.
+func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
+	key, ok := keyFrom(w, r)
+	if !ok {
+		return
+	}
+	cond, err := keyspace.ParseCondition(r.Header)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return idempotent{}, false
+		return
 	}
-	if key == "" {
-		return idempotent{}, true
+	idem, err := idempotency.KeyOf(r.Header, h.idemWindow, []byte(r.Method), []byte(key), nil, []byte(cond.IfMatch.String()), []byte(cond.IfNoneMatch.String()))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
 	}
-	fp := fingerprint([]byte(method), []byte(target), body, []byte(cond.ifMatch.String()), []byte(cond.ifNoneMatch.String()))
-	return idempotent{key: key, fingerprint: fp, window: h.idemWindow}, true
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	o, err := h.store.write(ctx, false, key, nil, cond, idem)
+	h.answerWrite(w, o, err, http.StatusNoContent)
 }
 
 // answerWrite answers a write with code, or with err's status: the entry's
 // index, the key's version when it exists, and whether this is a replay
 // of an earlier attempt's answer.
 func (h *httpAPI) answerWrite(w http.ResponseWriter, o outcome, err error, code int) {
-	if o.index != 0 {
-		setRaftIndex(w, o.index)
+	if o.Index != 0 {
+		api.SetRaftIndex(w, o.Index)
 	}
-	if o.hasVersion {
-		setVersion(w, o.version)
+	if o.HasVersion {
+		setVersion(w, o.Version)
 	}
 	if o.replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
-		h.metrics.replayAnswered()
+		h.metrics.ReplayAnswered()
 	}
-	if err != nil {
-		h.writeError(w, err)
-		return
-	}
-	w.WriteHeader(code)
-}
-
-// checkValueHeaders refuses a PUT whose body is not the whole value as
-// sent, or answers true. A Content-Range means a part of it (RFC 9110 §14.4
-// requires a 400); a Content-Encoding means bytes the client expects
-// decoded, while raftkv stores and serves the body as it came (RFC 9110
-// §15.5.16: 415, with the codings accepted).
-func checkValueHeaders(w http.ResponseWriter, r *http.Request) bool {
-	if _, ok := r.Header["Content-Range"]; ok {
-		http.Error(w, "Content-Range: a PUT replaces the whole value; partial writes are not supported", http.StatusBadRequest)
-		return false
-	}
-	if coding := r.Header.Get("Content-Encoding"); coding != "" && !strings.EqualFold(coding, "identity") {
-		w.Header().Set("Accept-Encoding", "identity")
-		http.Error(w, fmt.Sprintf("Content-Encoding %q: values are stored as sent; send them unencoded", coding), http.StatusUnsupportedMediaType)
-		return false
-	}
-	return true
-}
-
-// readValue reads a PUT's body. A body whose length the request gave is
-// read into a buffer of that size at once; io.ReadAll would grow one from
-// 512 bytes, copying a large value many times.
-func readValue(body io.Reader, contentLength int64) ([]byte, error) {
-	if contentLength < 0 {
-		return io.ReadAll(body)
-	}
-	value := make([]byte, contentLength)
-	if _, err := io.ReadFull(body, value); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF // the body ended before its Content-Length
-		}
-		return nil, err
-	}
-	return value, nil
-}
-
-// valueTooLarge answers 413 for a value over --max-value-bytes.
-func (h *httpAPI) valueTooLarge(w http.ResponseWriter) {
-	http.Error(w, fmt.Sprintf("value exceeds %d bytes", h.maxValueBytes), http.StatusRequestEntityTooLarge)
-}
-
-// readLevel returns the level a GET's query asks for, levelDefault if it
-// names none. The query is one checkQuery accepted (level, and for a
-// listing limit, after and keys), so reading it allocates nothing.
-func readLevel(rawQuery string) (string, error) {
-	level, ok := queryValue(rawQuery, "level")
 	switch {
-	case !ok:
-		return levelDefault, nil
-	case level == levelStale, level == levelDefault, level == levelConsistent:
-		return level, nil
+	case err == nil:
+		w.WriteHeader(code)
+	case errors.Is(err, keyspace.ErrKeyNotFound):
+		http.Error(w, api.OneLine(err), http.StatusNotFound)
+	case errors.Is(err, keyspace.ErrPreconditionFailed):
+		http.Error(w, api.OneLine(err), http.StatusPreconditionFailed)
+	default:
+		h.errs.Write(w, err)
 	}
-	return "", fmt.Errorf("unknown level %q: use stale, default or consistent", level)
 }
 
 // getKey handles GET /keys/{key}?level=stale|default|consistent, and HEAD,
@@ -276,7 +211,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, param := range []string{"limit", "after", "keys"} {
-		if _, ok := queryValue(r.URL.RawQuery, param); ok {
+		if _, ok := api.QueryValue(r.URL.RawQuery, param); ok {
 			http.Error(w, fmt.Sprintf("query parameter %q is for a listing: a path ending in '/'", param), http.StatusBadRequest)
 			return
 		}
@@ -290,7 +225,7 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	cond, err := parsePrecondition(r.Header)
+	cond, err := keyspace.ParseCondition(r.Header)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -298,29 +233,43 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	if !h.awaitLevel(w, r, level) {
 		return
 	}
-	kv, applied, ok := h.store.get(key)
-	setRaftIndex(w, applied)
+	v, applied, ok := h.store.get(key)
+	api.SetRaftIndex(w, applied)
 	if ok {
-		setVersion(w, kv.keyVersion)
+		setVersion(w, v.Version)
 	}
 	switch {
-	case cond.ifMatch.given() && !(ok && cond.ifMatch.matches(kv.modIndex, true)):
-		http.Error(w, ErrPreconditionFailed.Error()+": If-Match", http.StatusPreconditionFailed)
+	case cond.IfMatch.Given() && !(ok && cond.IfMatch.Matches(v.ModIndex, true)):
+		http.Error(w, keyspace.ErrPreconditionFailed.Error()+": If-Match", http.StatusPreconditionFailed)
 		return
 	case !ok:
-		http.Error(w, ErrKeyNotFound.Error(), http.StatusNotFound)
+		http.Error(w, keyspace.ErrKeyNotFound.Error(), http.StatusNotFound)
 		return
-	case cond.ifNoneMatch.given() && cond.ifNoneMatch.matches(kv.modIndex, false):
+	case cond.IfNoneMatch.Given() && cond.IfNoneMatch.Matches(v.ModIndex, false):
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
 	// Set, not left to the server: it counts only a body short enough to
 	// buffer whole, and a HEAD writes none.
-	w.Header().Set("Content-Length", strconv.Itoa(len(kv.value)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(v.Data)))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if r.Method != http.MethodHead {
-		io.WriteString(w, kv.value)
+		io.WriteString(w, v.Data)
 	}
+}
+
+// readLevel returns the level a GET's query asks for, levelDefault if it
+// names none. The query is one api.CheckQuery accepted (level, and for a
+// listing limit, after and keys), so reading it allocates nothing.
+func readLevel(rawQuery string) (string, error) {
+	level, ok := api.QueryValue(rawQuery, "level")
+	switch {
+	case !ok:
+		return levelDefault, nil
+	case level == levelStale, level == levelDefault, level == levelConsistent:
+		return level, nil
+	}
+	return "", fmt.Errorf("unknown level %q: use stale, default or consistent", level)
 }
 
 // awaitLevel waits until this member may serve a read at level, or
@@ -330,33 +279,33 @@ func (h *httpAPI) awaitLevel(w http.ResponseWriter, r *http.Request, level strin
 	defer cancel()
 	switch level {
 	case levelDefault:
-		leader := h.raft.leaderID()
+		leader := h.raft.Leader()
 		if leader == raft.None {
-			h.writeError(w, ErrNoLeader)
+			h.errs.Write(w, api.ErrNoLeader)
 			return false
 		}
 		if leader != h.id {
-			h.redirectToLeader(w, r, leader)
+			h.RedirectToLeader(w, r, leader)
 			return false
 		}
 		// The leader applies asynchronously: catch up with everything it
 		// knows committed, so a write acknowledged by a follower is seen.
-		if err := h.store.waitApplied(ctx, h.raft.leaderCatchUpIndex()); err != nil {
-			h.writeError(w, err)
+		if err := h.store.WaitApplied(ctx, h.raft.leaderCatchUpIndex()); err != nil {
+			h.errs.Write(w, err)
 			return false
 		}
 	case levelConsistent:
-		if err := h.reads.wait(ctx); err != nil {
-			h.writeError(w, err)
+		if err := h.reads.WaitLinearizable(ctx); err != nil {
+			h.errs.Write(w, err)
 			return false
 		}
 	}
 	return true
 }
 
-// redirectToLeader answers 307 with the same path and query on the leader.
-func (h *httpAPI) redirectToLeader(w http.ResponseWriter, r *http.Request, leader uint64) {
-	m, ok := h.store.lookupMember(leader)
+// RedirectToLeader answers 307 with the same path and query on the leader.
+func (h *httpAPI) RedirectToLeader(w http.ResponseWriter, r *http.Request, leader uint64) {
+	m, ok := h.store.Table().Lookup(leader)
 	if !ok || len(m.ClientURLs) == 0 {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, fmt.Sprintf("leader %d has not advertised its client URL yet", leader), http.StatusServiceUnavailable)
@@ -367,31 +316,68 @@ func (h *httpAPI) redirectToLeader(w http.ResponseWriter, r *http.Request, leade
 	http.Error(w, "not the leader; redirecting to "+target, http.StatusTemporaryRedirect)
 }
 
-// deleteKey handles DELETE /keys/{key}: 204 if the key existed, 404 if
-// not, both once the delete is applied on this member; 412 if its
-// If-Match or If-None-Match was false then.
-func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
-	key, ok := keyFrom(w, r)
-	if !ok {
+// listing is the body of a listing.
+type listing struct {
+	Index   uint64          `json:"index"` // the applied index the listing reflects, as X-Raft-Index
+	Entries []keyspace.View `json:"entries"`
+	More    bool            `json:"more"` // keys follow: ask again with ?after=next
+	Next    string          `json:"next,omitempty"`
+	// NextBase64 is next when it is not valid UTF-8.
+	NextBase64 string `json:"nextBase64,omitempty"`
+}
+
+// listKeys handles GET /keys/{prefix}/ and GET /keys/: the keys under
+// prefix in key order, a page of ?limit (1000 by default, at most 10000)
+// after ?after, with names only for ?keys. The read levels are a GET's.
+func (h *httpAPI) listKeys(w http.ResponseWriter, r *http.Request, prefix string) {
+	if len(prefix) > keyspace.MaxKeyBytes {
+		http.Error(w, fmt.Sprintf("prefix must be at most %d bytes", keyspace.MaxKeyBytes), http.StatusBadRequest)
 		return
 	}
-	cond, err := parsePrecondition(r.Header)
+	level, err := readLevel(r.URL.RawQuery)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	idem, ok := h.idempotencyFrom(w, r, "DELETE", key, nil, cond)
-	if !ok {
+	for _, header := range []string{"If-Match", "If-None-Match"} {
+		if _, ok := r.Header[header]; ok {
+			http.Error(w, header+": a listing has no entity tag", http.StatusBadRequest)
+			return
+		}
+	}
+	limit := defaultListLimit
+	if s, ok := api.QueryValue(r.URL.RawQuery, "limit"); ok {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > maxListLimit {
+			http.Error(w, fmt.Sprintf("limit %q: must be 1 to %d", s, maxListLimit), http.StatusBadRequest)
+			return
+		}
+	}
+	after, _ := api.QueryValue(r.URL.RawQuery, "after")
+	namesOnly := false
+	if s, ok := api.QueryValue(r.URL.RawQuery, "keys"); ok {
+		if s != "" && s != "true" {
+			http.Error(w, fmt.Sprintf("keys=%q: give keys alone (or keys=true) for names only", s), http.StatusBadRequest)
+			return
+		}
+		namesOnly = true
+	}
+	if !h.awaitLevel(w, r, level) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	o, err := h.store.delete(ctx, key, cond, idem)
-	h.answerWrite(w, o, err, http.StatusNoContent)
+	page, more, index := h.store.list(prefix, after, limit)
+	body := listing{Index: index, Entries: make([]keyspace.View, 0, len(page)), More: more}
+	for _, l := range page {
+		body.Entries = append(body.Entries, keyspace.ViewOf(l.Key, l.Value, namesOnly, true))
+	}
+	if more {
+		body.Next, body.NextBase64 = keyspace.TextOrBase64(page[len(page)-1].Key)
+	}
+	api.SetRaftIndex(w, index)
+	api.WriteJSON(w, http.StatusOK, body)
 }
 
-// statusView is the body of GET /status.
-type statusView struct {
+// status is the body of GET /status.
+type status struct {
 	ID            uint64 `json:"id"`
 	ClusterID     string `json:"clusterID"` // hex, as etcd prints it
 	Leader        uint64 `json:"leader"`
@@ -404,50 +390,17 @@ type statusView struct {
 
 // getStatus handles GET /status: this member's view of raft.
 func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
-	st := h.raft.status()
-	writeJSON(w, http.StatusOK, statusView{
+	st := h.raft.node.Status()
+	api.WriteJSON(w, http.StatusOK, status{
 		ID:            h.id,
 		ClusterID:     types.ID(h.raft.clusterID).String(),
 		Leader:        st.Lead,
 		Term:          st.GetTerm(),
 		RaftState:     st.RaftState.String(),
 		CommitIndex:   st.GetCommit(),
-		AppliedIndex:  h.store.appliedIndex.Load(),
-		SnapshotIndex: h.raft.snapshotIndex(),
+		AppliedIndex:  h.store.AppliedIndex(),
+		SnapshotIndex: h.raft.SnapshotIndex(),
 	})
-}
-
-// writeError answers with the status code err calls for and a one-line reason.
-func (h *httpAPI) writeError(w http.ResponseWriter, err error) {
-	switch {
-	case errors.Is(err, ErrKeyNotFound), errors.Is(err, ErrMemberNotFound):
-		http.Error(w, oneLine(err), http.StatusNotFound)
-	case errors.Is(err, ErrMemberExists), errors.Is(err, ErrNotLearner):
-		http.Error(w, oneLine(err), http.StatusConflict)
-	case errors.Is(err, ErrPreconditionFailed):
-		http.Error(w, oneLine(err), http.StatusPreconditionFailed)
-	case errors.Is(err, ErrIdempotencyKeyReused):
-		http.Error(w, oneLine(err), http.StatusUnprocessableEntity)
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
-		w.Header().Set("Retry-After", "1")
-		h.serverError(w, oneLine(err), http.StatusServiceUnavailable)
-	case errors.Is(err, context.DeadlineExceeded):
-		h.serverError(w, fmt.Sprintf("timed out after %s: the outcome is unknown, the request may or may not have been applied", h.requestTimeout), http.StatusGatewayTimeout)
-	case errors.Is(err, context.Canceled):
-		// The client has gone; nobody reads this, and it is no fault of
-		// this member's, so it is not logged either.
-		http.Error(w, "request canceled", http.StatusServiceUnavailable)
-	default:
-		h.serverError(w, oneLine(err), http.StatusInternalServerError)
-	}
-}
-
-// serverError answers a 5xx and logs it as a warning: the client was told
-// nothing definite, and the reason says why (no leader, a timeout, the
-// member stopping). Not every such answer gets a line: see newAnswerLogger.
-func (h *httpAPI) serverError(w http.ResponseWriter, reason string, code int) {
-	h.answerLog.Warn(fmt.Sprintf("answered %d %s", code, http.StatusText(code)), zap.String("reason", reason))
-	http.Error(w, reason, code)
 }
 
 // keyFrom returns the key named by the request path, or answers 400.
@@ -457,8 +410,8 @@ func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 	case key == "":
 		http.Error(w, ErrNoKey.Error(), http.StatusBadRequest)
 		return "", false
-	case len(key) > maxKeyBytes:
-		http.Error(w, fmt.Sprintf("key must be 1 to %d bytes", maxKeyBytes), http.StatusBadRequest)
+	case len(key) > keyspace.MaxKeyBytes:
+		http.Error(w, fmt.Sprintf("key must be 1 to %d bytes", keyspace.MaxKeyBytes), http.StatusBadRequest)
 		return "", false
 	case strings.HasSuffix(key, "/"):
 		http.Error(w, "key must not end in '/': a path ending in '/' names a prefix, which GET lists", http.StatusBadRequest)
@@ -467,33 +420,9 @@ func keyFrom(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return key, true
 }
 
-// withLists turns nil URL lists into empty ones, so JSON shows [] not null.
-func withLists(m member) member {
-	if m.PeerURLs == nil {
-		m.PeerURLs = []string{}
-	}
-	if m.ClientURLs == nil {
-		m.ClientURLs = []string{}
-	}
-	return m
-}
-
-// setRaftIndex sets X-Raft-Index, the raft index an answer reflects: the
-// entry a write was applied at, or the index of the state a read, listing
-// or copy was taken from.
-func setRaftIndex(w http.ResponseWriter, index uint64) {
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-}
-
-// writeJSON answers code with v as JSON. An error encoding to a client
-// that went away has nobody to tell.
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// oneLine keeps error bodies to one line, whatever the error says.
-func oneLine(err error) string {
-	return strings.ReplaceAll(err.Error(), "\n", " ")
+// setVersion sets the headers that give a key's version: its ETag, the
+// modIndex, and X-Create-Index.
+func setVersion(w http.ResponseWriter, v keyspace.Version) {
+	w.Header().Set("ETag", keyspace.ETag(v.ModIndex))
+	w.Header().Set("X-Create-Index", strconv.FormatUint(v.CreateIndex, 10))
 }

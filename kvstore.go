@@ -1,11 +1,9 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,37 +12,37 @@ import (
 	"go.etcd.io/etcd/pkg/v3/wait"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
-)
+	"google.golang.org/protobuf/proto"
 
-// Errors a proposer can get back once its entry is applied, or instead.
-var (
-	ErrKeyNotFound    = errors.New("key not found")
-	ErrMemberExists   = errors.New("member already exists")
-	ErrMemberNotFound = errors.New("member not found")
-	ErrStopped        = errors.New("server is shutting down")
+	"raftkv/api"
+	"raftkv/codec"
+	"raftkv/idempotency"
+	"raftkv/keyspace"
+	"raftkv/membership"
+	"raftkv/metrics"
+	"raftkv/watch"
 )
 
 // proposal is a command on its way into the raft log: the encoded entry,
 // the wait-registry key of the handler blocked on it, and the key it
-// writes, if any, so that one entry never writes a key twice (see
-// versions.go).
+// writes, if any, so that one entry never writes a key twice (a key's
+// version is the index of the entry that wrote it: package keyspace).
 type proposal struct {
 	requestID uint64
 	data      []byte
 	key       string
 }
 
-// outcome is what a waiting handler learns about its entry.
+// outcome is what a waiting handler learns about its entry: the answer
+// applying it gave (its index, the error it ended with, the key's
+// version), or why it never made it into the log; and whether the answer
+// is a replay of an earlier attempt's, recorded under its Idempotency-Key.
 type outcome struct {
-	index      uint64     // the entry's raft index; for a replay, the first attempt's
-	err        error      // why the entry changed nothing (ErrKeyNotFound, ...), or why it never made it into the log
-	version    keyVersion // the key's version after a write, or when a precondition failed
-	hasVersion bool       // version is set: the key exists
-	created    bool       // a PUT that created its key
-	replayed   bool       // an idempotency key's recorded outcome, not this entry's
+	idempotency.Answer
+	replayed bool
 }
 
-// applyBatch is what the raft node's apply goroutine sends the kvstore on
+// applyBatch is what the raft node's commit goroutine sends the kvstore on
 // applyC, in log order: a snapshot to load first, if any, then committed
 // entries.
 type applyBatch struct {
@@ -55,7 +53,7 @@ type applyBatch struct {
 	// snapshot, and before it applies a conf change to raft.
 	applied chan struct{}
 	// confChangeTaken is set, before applied closes, when the batch's last
-	// entry is a conf change that the kvstore took (confchange.go).
+	// entry is a conf change that the member table took.
 	confChangeTaken bool
 }
 
@@ -75,26 +73,25 @@ type kvstore struct {
 	done        chan struct{}     // closed when applyC closes: nothing more will apply
 	err         error             // why applying stopped, if not a clean shutdown; set before done closes
 
-	appliedIndex atomic.Uint64 // the last entry applied to kv and members
+	appliedIndex atomic.Uint64 // the last entry applied
 
-	mu      sync.RWMutex
-	kv      *keySpace
-	members map[uint64]*member
-	removed map[uint64]bool // ids that left the cluster; peers refuse their messages
-	dedup   *dedup          // recent idempotency keys and their outcomes
+	// The replicated state, guarded by mu: every member holds the same at
+	// the same applied index, and every snapshot holds all of it.
+	mu          sync.RWMutex
+	keys        *keyspace.Space
+	members     *membership.Table
+	dedup       *idempotency.Records // recent Idempotency-Keys and their answers
+	appliedTerm uint64               // the term of the entry at appliedIndex, which a backup records
 
-	watch   *watchHistory // the changes applied, for watchers
-	changes []event       // the changes of the entry being applied
+	watch   *watch.History // the changes applied, for watchers
+	changes []watch.Event  // the changes of the entry being applied
 
-	metrics *metrics // set before serveApply starts; nil keeps none (metrics.go)
-	// appliedTerm is the term of the entry at appliedIndex, which a backup
-	// records (backup.go); mu guards it.
-	appliedTerm uint64
+	metrics *metrics.Metrics // nil keeps none
 }
 
 // newKVStore returns an empty store for member id; the raft node fills it
 // through applyC.
-func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
+func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, m *metrics.Metrics, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
 	return &kvstore{
 		lg:          lg,
 		proposeC:    proposeC,
@@ -103,48 +100,51 @@ func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, proposeC chan<
 		waiters:     wait.New(),
 		appliedWait: wait.NewTimeList(),
 		done:        make(chan struct{}),
-		kv:          newKeySpace(),
-		members:     make(map[uint64]*member),
-		removed:     make(map[uint64]bool),
-		dedup:       newDedup(),
-		watch:       newWatchHistory(watchHistoryBytes, 0),
+		keys:        keyspace.New(),
+		members:     membership.NewTable(nil, nil),
+		dedup:       idempotency.NewRecords(),
+		watch:       watch.NewHistory(watchHistoryBytes, 0),
+		metrics:     m,
 	}
 }
 
-// put sets key to value and returns once this member has applied it.
-// If cond is given, it applies only if cond holds then (else
-// ErrPreconditionFailed); with an idempotency key, only once.
-func (s *kvstore) put(ctx context.Context, key string, value []byte, cond precondition, idem idempotent) (outcome, error) {
+// write proposes a PUT of value to key (put true) or a DELETE of key, and
+// returns once this member has applied it. If cond is given, it applies
+// only if cond holds then (else keyspace.ErrPreconditionFailed); with an
+// idempotency key, only once.
+func (s *kvstore) write(ctx context.Context, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) (outcome, error) {
 	id := s.requestIDs.Next()
-	data := encodeWrite(id, true, key, value, cond, idem)
+	data := codec.EncodeWrite(id, put, key, value, cond, idem)
 	return proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
 }
 
-// delete removes key and returns once this member has applied it;
-// ErrKeyNotFound if the key was absent when the entry applied. cond and
-// idem are as for put.
-func (s *kvstore) delete(ctx context.Context, key string, cond precondition, idem idempotent) (outcome, error) {
-	id := s.requestIDs.Next()
-	data := encodeWrite(id, false, key, nil, cond, idem)
-	return proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
+// ProposeConfChange proposes a membership change (package membership
+// makes it) and returns once this member has applied it.
+func (s *kvstore) ProposeConfChange(ctx context.Context, cc *raftpb.ConfChange) (idempotency.Answer, bool, error) {
+	cc.Id = new(s.requestIDs.Next())
+	o, err := proposeAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
+	return o.Answer, o.replayed, err
 }
 
-// propose hands a command that writes no key to the raft node and waits
-// for this member to apply it.
-func (s *kvstore) propose(ctx context.Context, requestID uint64, data []byte) (uint64, error) {
-	o, err := proposeAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: data})
-	return o.index, err
+// ProposeAdvertise proposes recording clientURL as member id's, so that
+// followers can redirect clients to it, and returns once this member has
+// applied it.
+func (s *kvstore) ProposeAdvertise(ctx context.Context, id uint64, clientURL string) error {
+	requestID := s.requestIDs.Next()
+	_, err := proposeAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: codec.EncodeAdvertise(requestID, id, clientURL)})
+	return err
 }
 
-// proposeAndWait registers a waiter for requestID, sends msg to the raft
-// node on c (proposeC or confChangeC), and waits for the entry's outcome.
-// Every member applies every entry, but only the member that registered
+// proposeAndWait registers a waiter for requestID (etcd's pkg/wait: a
+// channel of its own), sends msg to the raft node on c (proposeC or
+// confChangeC), and waits for the entry's outcome on that channel. Every
+// member applies every entry, but only the member that registered
 // requestID has a waiter to wake: a follower may apply before the leader,
-// and any member can wake its own handler. The raft node wakes it too, with
-// ErrNoLeader, if raft refuses the proposal.
+// and any member can wake its own handler. The raft node wakes it too,
+// with api.ErrNoLeader, if raft refuses the proposal.
 func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (result outcome, err error) {
-	s.metrics.proposalStarted()
-	defer func() { s.metrics.proposalDone(result, err) }()
+	s.metrics.ProposalStarted()
+	defer func() { s.metrics.ProposalDone(proposalEnd(result, err)) }()
 	outcomeC := s.waiters.Register(requestID)
 	select {
 	case c <- msg:
@@ -153,12 +153,12 @@ func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c 
 		return outcome{}, ctx.Err()
 	case <-s.done:
 		s.waiters.Trigger(requestID, nil)
-		return outcome{}, ErrStopped
+		return outcome{}, api.ErrStopped
 	}
 	select {
 	case x := <-outcomeC:
 		o := x.(outcome)
-		return o, o.err
+		return o, o.Err
 	case <-ctx.Done():
 		// Unregister: the entry may still apply later, and must find no one.
 		s.waiters.Trigger(requestID, nil)
@@ -169,56 +169,70 @@ func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c 
 		select {
 		case x := <-outcomeC:
 			o := x.(outcome)
-			return o, o.err
+			return o, o.Err
 		default:
 			s.waiters.Trigger(requestID, nil)
-			return outcome{}, ErrStopped
+			return outcome{}, api.ErrStopped
 		}
 	}
 }
 
-// waitApplied returns once this member has applied index.
-func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
+// proposalEnd is how a proposal's wait ended, for the metrics.
+func proposalEnd(o outcome, err error) metrics.ProposalEnd {
+	switch {
+	case o.Index != 0:
+		return metrics.ProposalApplied
+	case errors.Is(err, api.ErrNoLeader):
+		return metrics.ProposalDropped
+	case errors.Is(err, context.DeadlineExceeded):
+		return metrics.ProposalTimedOut
+	case errors.Is(err, context.Canceled):
+		return metrics.ProposalCanceled
+	}
+	return metrics.ProposalStopped
+}
+
+// WaitApplied returns once this member has applied index.
+func (s *kvstore) WaitApplied(ctx context.Context, index uint64) error {
 	select {
 	case <-s.appliedWait.Wait(index):
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-s.done:
-		return ErrStopped
+		return api.ErrStopped
 	}
 }
+
+// AppliedIndex is the index of the last entry this member applied.
+func (s *kvstore) AppliedIndex() uint64 { return s.appliedIndex.Load() }
+
+// Done is closed once the kvstore stops applying: the member is stopping.
+func (s *kvstore) Done() <-chan struct{} { return s.done }
 
 // get reads key from the applied state, with the applied index the answer
 // reflects. The value is a string, so no later write can change it.
-func (s *kvstore) get(key string) (keyValue, uint64, bool) {
+func (s *kvstore) get(key string) (keyspace.Value, uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v, ok := s.kv.Get(key)
+	v, ok := s.keys.Get(key)
 	return v, s.appliedIndex.Load(), ok
 }
 
-// memberList returns the applied member table, ordered by id.
-func (s *kvstore) memberList() []member {
+// list returns a page of the keys under prefix after after (see
+// keyspace.Space.List), and the applied index the page reflects.
+func (s *kvstore) list(prefix, after string, limit int) ([]keyspace.Listed, bool, uint64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	list := make([]member, 0, len(s.members))
-	for _, m := range s.members {
-		list = append(list, *m)
-	}
-	slices.SortFunc(list, func(a, b member) int { return cmp.Compare(a.ID, b.ID) })
-	return list
+	page, more := s.keys.List(prefix, after, limit)
+	return page, more, s.appliedIndex.Load()
 }
 
-// lookupMember returns member id from the applied member table.
-func (s *kvstore) lookupMember(id uint64) (member, bool) {
+// Table is a copy of the applied member table.
+func (s *kvstore) Table() *membership.Table {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	m, ok := s.members[id]
-	if !ok {
-		return member{}, false
-	}
-	return *m, true
+	return s.members.Clone()
 }
 
 // isIDRemoved reports whether id was a member and was removed. rafthttp asks
@@ -226,198 +240,174 @@ func (s *kvstore) lookupMember(id uint64) (member, bool) {
 func (s *kvstore) isIDRemoved(id uint64) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.removed[id]
+	return s.members.IsRemoved(id)
 }
 
-// serveApply is the kvstore's goroutine: it applies each batch from the raft
-// node in order until applyC closes, then wakes readers waiting for the
-// index it reached.
+// Recorded is the answer recorded for idempotency key k, if any, as an
+// entry carrying k would be answered now, and whether it is a replay.
+func (s *kvstore) Recorded(k idempotency.Key) (a idempotency.Answer, replayed, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok = s.dedup.Replay(k)
+	return a, replayOf(a).replayed, ok
+}
+
+// replayOf is the outcome of an entry whose idempotency key is recorded:
+// the recorded answer, replayed, or idempotency.ErrKeyReused if the key
+// was recorded for another request.
+func replayOf(a idempotency.Answer) outcome {
+	return outcome{Answer: a, replayed: !errors.Is(a.Err, idempotency.ErrKeyReused)}
+}
+
+// serveApply is the apply goroutine: it applies each batch from the raft
+// node in order, under the write lock, so readers never see half of one,
+// until applyC closes. After each batch it wakes the readers waiting for
+// the index it reached, then the raft node (b.applied).
 func (s *kvstore) serveApply(applyC <-chan *applyBatch) {
 	defer close(s.done)
 	for b := range applyC {
-		if err := s.apply(b); err != nil {
-			s.err = err
-			return
+		s.mu.Lock()
+		if b.snapshot != nil {
+			if err := s.loadSnapshot(b.snapshot); err != nil {
+				s.mu.Unlock()
+				s.err = err
+				return
+			}
 		}
+		for _, e := range b.entries {
+			// Store the index first: the handler woken below may ask /status.
+			s.appliedIndex.Store(e.GetIndex())
+			s.appliedTerm = e.GetTerm()
+			switch {
+			case e.GetType() == raftpb.EntryConfChange:
+				b.confChangeTaken = s.applyConfChange(e)
+			case len(e.GetData()) == 0:
+				// A new leader's empty entry, which commits everything before it.
+			default:
+				err := codec.ForEachCommand(e.GetData(), func(data []byte) { s.applyCommand(e.GetIndex(), data) })
+				if err != nil {
+					// Every member decodes the same bytes, so every member skips alike.
+					s.lg.Error("skipping the rest of an undecodable batch", zap.Uint64("index", e.GetIndex()), zap.Error(err))
+				}
+				// The entry's changes reach watchers together: a watch stream
+				// ends only between entries, so resuming after an index skips
+				// nothing.
+				s.watch.Append(s.changes)
+				clear(s.changes)
+				s.changes = s.changes[:0]
+			}
+		}
+		s.mu.Unlock()
 		s.appliedWait.Trigger(s.appliedIndex.Load())
 		close(b.applied)
 	}
 }
 
-// apply applies one batch under the write lock, so readers never see half
-// of it.
-func (s *kvstore) apply(b *applyBatch) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if b.snapshot != nil {
-		if err := s.loadSnapshot(b.snapshot); err != nil {
-			return err
-		}
-		releaseMemoryAfter(len(b.snapshot.GetData()))
-	}
-	for _, e := range b.entries {
-		// Store the index first: the handler woken below may ask /status.
-		s.appliedIndex.Store(e.GetIndex())
-		s.appliedTerm = e.GetTerm()
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			s.applyNormal(e)
-		case raftpb.EntryConfChange:
-			b.confChangeTaken = s.applyConfChange(e)
-		}
-	}
-	return nil
-}
-
-// applyNormal applies the client commands an entry carries, one or a batch.
-func (s *kvstore) applyNormal(e *raftpb.Entry) {
-	if len(e.GetData()) == 0 {
-		return // a new leader's empty entry, which commits everything before it
-	}
-	err := batchCommands(e.GetData(), func(data []byte) error {
-		s.applyCommand(e.GetIndex(), data)
-		return nil
-	})
-	if err != nil {
-		// Every member decodes the same bytes, so every member skips alike.
-		s.lg.Error("skipping the rest of an undecodable batch", zap.Uint64("index", e.GetIndex()), zap.Error(err))
-	}
-	// The entry's changes reach watchers together: a watch stream ends
-	// only between entries, so resuming after an index skips nothing.
-	s.watch.record(s.changes)
-	clear(s.changes)
-	s.changes = s.changes[:0]
-}
-
 // applyCommand applies one client command from the entry at index and
 // wakes its waiter, if it is here.
 func (s *kvstore) applyCommand(index uint64, data []byte) {
-	cmd, err := decodeCommand(data)
+	cmd, err := codec.DecodeCommand(data)
 	if err != nil {
 		// Every member decodes the same bytes, so every member skips it alike.
 		s.lg.Error("skipping undecodable command", zap.Uint64("index", index), zap.Error(err))
 		return
 	}
-	if cmd.op == opAdvertise {
-		result := outcome{index: index}
-		if m, ok := s.members[cmd.memberID]; ok {
-			m.ClientURLs = []string{cmd.clientURL}
-		} else {
-			result.err = ErrMemberNotFound
-		}
-		s.waiters.Trigger(cmd.requestID, result)
+	if cmd.Op == codec.OpAdvertise {
+		s.waiters.Trigger(cmd.RequestID, outcome{Answer: idempotency.Answer{Index: index, Err: s.members.SetClientURL(cmd.MemberID, cmd.ClientURL)}})
 		return
 	}
-	if replay, ok := s.replay(cmd.idem); ok {
-		s.waiters.Trigger(cmd.requestID, replay)
+	if replay, ok := s.dedup.Replay(cmd.Idem); ok {
+		s.waiters.Trigger(cmd.RequestID, replayOf(replay))
 		return
 	}
-	result := s.applyWrite(index, cmd)
-	if cmd.idem.key != "" {
-		s.dedup.record(cmd.idem, result)
-	}
-	s.waiters.Trigger(cmd.requestID, result)
-}
-
-// recorded is the outcome recorded for idem's key, if any, as an entry
-// carrying idem would be answered now.
-func (s *kvstore) recorded(idem idempotent) (outcome, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.replay(idem)
-}
-
-// replay is the outcome of an entry whose idempotency key is already
-// recorded: the recorded one, or ErrIdempotencyKeyReused if the key was
-// recorded for another request. Either way the entry changes nothing.
-func (s *kvstore) replay(idem idempotent) (outcome, bool) {
-	if idem.key == "" {
-		return outcome{}, false
-	}
-	r, ok := s.dedup.lookup(idem.key)
-	if !ok {
-		return outcome{}, false
-	}
-	if r.fingerprint != idem.fingerprint {
-		return outcome{err: ErrIdempotencyKeyReused}, true
-	}
-	replay := r.result
-	replay.replayed = true
-	return replay, true
-}
-
-// applyWrite applies a PUT or a DELETE at index, if its precondition holds.
-// The condition is checked here, when the entry applies, against the state
-// every entry before it left: only the log order decides between racing
-// writes, and every member decides alike.
-func (s *kvstore) applyWrite(index uint64, cmd command) outcome {
-	result := outcome{index: index}
-	key := string(cmd.key)
-	cur, exists := s.kv.Get(key)
-	if !cmd.cond.holds(cur.keyVersion, exists) {
-		result.err = ErrPreconditionFailed
-		result.version, result.hasVersion = cur.keyVersion, exists
-		return result
-	}
-	switch cmd.op {
-	case opPut, opPutIf:
-		v := keyVersion{createIndex: index, modIndex: index}
-		if exists {
-			v.createIndex = cur.createIndex
-		}
+	a := idempotency.Answer{Index: index}
+	key, put := string(cmd.Key), cmd.Op == codec.OpPut || cmd.Op == codec.OpPutWith
+	var v keyspace.Value
+	var existed bool
+	if put {
 		// A string copies the value out of the entry, so that the tree does
 		// not pin the whole entry after raft compacts its log.
-		kv := keyValue{value: string(cmd.value), keyVersion: v}
-		s.kv.Set(key, kv)
-		s.changes = append(s.changes, event{index: index, key: key, kv: kv})
-		result.version, result.hasVersion, result.created = v, true, !exists
-	case opDelete, opDeleteIf:
-		if exists {
-			s.kv.Delete(key)
-			// As etcd's delete events: the version is the delete's.
-			cur.value, cur.modIndex = "", index
-			s.changes = append(s.changes, event{index: index, delete: true, key: key, kv: cur})
-		} else {
-			result.err = ErrKeyNotFound
-		}
+		v, existed, a.Err = s.keys.Put(index, key, string(cmd.Value), cmd.Cond)
+		a.Created = a.Err == nil && !existed
+	} else {
+		v, existed, a.Err = s.keys.Delete(index, key, cmd.Cond)
 	}
-	return result
+	// The answer names the key's version after a PUT, or the version that
+	// failed a condition.
+	if (put && a.Err == nil) || (existed && errors.Is(a.Err, keyspace.ErrPreconditionFailed)) {
+		a.Version, a.HasVersion = v.Version, true
+	}
+	if a.Err == nil {
+		s.changes = append(s.changes, watch.Event{Index: index, Delete: !put, Key: key, Value: v})
+	}
+	if cmd.Idem.Name != "" {
+		s.dedup.Remember(cmd.Idem, a)
+	}
+	s.waiters.Trigger(cmd.RequestID, outcome{Answer: a})
+}
+
+// applyConfChange records a membership change in the member table, or
+// refuses it, and wakes the handler waiting for it. It reports whether the
+// table took the change, which the raft node then applies to raft and the
+// transport (confchange.go).
+func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
+	var cc raftpb.ConfChange
+	if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+		s.lg.Error("skipping undecodable conf change", zap.Uint64("index", e.GetIndex()), zap.Error(err))
+		return false
+	}
+	idem := membership.IdempotencyOf(&cc)
+	if replay, ok := s.dedup.Replay(idem); ok {
+		s.waiters.Trigger(cc.GetId(), replayOf(replay))
+		return false
+	}
+	a := idempotency.Answer{Index: e.GetIndex(), Err: s.members.Apply(&cc)}
+	if a.Err == nil {
+		logConfChange(s.lg, &cc, s.members)
+	}
+	if idem.Name != "" {
+		s.dedup.Remember(idem, a)
+	}
+	s.waiters.Trigger(cc.GetId(), outcome{Answer: a})
+	return a.Err == nil
 }
 
 // snapshot serialises the applied state. The raft node calls it only when
 // the store has applied exactly up to the snapshot's index. It encodes a
-// point-in-time copy (backup.go), as GET /snapshot does, so that reads go
-// on while a large state is encoded.
+// point-in-time copy, as GET /snapshot does, so that reads go on while a
+// large state is encoded.
 func (s *kvstore) snapshot() []byte {
-	st, _, _ := s.pointInTime()
-	return st.encode()
+	st, _, _ := s.PointInTime()
+	return st.Encode()
+}
+
+// PointInTime returns a copy of the applied state, with the index and term
+// of the last entry it reflects. It holds the write lock, for a moment:
+// Copy marks the key tree so that the next write to it copies the nodes it
+// changes instead, and two Copies must not race. The member table is
+// copied whole; idempotency records never change once made, but the list
+// of them is compacted in place.
+func (s *kvstore) PointInTime() (st codec.State, index, term uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st = codec.State{Members: s.members.Clone(), Keys: s.keys.Copy(), Records: append([]*idempotency.Record(nil), s.dedup.List()...)}
+	return st, s.appliedIndex.Load(), s.appliedTerm
 }
 
 // loadSnapshot replaces the whole state with a snapshot's; s.mu must be held.
 func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 	start := time.Now()
 	index := snap.GetMetadata().GetIndex()
-	d, err := newSnapshotDecoder(snap.GetData())
+	st, err := codec.DecodeState(snap.GetData())
 	if err != nil {
 		return fmt.Errorf("load snapshot at index %d: %w", index, err)
 	}
-	members, removed, err := d.decodeMembers()
-	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", index, err)
-	}
-	kv, err := d.decodeKeys()
-	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", index, err)
-	}
-	records, err := d.decodeRecords()
-	if err != nil {
-		return fmt.Errorf("load snapshot at index %d: %w", index, err)
-	}
-	s.kv, s.members, s.removed, s.dedup = kv, members, removed, records
+	s.keys, s.members, s.dedup = st.Keys, st.Members, idempotency.NewRecords(st.Records...)
 	s.appliedIndex.Store(index)
 	s.appliedTerm = snap.GetMetadata().GetTerm()
-	s.watch.reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
-	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", kv.Len()))
-	s.metrics.snapshotLoaded(start)
+	s.watch.Reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))
+	s.lg.Info("loaded snapshot", zap.Uint64("index", index), zap.Int("keys", st.Keys.Len()))
+	s.metrics.SnapshotLoaded(start)
+	codec.ReleaseMemoryAfter(len(snap.GetData()))
 	return nil
 }

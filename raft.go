@@ -11,9 +11,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/pkg/v3/wait"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
@@ -21,13 +20,23 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
+
+	"raftkv/api"
+	"raftkv/bootstrap"
+	"raftkv/codec"
+	"raftkv/config"
+	"raftkv/datadir"
+	"raftkv/idempotency"
+	"raftkv/limits"
+	"raftkv/logging"
+	"raftkv/membership"
+	"raftkv/metrics"
+	"raftkv/tlsconfig"
 )
 
-// Errors from the raft node.
-var (
-	ErrNoLeader = errors.New("no leader")
-	ErrRemoved  = errors.New("this member was removed from the cluster")
-)
+// ErrRemoved is why a member stops when it learns it was removed from the
+// cluster.
+var ErrRemoved = errors.New("this member was removed from the cluster")
 
 const (
 	// electionTicks and heartbeatTicks are in units of config.tickInterval:
@@ -35,11 +44,6 @@ const (
 	// follower that hears nothing for 1-2s starts an election.
 	electionTicks  = 10
 	heartbeatTicks = 1
-
-	// maxCatchUpEntries is how many entries stay in the in-memory log after
-	// a snapshot, so that a follower a little behind catches up from the
-	// log instead of being sent the whole snapshot.
-	maxCatchUpEntries = 10000
 
 	// maxInflightAppends is how many appends carrying entries the leader
 	// sends a follower before it waits for an acknowledgement. Raft sends
@@ -53,10 +57,10 @@ const (
 	// long-haul links; on a LAN that many only multiplies messages.
 	maxInflightAppends = 2
 
-	// maxSnapFiles and maxWALFiles are how many old snapshot and WAL files
-	// to keep on disk; older ones are deleted once raft no longer needs them.
-	maxSnapFiles = 5
-	maxWALFiles  = 5
+	// maxBatchBytes stops a batch of proposals from growing once it holds
+	// this much. With one largest value (maxValueLimit) on top it stays
+	// inside the WAL's 10 MiB record limit.
+	maxBatchBytes = 512 << 10
 )
 
 // stateMachine is what the raft node needs from the kvstore, besides
@@ -69,20 +73,23 @@ type stateMachine interface {
 }
 
 // raftNode drives the raft library (go.etcd.io/raft/v3), which decides but
-// does no I/O. Four goroutines do the rest; ready.go shows the contract the
+// does no I/O: raft's own goroutine (node.run, inside the library) takes
+// proposals, peers' messages and ticks, and hands out what to do in a
+// Ready. Four goroutines here do the rest; ready.go shows the contract the
 // first three keep with raft:
 //
-//   - serveReady, the raft goroutine: ticks raft's clock and routes each
-//     Ready: messages to peers, disk work to the other two;
+//   - serveReady, the Ready goroutine: ticks raft's clock and routes each
+//     Ready: messages to peers, disk work to the next two;
 //   - serveAppends, the append goroutine: persists the log to etcd's WAL;
-//   - serveCommitted, the apply goroutine: hands committed entries to the
-//     kvstore on applyC, and takes snapshots;
-//   - serveProposals: feeds proposals from proposeC and confChangeC into raft.
+//   - serveCommitted, the hand-over goroutine: hands committed entries to
+//     the kvstore on applyC, in log order, and takes snapshots;
+//   - serveProposals, the proposal goroutine: feeds proposals from
+//     proposeC and confChangeC into raft.
 type raftNode struct {
 	id            uint64
-	cfg           config
+	cfg           config.Config
 	lg            *zap.Logger
-	metrics       *metrics // nil keeps none (metrics.go)
+	metrics       *metrics.Metrics // nil keeps none
 	sm            stateMachine
 	waiters       wait.Wait // to fail proposals raft refused; nothing else will ever wake them
 	snapshotCount uint64
@@ -94,29 +101,28 @@ type raftNode struct {
 	committedC  chan committed            // committed entries and leader snapshots, in log order, for serveCommitted
 	applyC      chan<- *applyBatch        // the same, for the kvstore to apply
 	readStateC  chan raft.ReadState       // answers to ReadIndex requests, for the read loop
-	storage     sync.WaitGroup            // serveAppends and serveCommitted, which use the WAL and applyC
+	diskWork    sync.WaitGroup            // serveAppends and serveCommitted, which use the WAL and applyC
 
 	node        raft.Node
 	raftStorage *raft.MemoryStorage // raft's view of the log; the WAL is its durable copy
 	wal         *wal.WAL
 	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
-	peers       *peerHandler // what peerServer serves: the peer API, then rafthttp too
+	peers       *bootstrap.PeerHandler // what peerServer serves: the peer API, then rafthttp too
 	peerServer  *http.Server
 
 	// Owned by serveCommitted.
-	confState         *raftpb.ConfState
-	queuedIndex       uint64           // last index sent to the kvstore on applyC; its appliedIndex follows
-	forceSnapshot     bool             // a member was added or removed since the last snapshot (not promoted: confchange.go)
-	bootSnapshot      *raftpb.Snapshot // the snapshot found on disk, sent to the kvstore first
-	lastSnapshotIndex atomic.Uint64    // index of the newest snapshot on disk
-	// savedSnapshotIndex is the index of the newest snapshot whose file is
-	// written whole, set by whichever goroutine wrote it: serveCommitted, or
-	// the append goroutine for a leader's snapshot (see diskSnapshots).
-	savedSnapshotIndex atomic.Uint64
+	confState     *raftpb.ConfState
+	queuedIndex   uint64           // last index sent to the kvstore on applyC; its applied index follows
+	forceSnapshot bool             // a member was added or removed since the last snapshot (not promoted: confchange.go)
+	bootSnapshot  *raftpb.Snapshot // the snapshot found on disk, sent to the kvstore first
+	// snapshotIndex is the index of the newest snapshot whose file is
+	// written whole, set by whichever goroutine wrote it: serveCommitted,
+	// or the append goroutine for a leader's snapshot (see diskSnapshots).
+	snapshotIndex atomic.Uint64
 
 	// bootIndex is what the kvstore must apply before this member serves:
-	// on a restart, the commit index its WAL recorded (see datadir.go); on
+	// on a restart, the commit index its WAL recorded (see storage.go); on
 	// a first start, the initial members' conf changes.
 	bootIndex uint64
 
@@ -126,7 +132,7 @@ type raftNode struct {
 	termStart   atomic.Uint64 // see trackLeader
 
 	leaderMu      sync.Mutex
-	leaderChangeC chan struct{} // closed when leader changes, made by leaderChange when nil
+	leaderChangeC chan struct{} // closed when leader changes, made by LeaderChange when nil
 
 	stopOnce sync.Once
 	failOnce sync.Once
@@ -138,19 +144,19 @@ type raftNode struct {
 // startRaftNode opens (or creates) the member's WAL and snapshots, starts
 // the peer transport and raft, and starts serving. Committed entries appear
 // on applyC, which is closed when the node stops. Before it touches the
-// data dir it runs the bootstrap checks (bootstrap.go), asking the peers;
-// ctx cancels them.
-func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, sm stateMachine, waiters wait.Wait,
+// data dir it runs the bootstrap checks (package bootstrap), asking the
+// peers; ctx cancels them.
+func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *metrics.Metrics, sm stateMachine, waiters wait.Wait,
 	proposeC <-chan proposal, confChangeC <-chan *raftpb.ConfChange, applyC chan<- *applyBatch,
 ) (*raftNode, error) {
 	rc := &raftNode{
-		id:            cfg.id,
+		id:            cfg.ID,
 		cfg:           cfg,
 		lg:            lg,
 		metrics:       m,
 		sm:            sm,
 		waiters:       waiters,
-		snapshotCount: cfg.snapshotCount,
+		snapshotCount: cfg.SnapshotCount,
 		proposeC:      proposeC,
 		confChangeC:   confChangeC,
 		appendC:       make(chan *raftpb.Message, storageQueue),
@@ -164,17 +170,18 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 	}
 	// Take the peer port before touching the data dir: a first start that
 	// fails must leave no WAL behind, or a retry would take it for a restart.
-	u, err := url.Parse(cfg.peerListenURL())
+	u, err := url.Parse(cfg.PeerListenURL())
 	if err != nil {
 		return nil, fmt.Errorf("peer listen URL: %w", err)
 	}
-	peerLn, err := newStoppableListener(u.Host, u.Scheme, listenTLS(cfg.peerTLS, lg, "peer"), rc.stopC)
+	peerLn, err := newStoppableListener(u.Host, u.Scheme, tlsconfig.Listen(cfg.TLS.Peer, lg, "peer"), rc.stopC)
 	if err != nil {
-		return nil, peerListenError(cfg, u.Host, err)
+		return nil, bootstrap.PeerListenError(cfg.ID, u.Host, err)
 	}
-	// Answer peers at once, though raft is not running yet: see peerHandler.
-	rc.peers = newPeerHandler(cfg.id)
-	rc.peerServer = newBoundedServer(rc.peers, cfg.peerLimits())
+	// Answer peers at once, though raft is not running yet: see
+	// bootstrap.PeerHandler.
+	rc.peers = bootstrap.NewPeerHandler(cfg.ID)
+	rc.peerServer = limits.NewServer(rc.peers, cfg.PeerLimits())
 	go rc.peerServer.Serve(peerLn)
 	// stopPeers frees the peer port when the start fails, before returning.
 	stopPeers := func() {
@@ -182,7 +189,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 		peerLn.Close()
 		close(rc.stopC)
 	}
-	if err := checkBootstrap(ctx, cfg, lg); err != nil {
+	if err := bootstrap.Check(ctx, cfg.BootstrapMember(), lg); err != nil {
 		stopPeers()
 		return nil, err
 	}
@@ -195,7 +202,7 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 		ID:              rc.id,
 		ElectionTick:    electionTicks,
 		HeartbeatTick:   heartbeatTicks,
-		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, lg: rc.lg, dir: rc.snapDir(), saved: &rc.savedSnapshotIndex},
+		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, lg: rc.lg, dir: datadir.SnapDir(cfg.DataDir), saved: &rc.snapshotIndex},
 		Applied:         rc.queuedIndex,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: maxInflightAppends,
@@ -210,17 +217,17 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 		CheckQuorum:       true,
 		PreVote:           true,
 		StepDownOnRemoval: true,
-		Logger:            newRaftLogger(lg, cfg.id),
+		Logger:            logging.NewRaftLogger(lg, cfg.ID),
 	}
-	if walExisted || cfg.join != "" {
+	if walExisted || cfg.Join != "" {
 		// A restart resumes from what is on disk; a joining member starts
 		// empty and learns the cluster from the leader's log or snapshot.
 		rc.node = raft.RestartNode(c)
 	} else {
 		var peers []raft.Peer
-		for _, id := range slices.Sorted(maps.Keys(cfg.cluster)) {
+		for _, id := range slices.Sorted(maps.Keys(cfg.Cluster)) {
 			// Marshalling a member (numbers and strings) cannot fail.
-			ctx, _ := json.Marshal(member{ID: id, PeerURLs: []string{cfg.cluster[id]}})
+			ctx, _ := json.Marshal(membership.Member{ID: id, PeerURLs: []string{cfg.Cluster[id]}})
 			peers = append(peers, raft.Peer{ID: id, Context: ctx})
 		}
 		rc.node = raft.StartNode(c, peers)
@@ -238,30 +245,35 @@ func startRaftNode(ctx context.Context, cfg config, lg *zap.Logger, m *metrics, 
 		return nil, err
 	}
 	// Take peers' raft messages only now too: they go straight into rc.node.
-	rc.peers.mountRaft(rc.transport.Handler())
+	rc.peers.MountRaft(rc.transport.Handler())
 	go rc.purgeOldFiles()
-	rc.storage.Go(rc.serveAppends)
-	rc.storage.Go(rc.serveCommitted)
+	rc.diskWork.Go(rc.serveAppends)
+	rc.diskWork.Go(rc.serveCommitted)
 	go rc.serveReady()
 	go rc.serveProposals()
 	return rc, nil
 }
 
-// serveProposals feeds proposals into raft. node.Propose blocks while there
-// is no leader, so it runs apart from the Ready loop, which must keep going
-// for a leader to be elected.
+// serveProposals is the proposal goroutine: it feeds proposals into raft.
+// node.Propose blocks while there is no leader, so it runs apart from the
+// Ready goroutine, which must keep going for a leader to be elected.
+//
+// Handlers that arrived while raft took the last proposal are waiting to
+// send theirs: it takes them all and proposes one entry (codec.EncodeBatch),
+// which raft logs, fsyncs, replicates and commits once. A batch stops
+// growing at maxBatchBytes, or before a proposal that writes a key the
+// batch already writes: that one starts the next batch, so that one entry
+// writes a key at most once and a key's version names one value of it.
 func (rc *raftNode) serveProposals() {
-	var batch []proposal
-	var next proposal // held back from the last batch, which wrote its key
-	held := false
-	keys := make(map[string]struct{})
+	var next *proposal // held back from the last batch
+	keys := make(map[string]bool)
 	for {
-		var p proposal
-		if held {
-			p, held = next, false
+		var first proposal
+		if next != nil {
+			first, next = *next, nil
 		} else {
 			select {
-			case p = <-rc.proposeC:
+			case first = <-rc.proposeC:
 			case cc := <-rc.confChangeC:
 				rc.propose([]uint64{cc.GetId()}, func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, cc) })
 				continue
@@ -269,122 +281,104 @@ func (rc *raftNode) serveProposals() {
 				return
 			}
 		}
-		// Handlers that arrived while raft took the last proposal are
-		// waiting to send theirs: take them all and propose one entry,
-		// which raft logs, fsyncs, replicates and commits once.
-		batch, next, held = rc.takeWaiting(append(batch[:0], p), keys)
-		rc.proposeBatch(batch)
-	}
-}
-
-// maxBatchBytes stops a batch from growing once it holds this much. With
-// one largest value (maxValueLimit) on top it stays inside the WAL's 10 MiB
-// record limit.
-const maxBatchBytes = 512 << 10
-
-// takeWaiting adds to batch the proposals handlers are waiting to send, if
-// any, until it holds maxBatchBytes or the next one writes a key the batch
-// already writes: that one is returned, with held true, to start the next
-// batch. One entry writes a key at most once, so a key's modIndex names one
-// value of it (versions.go).
-func (rc *raftNode) takeWaiting(batch []proposal, keys map[string]struct{}) (_ []proposal, next proposal, held bool) {
-	clear(keys)
-	size := 0
-	for _, p := range batch {
-		size += len(p.data)
-		if p.key != "" {
-			keys[p.key] = struct{}{}
-		}
-	}
-	for size < maxBatchBytes {
-		select {
-		case p := <-rc.proposeC:
-			if _, repeated := keys[p.key]; repeated && p.key != "" {
-				return batch, p, true
+		clear(keys)
+		ids, commands := []uint64{first.requestID}, [][]byte{first.data}
+		keys[first.key] = true
+		size := len(first.data)
+	batching:
+		for size < maxBatchBytes {
+			select {
+			case p := <-rc.proposeC:
+				if p.key != "" && keys[p.key] {
+					next = &p
+					break batching
+				}
+				keys[p.key] = true
+				ids, commands = append(ids, p.requestID), append(commands, p.data)
+				size += len(p.data)
+			default:
+				break batching
 			}
-			if p.key != "" {
-				keys[p.key] = struct{}{}
-			}
-			batch = append(batch, p)
-			size += len(p.data)
-		default:
-			return batch, proposal{}, false
 		}
+		data := commands[0]
+		if len(commands) > 1 {
+			data = codec.EncodeBatch(commands)
+		}
+		rc.propose(ids, func(ctx context.Context) error { return rc.node.Propose(ctx, data) })
 	}
-	return batch, proposal{}, false
-}
-
-// proposeBatch proposes the commands of batch as one entry.
-func (rc *raftNode) proposeBatch(batch []proposal) {
-	ids := make([]uint64, len(batch))
-	commands := make([][]byte, len(batch))
-	for i, p := range batch {
-		ids[i], commands[i] = p.requestID, p.data
-	}
-	data := commands[0]
-	if len(batch) > 1 {
-		data = encodeBatch(commands)
-	}
-	rc.propose(ids, func(ctx context.Context) error { return rc.node.Propose(ctx, data) })
 }
 
 // propose hands one proposal, for the handlers waiting on requestIDs, to
-// raft. node.Propose gives it to raft's goroutine; on the leader it comes
-// out of the next Ready as an entry to persist and send (ready.go), and a
-// follower's raft forwards it to the leader as a MsgProp, in that Ready's
-// messages, so a write needs no redirect. A proposal raft refuses never reaches the log, so no member will
-// ever apply it: wake its waiters here with ErrNoLeader, which clients may
+// raft's goroutine (node.Propose sends it on raft's propc channel). On the
+// leader it comes out of the next Ready as an entry to persist and send
+// (ready.go), and a follower's raft forwards it to the leader as a
+// MsgProp, in that Ready's messages, so a write needs no redirect. A
+// proposal raft refuses never reaches the log, so no member will ever
+// apply it: wake its waiters here with api.ErrNoLeader, which clients may
 // take as "not applied". Any other failure (the deadline passed while raft
 // held the proposal, or raft stopped) may come after raft took it, so it
 // must not claim the proposal was dropped.
 func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context) error) {
 	var err error
 	if rc.leader.Load() == raft.None {
-		err = ErrNoLeader
+		err = api.ErrNoLeader
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), rc.cfg.requestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), rc.cfg.RequestTimeout)
 		err = proposeFn(ctx)
 		cancel()
 	}
 	switch {
 	case err == nil:
 		return
-	case errors.Is(err, ErrNoLeader):
+	case errors.Is(err, api.ErrNoLeader):
 	case errors.Is(err, raft.ErrProposalDropped):
-		err = fmt.Errorf("%w: %v", ErrNoLeader, err)
+		err = fmt.Errorf("%w: %v", api.ErrNoLeader, err)
 	case errors.Is(err, raft.ErrStopped):
-		err = ErrStopped
+		err = api.ErrStopped
 	default:
 		err = fmt.Errorf("propose: %w", err)
 	}
 	for _, id := range requestIDs {
-		rc.waiters.Trigger(id, outcome{err: err})
+		rc.waiters.Trigger(id, outcome{Answer: idempotency.Answer{Err: err}})
 	}
 }
 
-// readIndex asks raft to confirm, with a heartbeat round, that the leader
-// is still the leader and to report its commit index; the answer arrives
-// on readStateC tagged with requestCtx.
-func (rc *raftNode) readIndex(ctx context.Context, requestCtx []byte) error {
-	return rc.node.ReadIndex(ctx, requestCtx)
+// Term is the raft term this member is in.
+func (rc *raftNode) Term() uint64 { return rc.node.Status().GetTerm() }
+
+// CommitIndex is the highest index this member knows to be committed.
+func (rc *raftNode) CommitIndex() uint64 { return rc.commitIndex.Load() }
+
+// SnapshotIndex is the index of the newest snapshot on disk.
+func (rc *raftNode) SnapshotIndex() uint64 { return rc.snapshotIndex.Load() }
+
+// Connected reports whether this member's peer transport is connected to
+// member id. rafthttp marks a peer active once a stream or a message to
+// it gets through, and inactive at the first that fails: a member that
+// never started is never connected, and one that stops is seen as soon as
+// its connections break. (One that hangs, its connections open, counts as
+// connected until a send to it fails.)
+func (rc *raftNode) Connected(id uint64) bool {
+	return !rc.transport.ActiveSince(types.ID(id)).IsZero()
 }
 
-// committedIndex is the highest index this node knows to be committed.
-func (rc *raftNode) committedIndex() uint64 { return rc.commitIndex.Load() }
+// Progress is, on the leader, how far member id's log matches the
+// leader's (raft's Progress.Match).
+func (rc *raftNode) Progress(id uint64) (membership.Progress, error) {
+	st := rc.node.Status()
+	if st.RaftState != raft.StateLeader {
+		return membership.Progress{}, fmt.Errorf("%w: member %d stopped leading; ask again", api.ErrNoLeader, rc.id)
+	}
+	pr, ok := st.Progress[id]
+	if !ok {
+		return membership.Progress{}, fmt.Errorf("member %d: %w", id, membership.ErrMemberNotFound)
+	}
+	return membership.Progress{Match: pr.Match, LeaderMatch: st.Progress[st.ID].Match, IsLearner: pr.IsLearner}, nil
+}
 
-// snapshotIndex is the index of the newest snapshot on disk.
-func (rc *raftNode) snapshotIndex() uint64 { return rc.lastSnapshotIndex.Load() }
-
-// status is raft's own view of this node.
-func (rc *raftNode) status() raft.Status { return rc.node.Status() }
-
-// done is closed when the node has stopped, by stop or on its own (removed
-// from the cluster, or a storage error): see stop for why.
-func (rc *raftNode) done() <-chan struct{} { return rc.doneC }
-
-// stoppedRemoved waits, at most until ctx is done, for the node to stop,
+// StoppedRemoved waits, at most until ctx is done, for the node to stop,
 // and reports whether it stopped because this member was removed.
-func (rc *raftNode) stoppedRemoved(ctx context.Context) bool {
+func (rc *raftNode) StoppedRemoved(ctx context.Context) bool {
 	select {
 	case <-rc.doneC:
 		return errors.Is(rc.err, ErrRemoved)
@@ -393,11 +387,15 @@ func (rc *raftNode) stoppedRemoved(ctx context.Context) bool {
 	}
 }
 
+// done is closed when the node has stopped, by stop or on its own (removed
+// from the cluster, or a storage error): see stop for why.
+func (rc *raftNode) done() <-chan struct{} { return rc.doneC }
+
 // fail stops the node because of err, which stop then reports, unless an
-// earlier error already stopped it. ErrStopped only says the node was
+// earlier error already stopped it. api.ErrStopped only says the node was
 // already stopping, and stops nothing.
 func (rc *raftNode) fail(err error) {
-	if errors.Is(err, ErrStopped) {
+	if errors.Is(err, api.ErrStopped) {
 		return
 	}
 	rc.failOnce.Do(func() { rc.err = err })
@@ -414,11 +412,11 @@ func (rc *raftNode) stop() error {
 
 // shutdown releases everything the node's goroutines used: the transport,
 // raft, the WAL and applyC, which tells the kvstore that nothing more will
-// come. The append and apply goroutines go first, while raft still takes
-// the responses they deliver.
+// come. The append and hand-over goroutines go first, while raft still
+// takes the responses they deliver.
 func (rc *raftNode) shutdown() {
 	rc.stopOnce.Do(func() { close(rc.stopC) })
-	rc.storage.Wait()
+	rc.diskWork.Wait()
 	rc.transport.Stop()
 	rc.peerServer.Close()
 	rc.node.Stop()
@@ -427,21 +425,4 @@ func (rc *raftNode) shutdown() {
 	}
 	close(rc.applyC)
 	close(rc.doneC)
-}
-
-// purgeOldFiles deletes old snapshot and WAL files beyond the newest few.
-// A WAL file is deleted only once the WAL has released it, after a snapshot
-// covers it.
-func (rc *raftNode) purgeOldFiles() {
-	const interval = 30 * time.Second
-	lg := newPurgeLogger(rc.lg)
-	snapErrC := fileutil.PurgeFile(lg, rc.snapDir(), "snap", maxSnapFiles, interval, rc.stopC)
-	walErrC := fileutil.PurgeFile(lg, rc.walDir(), "wal", maxWALFiles, interval, rc.stopC)
-	select {
-	case err := <-snapErrC:
-		rc.lg.Warn("stopped purging old snapshot files", zap.Error(err))
-	case err := <-walErrC:
-		rc.lg.Warn("stopped purging old WAL files", zap.Error(err))
-	case <-rc.stopC:
-	}
 }

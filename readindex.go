@@ -10,6 +10,9 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.uber.org/zap"
+
+	"raftkv/api"
+	"raftkv/metrics"
 )
 
 // readIndexRetry is how long to wait for a ReadIndex answer before asking
@@ -25,7 +28,7 @@ const readIndexRetry = 500 * time.Millisecond
 //
 // Reads that arrive while a round is in flight wait for the next round, so
 // one ReadIndex serves every read that was waiting when it was sent. The
-// answer comes back from raft in a Ready, which handleReady puts on
+// answer comes back from raft in a Ready, which serveReady puts on
 // readStateC; if the loop is so far behind that readStateC is full, the
 // answer is dropped (with a warning) and the loop asks again after
 // readIndexRetry. Each read then waits for the apply itself, so the loop
@@ -41,7 +44,7 @@ type readLoop struct {
 	mu    sync.Mutex
 	next  *readRound // the round the next ReadIndex will release
 
-	metrics *metrics // set before run starts; nil keeps none (metrics.go)
+	metrics *metrics.Metrics // nil keeps none
 }
 
 // readRound is one ReadIndex round: done closes when the leader has
@@ -56,38 +59,39 @@ type readRound struct {
 
 // newReadLoop is the read loop of the member rn drives; run starts it.
 // Each round waits for --request-timeout at most.
-func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration) *readLoop {
+func newReadLoop(lg *zap.Logger, rn *raftNode, store *kvstore, timeout time.Duration, m *metrics.Metrics) *readLoop {
 	return &readLoop{
 		lg:      lg,
 		raft:    rn,
 		store:   store,
 		timeout: timeout,
+		metrics: m,
 		wakeC:   make(chan struct{}, 1),
 		next:    &readRound{done: make(chan struct{})},
 	}
 }
 
-// wait returns once the local state is at least as new as the cluster's
-// was when wait was called: a read made after it is linearizable.
-func (r *readLoop) wait(ctx context.Context) error {
-	index, err := r.readIndex(ctx)
+// WaitLinearizable returns once the local state is at least as new as the
+// cluster's was when it was called: a read made after it is linearizable.
+func (l *readLoop) WaitLinearizable(ctx context.Context) error {
+	index, err := l.ReadIndex(ctx)
 	if err != nil {
 		return err
 	}
-	return r.store.waitApplied(ctx, index)
+	return l.store.WaitApplied(ctx, index)
 }
 
-// readIndex returns the index this member must apply to be as new as the
-// cluster was when readIndex was called: the leader's commit index then.
-// It does not wait for the apply; a learner catching up compares it with
-// how far it has got (autopromote.go).
-func (r *readLoop) readIndex(ctx context.Context) (uint64, error) {
-	r.mu.Lock()
-	round := r.next
+// ReadIndex returns the index this member must apply to be as new as the
+// cluster was when ReadIndex was called: the leader's commit index then,
+// confirmed by a heartbeat round. It does not wait for the apply; a
+// learner catching up compares it with how far it has got (package join).
+func (l *readLoop) ReadIndex(ctx context.Context) (uint64, error) {
+	l.mu.Lock()
+	round := l.next
 	round.reads++
-	r.mu.Unlock()
+	l.mu.Unlock()
 	select {
-	case r.wakeC <- struct{}{}:
+	case l.wakeC <- struct{}{}:
 	default: // a round is already asked for; it will include us
 	}
 	select {
@@ -95,83 +99,83 @@ func (r *readLoop) readIndex(ctx context.Context) (uint64, error) {
 		return round.index, round.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
-	case <-r.store.done:
-		return 0, ErrStopped
+	case <-l.store.done:
+		return 0, api.ErrStopped
 	}
 }
 
-// run serves rounds until the store stops.
-func (r *readLoop) run() {
+// run is the read-index goroutine: it serves rounds until the store stops.
+func (l *readLoop) run() {
 	for {
 		select {
-		case <-r.wakeC:
-		case <-r.store.done:
+		case <-l.wakeC:
+		case <-l.store.done:
 			return
 		}
 		// Readers that joined before this swap are served by a ReadIndex
 		// sent after it, so after they began; later ones wait for the next.
-		r.mu.Lock()
-		round := r.next
-		r.next = &readRound{done: make(chan struct{})}
-		r.mu.Unlock()
+		l.mu.Lock()
+		round := l.next
+		l.next = &readRound{done: make(chan struct{})}
+		l.mu.Unlock()
 
 		start := time.Now()
-		round.index, round.err = r.requestReadIndex()
-		r.metrics.readIndexRound(start, round.reads, round.err) // before its reads are answered
+		round.index, round.err = l.requestReadIndex()
+		l.metrics.ReadIndexRound(start, round.reads, round.err) // before its reads are answered
 		close(round.done)
 	}
 }
 
 // requestReadIndex sends a ReadIndex request tagged with a fresh id and
 // waits for raft's answer, asking again if it is slow to come.
-func (r *readLoop) requestReadIndex() (uint64, error) {
-	if r.raft.leaderID() == raft.None {
-		return 0, ErrNoLeader
+func (l *readLoop) requestReadIndex() (uint64, error) {
+	if l.raft.Leader() == raft.None {
+		return 0, api.ErrNoLeader
 	}
 	// Ids only grow, so an answer tagged with an id below firstID belongs
 	// to an earlier round that gave up, and is ignored.
-	firstID := r.store.requestIDs.Next()
-	if err := r.sendReadIndex(firstID); err != nil {
+	firstID := l.store.requestIDs.Next()
+	if err := l.sendReadIndex(firstID); err != nil {
 		return 0, err
 	}
-	deadline := time.NewTimer(r.timeout)
+	deadline := time.NewTimer(l.timeout)
 	defer deadline.Stop()
 	retry := time.NewTicker(readIndexRetry)
 	defer retry.Stop()
 	for {
 		select {
-		case rs := <-r.raft.readStateC:
+		case rs := <-l.raft.readStateC:
 			if len(rs.RequestCtx) == 8 && binary.BigEndian.Uint64(rs.RequestCtx) >= firstID {
 				// On a leader, also wait for its first entry of the
 				// term: see trackLeader.
-				return max(rs.Index, r.raft.termStartIndex()), nil
+				return max(rs.Index, l.raft.termStartIndex()), nil
 			}
 		case <-retry.C:
-			r.lg.Debug("no answer to ReadIndex yet; asking again")
-			if err := r.sendReadIndex(r.store.requestIDs.Next()); err != nil {
+			l.lg.Debug("no answer to ReadIndex yet; asking again")
+			if err := l.sendReadIndex(l.store.requestIDs.Next()); err != nil {
 				return 0, err
 			}
 		case <-deadline.C:
-			if r.raft.leaderID() == raft.None {
-				return 0, ErrNoLeader
+			if l.raft.Leader() == raft.None {
+				return 0, api.ErrNoLeader
 			}
-			return 0, fmt.Errorf("no read index within %s: %w", r.timeout, context.DeadlineExceeded)
-		case <-r.store.done:
-			return 0, ErrStopped
+			return 0, fmt.Errorf("no read index within %s: %w", l.timeout, context.DeadlineExceeded)
+		case <-l.store.done:
+			return 0, api.ErrStopped
 		}
 	}
 }
 
 // sendReadIndex asks raft for a read index tagged with id.
-func (r *readLoop) sendReadIndex(id uint64) error {
-	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+func (l *readLoop) sendReadIndex(id uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
-	switch err := r.raft.readIndex(ctx, binary.BigEndian.AppendUint64(nil, id)); {
+	switch err := l.raft.node.ReadIndex(ctx, binary.BigEndian.AppendUint64(nil, id)); {
 	case err == nil:
 		return nil
 	case errors.Is(err, raft.ErrStopped):
-		return ErrStopped
+		return api.ErrStopped
 	default:
-		return fmt.Errorf("%w: read index: %v", ErrNoLeader, err)
+		return fmt.Errorf("%w: read index: %v", api.ErrNoLeader, err)
 	}
 }

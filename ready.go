@@ -8,6 +8,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
+
+	"raftkv/api"
 )
 
 // Raft's Ready contract, in one place.
@@ -26,21 +28,21 @@ import (
 // goroutines, each taking its work from one channel in the order raft made
 // it, so that no step waits for another's disk:
 //
-//	step     goroutine                       function here     channel in
-//	hand out raft        (serveReady)        handleReady       node.Ready()
-//	send     raft                            handleReady       -
-//	persist  append      (serveAppends)      saveAppends       appendC
-//	send     append                          sendResponses     -
-//	advance  append                          sendResponses     -
-//	apply    apply       (serveCommitted)    -> kvstore        committedC, then applyC
-//	advance  apply                           sendResponses     -
+//	step     goroutine                        function here     channel in
+//	hand out Ready      (serveReady)          serveReady        node.Ready()
+//	send     Ready                            serveReady        -
+//	persist  append     (serveAppends)        saveAppends       appendC
+//	send     append                           sendResponses     -
+//	advance  append                           sendResponses     -
+//	apply    hand-over  (serveCommitted)      -> kvstore        committedC, then applyC
+//	advance  hand-over                        sendResponses     -
 //
-// The apply goroutine does not apply: it hands the committed entries, in
-// order, to the kvstore's own goroutine (kvstore.serveApply) on applyC, and
-// the advance follows the hand-over. The kvstore applies them in the same
-// order, and whatever needs the state at an index waits for it to get
-// there: a snapshot or a conf change for applyBatch.applied, a read in
-// kvstore.waitApplied.
+// The hand-over goroutine is what raft calls the apply thread, but it does
+// not apply: it hands the committed entries, in order, to the kvstore's
+// apply goroutine (kvstore.serveApply) on applyC, and the advance follows
+// the hand-over. The kvstore applies them in the same order, and whatever
+// needs the state at an index waits for it to get there: a snapshot or a
+// conf change for applyBatch.applied, a read in kvstore.WaitApplied.
 //
 // With asynchronous writes there is no Advance call. Raft puts the disk work
 // into two local messages: MsgStorageAppend (to raft.LocalAppendThread) and
@@ -55,7 +57,7 @@ import (
 //     put an append acknowledgement or a vote into Ready's messages: it
 //     attaches them to the MsgStorageAppend that makes them true, and
 //     serveAppends sends them only after saveAppends has fsynced. What
-//     handleReady sends at once promises nothing about this member's disk: a
+//     serveReady sends at once promises nothing about this member's disk: a
 //     leader's appends go to followers while it writes the same entries
 //     itself (raft thesis §10.2.1), since raft counts the leader's own copy
 //     towards a quorum only when its MsgStorageAppendResp comes back.
@@ -64,8 +66,8 @@ import (
 //     stable on this member, so the kvstore never applies an entry this
 //     member could lose in a crash.
 //
-// The append and apply goroutines run side by side; between them order does
-// not matter, with one exception: a snapshot from the leader replaces the
+// The append and hand-over goroutines run side by side; between them order
+// does not matter, with one exception: a snapshot from the leader replaces the
 // state, so it must reach the kvstore after the entries raft committed
 // before it. serveAppends passes it to serveCommitted on committedC, behind
 // them (installLeaderSnapshot).
@@ -76,10 +78,10 @@ import (
 // PUT c=64, PERFORMANCE.md).
 
 // storageQueue is how many messages may wait for each of the append and
-// apply goroutines before serveReady, and so raft, waits for them.
+// hand-over goroutines before serveReady, and so raft, waits for them.
 const storageQueue = 256
 
-// committed is work for the apply goroutine, in log order: committed entries
+// committed is work for the hand-over goroutine, in log order: committed entries
 // and the responses to deliver once they are handed to the kvstore, or a
 // snapshot from the leader that the append goroutine has made durable.
 type committed struct {
@@ -88,21 +90,52 @@ type committed struct {
 	snapshot  *raftpb.Snapshot
 }
 
-// serveReady is the raft goroutine: it ticks raft's clock and hands out
-// each Ready, and on the way out shuts everything down.
+// serveReady is the Ready goroutine: it ticks raft's clock and hands out
+// each Ready, and on the way out shuts everything down. It never waits for
+// a disk: the disk work goes to the append goroutine (appendC) and the
+// hand-over goroutine (committedC), and every other message goes to peers
+// at once.
 func (rc *raftNode) serveReady() {
 	defer rc.shutdown()
 
-	ticker := time.NewTicker(rc.cfg.tickInterval)
+	ticker := time.NewTicker(rc.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ticker.C:
 			rc.node.Tick()
 		case rd := <-rc.node.Ready():
-			if err := rc.handleReady(rd); err != nil {
-				return // stopping
+			rc.trackLeader(rd)
+			if !raft.IsEmptyHardState(rd.HardState) {
+				rc.commitIndex.Store(rd.HardState.GetCommit())
 			}
+			for _, rs := range rd.ReadStates {
+				select {
+				case rc.readStateC <- rs:
+				default:
+					rc.lg.Warn("read loop is not keeping up; dropped a read state", zap.Uint64("index", rs.Index))
+				}
+			}
+			var toPeers []*raftpb.Message
+			for _, m := range rd.Messages {
+				switch m.GetTo() {
+				case raft.LocalAppendThread:
+					select {
+					case rc.appendC <- m:
+					case <-rc.stopC:
+						return
+					}
+				case raft.LocalApplyThread:
+					select {
+					case rc.committedC <- committed{entries: m.GetEntries(), responses: m.GetResponses()}:
+					case <-rc.stopC:
+						return
+					}
+				default:
+					toPeers = append(toPeers, m)
+				}
+			}
+			rc.transport.Send(toPeers)
 		case err := <-rc.transport.ErrorC:
 			// The only critical error rafthttp reports is a peer telling us
 			// we were removed: our own removal entry may never reach us.
@@ -114,50 +147,11 @@ func (rc *raftNode) serveReady() {
 	}
 }
 
-// handleReady hands out one Ready and never waits for a disk: the disk work
-// goes to the append goroutine (appendC) and the apply goroutine
-// (committedC), and every other message goes to peers now.
-func (rc *raftNode) handleReady(rd raft.Ready) error {
-	rc.logLeaderChange(rd) // before trackLeader, which records the new leader
-	rc.trackLeader(rd)
-	if !raft.IsEmptyHardState(rd.HardState) {
-		rc.commitIndex.Store(rd.HardState.GetCommit())
-	}
-	for _, rs := range rd.ReadStates {
-		select {
-		case rc.readStateC <- rs:
-		default:
-			rc.lg.Warn("read loop is not keeping up; dropped a read state", zap.Uint64("index", rs.Index))
-		}
-	}
-
-	var toPeers []*raftpb.Message
-	for _, m := range rd.Messages {
-		switch m.GetTo() {
-		case raft.LocalAppendThread:
-			select {
-			case rc.appendC <- m:
-			case <-rc.stopC:
-				return ErrStopped
-			}
-		case raft.LocalApplyThread:
-			select {
-			case rc.committedC <- committed{entries: m.GetEntries(), responses: m.GetResponses()}:
-			case <-rc.stopC:
-				return ErrStopped
-			}
-		default:
-			toPeers = append(toPeers, m)
-		}
-	}
-	rc.transport.Send(toPeers)
-	return nil
-}
-
 // The append side: persist, then send what the fsync made true.
 
-// serveAppends is what raft calls the append thread (LocalAppendThread): it
-// makes MsgStorageAppend messages durable and then delivers their responses.
+// serveAppends is the append goroutine, what raft calls the append thread
+// (LocalAppendThread): it makes MsgStorageAppend messages durable and then
+// delivers their responses.
 func (rc *raftNode) serveAppends() {
 	for {
 		select {
@@ -256,7 +250,7 @@ func appendHardState(m *raftpb.Message) *raftpb.HardState {
 
 // saveQueuedAppends writes the appends still queued when the node stops,
 // without sending their responses. Raft hands a new commit index to this
-// goroutine and the entries it commits to the apply goroutine side by side,
+// goroutine and the entries it commits to the hand-over goroutine side by side,
 // so the kvstore may have applied, and a client been told of, entries whose
 // commit index still waits here. Saving it lets a member stopped cleanly
 // restart knowing everything it had applied (see bootIndex).
@@ -275,10 +269,10 @@ func (rc *raftNode) saveQueuedAppends() {
 }
 
 // sendResponses delivers the responses of storage work that is done: those
-// addressed to this member go into raft (the advance), the rest to peers
-// (append acknowledgements and votes). Raft's goroutine runs until shutdown
-// has waited for the append and apply goroutines, so Step cannot block for
-// good.
+// addressed to this member go into raft (the advance: node.Step puts them
+// on raft's recvc channel), the rest to peers (append acknowledgements and
+// votes). Raft's goroutine runs until shutdown has waited for the append
+// and hand-over goroutines, so Step cannot block for good.
 func (rc *raftNode) sendResponses(responses []*raftpb.Message) {
 	var toPeers []*raftpb.Message
 	for _, m := range responses {
@@ -291,16 +285,21 @@ func (rc *raftNode) sendResponses(responses []*raftpb.Message) {
 	rc.transport.Send(toPeers)
 }
 
-// The apply side: committed entries to the kvstore, in log order.
+// The hand-over side: committed entries to the kvstore, in log order.
 
-// serveCommitted is what raft calls the apply thread (LocalApplyThread): it
-// hands committed entries and snapshots to the kvstore on applyC, in log
-// order, and takes snapshots of its own (maybeSnapshot). The kvstore applies
-// them on its own goroutine (kvstore.serveApply), so this one goes on to the
-// next batch meanwhile. Raft counts an entry applied once it is handed over
-// (the MsgStorageApplyResp below); raft only uses that to hold back the next
-// conf change, which waits for the kvstore anyway (confchange.go). What
-// clients see is the kvstore's appliedIndex.
+// serveCommitted is the hand-over goroutine, what raft calls the apply
+// thread (LocalApplyThread): it hands committed entries and snapshots to
+// the kvstore on applyC, in log order, and takes snapshots of its own
+// (maybeSnapshot). The kvstore applies them on its own goroutine
+// (kvstore.serveApply), so this one goes on to the next batch meanwhile.
+// Raft counts an entry applied once it is handed over (the
+// MsgStorageApplyResp below); raft only uses that to hold back the next
+// conf change, which waits for the kvstore anyway. What clients see is the
+// kvstore's applied index.
+//
+// A conf change ends a batch: the kvstore applies it to the member table
+// first, then this goroutine applies it to raft and the transport, if the
+// table took it (applyToRaft).
 func (rc *raftNode) serveCommitted() {
 	if rc.bootSnapshot != nil {
 		// The kvstore learns everything through applyC, the state on disk too.
@@ -310,22 +309,24 @@ func (rc *raftNode) serveCommitted() {
 		rc.bootSnapshot = nil
 	}
 	for {
+		var c committed
 		select {
-		case c := <-rc.committedC:
-			if err := rc.handCommitted(c); err != nil {
-				rc.fail(err)
-				return
-			}
+		case c = <-rc.committedC:
 		case <-rc.stopC:
+			return
+		}
+		if err := rc.handOver(c); err != nil {
+			rc.fail(err)
 			return
 		}
 	}
 }
 
-// handCommitted hands one piece of committed work to the kvstore. A conf
-// change ends a batch: the kvstore applies it first, then raft and the
-// transport, if the kvstore took it (confchange.go).
-func (rc *raftNode) handCommitted(c committed) error {
+// handOver hands one piece of committed work to the kvstore: a leader's
+// snapshot, or committed entries, a batch at a time up to each conf
+// change; then it delivers raft's responses and, every snapshotCount
+// entries, takes a snapshot.
+func (rc *raftNode) handOver(c committed) error {
 	if c.snapshot != nil {
 		return rc.installLeaderSnapshot(c.snapshot)
 	}
@@ -345,7 +346,7 @@ func (rc *raftNode) handCommitted(c committed) error {
 		}
 		rc.queuedIndex = entries[n-1].GetIndex()
 		if entries[n-1].GetType() == raftpb.EntryConfChange {
-			removedSelf, err := rc.applyConfChangeAt(b)
+			removedSelf, err := rc.applyToRaft(b)
 			if err != nil {
 				return err
 			}
@@ -365,6 +366,6 @@ func (rc *raftNode) sendToApply(b *applyBatch) error {
 	case rc.applyC <- b:
 		return nil
 	case <-rc.stopC:
-		return ErrStopped
+		return api.ErrStopped
 	}
 }

@@ -10,28 +10,38 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
+
+	"raftkv/bootstrap"
+	"raftkv/codec"
+	"raftkv/logging"
+	"raftkv/membership"
+	"raftkv/tlsconfig"
 )
 
 // The transport: raft messages to and from peers, over etcd's rafthttp.
 // Outgoing messages leave through transport.Send (ready.go); incoming ones
 // arrive on the peer port and rafthttp hands them to Process, which steps
-// them into raft. Which peers the transport knows follows the applied
-// configuration: the initial members or a snapshot's at start, then each
-// conf change (confchange.go).
+// them into raft (node.Step: raft's recvc channel). Which peers the
+// transport knows follows the applied configuration: the initial members or
+// a snapshot's at start, then each conf change (confchange.go).
+//
+// The peer port also serves raftkv's own peer API (package bootstrap), the
+// read-only GET /raftkv/members that a member starting asks its peers
+// before it starts raft.
 
 // startTransport starts rafthttp and tells it where the other members are.
 // rafthttp talks only to members it has been told of: it drops messages to
 // any other and refuses their connections. A member restarting from a
-// snapshot takes the members from it; otherwise it starts from cfg.cluster,
+// snapshot takes the members from it; otherwise it starts from cfg.Cluster,
 // and the conf changes it applies add and remove members from there. For a
-// member that joins, cfg.cluster is the cluster's member list as it was when
-// the member was added (joinedCluster): without it, the new member could not
+// member that joins, cfg.Cluster is the cluster's member list as it was when
+// the member was added (join.Joined): without it, the new member could not
 // answer the leader's first append, so it would never receive the log it
 // would learn the members from.
 func (rc *raftNode) startTransport() error {
 	rc.transport = &rafthttp.Transport{
-		Logger:      newTransportLogger(rc.lg),
-		TLSInfo:     dialTLS(rc.cfg.peerTLS, rc.lg), // the peer certificate and CA, for https peers
+		Logger:      logging.NewTransportLogger(rc.lg),
+		TLSInfo:     tlsconfig.Dial(rc.cfg.TLS.Peer, rc.lg), // the peer certificate and CA, for https peers
 		ID:          types.ID(rc.id),
 		ClusterID:   types.ID(rc.clusterID),
 		Raft:        rc,
@@ -50,7 +60,7 @@ func (rc *raftNode) startTransport() error {
 			return err
 		}
 	} else {
-		for id, u := range rc.cfg.cluster {
+		for id, u := range rc.cfg.Cluster {
 			if id != rc.id {
 				rc.transport.AddPeer(types.ID(id), []string{u})
 			}
@@ -62,17 +72,13 @@ func (rc *raftNode) startTransport() error {
 
 // resetPeers points the transport at exactly the members in a snapshot.
 func (rc *raftNode) resetPeers(snapshot *raftpb.Snapshot) error {
-	d, err := newSnapshotDecoder(snapshot.GetData())
-	if err != nil {
-		return err
-	}
-	members, _, err := d.decodeMembers()
+	members, err := codec.DecodeMembers(snapshot.GetData())
 	if err != nil {
 		return err
 	}
 	rc.transport.RemoveAllPeers()
-	for id, m := range members {
-		if id != rc.id {
+	for _, m := range members.List() {
+		if m.ID != rc.id {
 			rc.addPeer(m.ID, m.PeerURLs)
 		}
 	}
@@ -101,4 +107,17 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 }
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
+}
+
+// servePeerAPI makes the peer API answer from the applied member table
+// (bootstrap.PeerHandler.ServeMembers).
+func (rc *raftNode) servePeerAPI(table func() *membership.Table) {
+	members := func() bootstrap.Answer {
+		answer := bootstrap.Answer{From: rc.id, ClusterID: types.ID(rc.clusterID).String(), Members: []bootstrap.PeerMember{}}
+		for _, m := range table().List() {
+			answer.Members = append(answer.Members, bootstrap.PeerMember{Member: m.WithLists(), Connected: m.ID != rc.id && rc.Connected(m.ID)})
+		}
+		return answer
+	}
+	rc.peers.ServeMembers(members)
 }

@@ -1,0 +1,301 @@
+// Package codec is the format of what raft carries for raftkv: the log
+// entries that carry client commands (this file), and the snapshot that
+// holds all replicated state (snapshot.go). Every member decodes the same
+// bytes, on every start as well, so the format only ever grows: an entry
+// or a snapshot written by an older raftkv still decodes.
+//
+// The seam: a handler's write becomes an entry with EncodeWrite, the
+// proposer batches entries with EncodeBatch, and the kvstore applying an
+// entry reads it back with ForEachCommand and DecodeCommand; the kvstore
+// takes and loads snapshots with State.Encode and DecodeState.
+package codec
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"raftkv/idempotency"
+	"raftkv/keyspace"
+)
+
+// The log entry format.
+//
+// A normal raft entry carries a client command, or a batch of them (below);
+// an empty one is a new leader's first entry of its term. It is written to the
+// WAL, sent to every follower and decoded by every member, so the encoding is
+// a flat binary layout rather than gob or JSON: building an entry is one
+// allocation, decoding a plain put or delete allocates nothing (key and
+// value are sub-slices of the entry), there are no type descriptors to
+// repeat (gob sends them per encoder) and values stay raw bytes (JSON would
+// base64 them).
+//
+//	op (1 byte) | request id (uvarint) | op-specific fields
+//
+//	OpPut:        key length (uvarint) | key | value (the rest)
+//	OpDelete:     key (the rest)
+//	OpAdvertise:  member id (uvarint) | client URL (the rest)
+//	OpPutWith:    options | key length (uvarint) | key | value (the rest)
+//	OpDeleteWith: options | key (the rest)
+//
+// OpPutWith and OpDeleteWith are a put and a delete that carry options: a
+// condition (If-Match, If-None-Match), an idempotency key, or both,
+// evaluated when the entry applies:
+//
+//	options: flags (1 byte) | If-Match tags, if listed | If-None-Match tags, if listed |
+//	         idempotency key (length-prefixed) | fingerprint (8 bytes) | window (uvarint), if keyed
+//	tags:    count (uvarint) | per tag: modIndex<<1 | weak (uvarint)
+//
+// The request id is the wait-registry key of the handler waiting for the
+// entry; it is unique across the cluster, so any member can apply the entry
+// and only the member holding that waiter wakes someone.
+//
+// An entry may also carry a batch of the commands above, which a member
+// proposes together when many arrive at once: one entry to log, fsync,
+// replicate and commit instead of many.
+//
+//	OpBatch:      count (uvarint) | per command: length (uvarint) | command
+
+// Op says what a command does to the state machine.
+type Op byte
+
+const (
+	OpPut        Op = 1 // set key to value
+	OpDelete     Op = 2 // remove key
+	OpAdvertise  Op = 3 // record a member's client URL, so followers can redirect to the leader
+	OpBatch      Op = 4 // several of the commands above, applied in order
+	OpPutWith    Op = 5 // OpPut with options: a condition, an idempotency key
+	OpDeleteWith Op = 6 // OpDelete with options
+)
+
+// The flags of the options.
+const (
+	optIfMatch        = 1 << iota // If-Match given
+	optIfMatchAny                 // If-Match: *
+	optIfNoneMatch                // If-None-Match given
+	optIfNoneMatchAny             // If-None-Match: *
+	optIdempotencyKey             // an idempotency key follows the tags
+)
+
+// ErrCorrupt reports a log entry or snapshot that cannot be decoded.
+var ErrCorrupt = errors.New("corrupt entry")
+
+// Command is one decoded client command: a whole entry, or one of an
+// OpBatch entry's.
+type Command struct {
+	Op        Op
+	RequestID uint64
+	Key       []byte             // OpPut, OpDelete, OpPutWith, OpDeleteWith
+	Value     []byte             // OpPut, OpPutWith
+	MemberID  uint64             // OpAdvertise
+	ClientURL string             // OpAdvertise
+	Cond      keyspace.Condition // OpPutWith, OpDeleteWith
+	Idem      idempotency.Key    // OpPutWith, OpDeleteWith
+}
+
+// EncodeWrite returns the entry for a PUT (put true) or a DELETE of key:
+// OpPut or OpDelete, or OpPutWith or OpDeleteWith when it carries a
+// condition or an idempotency key.
+func EncodeWrite(requestID uint64, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) []byte {
+	if !cond.Given() && idem.Name == "" {
+		if put {
+			return encodePut(requestID, key, value)
+		}
+		return encodeDelete(requestID, key)
+	}
+	b := make([]byte, 0, 2+4*binary.MaxVarintLen64+len(idem.Name)+len(key)+len(value))
+	if put {
+		b = append(b, byte(OpPutWith))
+	} else {
+		b = append(b, byte(OpDeleteWith))
+	}
+	b = binary.AppendUvarint(b, requestID)
+	b = appendOptions(b, cond, idem)
+	if put {
+		b = appendString(b, key)
+		return append(b, value...)
+	}
+	return append(b, key...)
+}
+
+// encodePut returns the entry that sets key to value.
+func encodePut(requestID uint64, key string, value []byte) []byte {
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(key)+len(value))
+	b = append(b, byte(OpPut))
+	b = binary.AppendUvarint(b, requestID)
+	b = appendString(b, key)
+	return append(b, value...)
+}
+
+// encodeDelete returns the entry that removes key.
+func encodeDelete(requestID uint64, key string) []byte {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(key))
+	b = append(b, byte(OpDelete))
+	b = binary.AppendUvarint(b, requestID)
+	return append(b, key...)
+}
+
+// EncodeAdvertise returns the entry that records memberID's client URL.
+func EncodeAdvertise(requestID, memberID uint64, clientURL string) []byte {
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(clientURL))
+	b = append(b, byte(OpAdvertise))
+	b = binary.AppendUvarint(b, requestID)
+	b = binary.AppendUvarint(b, memberID)
+	return append(b, clientURL...)
+}
+
+// appendOptions appends a write's condition and idempotency key.
+func appendOptions(b []byte, cond keyspace.Condition, idem idempotency.Key) []byte {
+	var flags byte
+	if cond.IfMatch.Given() {
+		flags |= optIfMatch
+		if cond.IfMatch.Any {
+			flags |= optIfMatchAny
+		}
+	}
+	if cond.IfNoneMatch.Given() {
+		flags |= optIfNoneMatch
+		if cond.IfNoneMatch.Any {
+			flags |= optIfNoneMatchAny
+		}
+	}
+	if idem.Name != "" {
+		flags |= optIdempotencyKey
+	}
+	b = append(b, flags)
+	for _, l := range []*keyspace.TagList{cond.IfMatch, cond.IfNoneMatch} {
+		if l.Given() && !l.Any {
+			b = binary.AppendUvarint(b, uint64(len(l.Indexes)))
+			for i, index := range l.Indexes {
+				tag := index << 1
+				if l.Weak[i] {
+					tag |= 1
+				}
+				b = binary.AppendUvarint(b, tag)
+			}
+		}
+	}
+	if idem.Name != "" {
+		b = appendString(b, idem.Name)
+		b = binary.BigEndian.AppendUint64(b, idem.Fingerprint)
+		b = binary.AppendUvarint(b, idem.Window)
+	}
+	return b
+}
+
+// options reads what appendOptions wrote.
+func (d *decoder) options() (keyspace.Condition, idempotency.Key) {
+	var cond keyspace.Condition
+	var idem idempotency.Key
+	if len(d.buf) == 0 {
+		d.fail("missing options")
+		return cond, idem
+	}
+	flags := d.buf[0]
+	d.buf = d.buf[1:]
+	if flags&^(optIfMatch|optIfMatchAny|optIfNoneMatch|optIfNoneMatchAny|optIdempotencyKey) != 0 {
+		d.fail("unknown option flags %#x", flags)
+		return cond, idem
+	}
+	tags := func(given, any byte) *keyspace.TagList {
+		if flags&given == 0 {
+			if flags&any != 0 {
+				d.fail("option flags %#x: * without the header", flags)
+			}
+			return nil
+		}
+		if flags&any != 0 {
+			return &keyspace.TagList{Any: true}
+		}
+		l := &keyspace.TagList{}
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			tag := d.uvarint()
+			l.Indexes = append(l.Indexes, tag>>1)
+			l.Weak = append(l.Weak, tag&1 == 1)
+		}
+		return l
+	}
+	cond.IfMatch = tags(optIfMatch, optIfMatchAny)
+	cond.IfNoneMatch = tags(optIfNoneMatch, optIfNoneMatchAny)
+	if flags&optIdempotencyKey != 0 {
+		idem.Name = string(d.bytes())
+		if len(d.buf) < 8 {
+			d.fail("truncated fingerprint")
+			return cond, idem
+		}
+		idem.Fingerprint = binary.BigEndian.Uint64(d.buf)
+		d.buf = d.buf[8:]
+		idem.Window = d.uvarint()
+		if d.err == nil && idem.Name == "" {
+			d.fail("empty idempotency key")
+		}
+	}
+	return cond, idem
+}
+
+// EncodeBatch returns one entry carrying commands, each made by one of the
+// encode functions above.
+func EncodeBatch(commands [][]byte) []byte {
+	size := 1 + binary.MaxVarintLen64
+	for _, c := range commands {
+		size += binary.MaxVarintLen64 + len(c)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, byte(OpBatch))
+	b = binary.AppendUvarint(b, uint64(len(commands)))
+	for _, c := range commands {
+		b = binary.AppendUvarint(b, uint64(len(c)))
+		b = append(b, c...)
+	}
+	return b
+}
+
+// ForEachCommand calls fn with each command an entry carries: the entry
+// itself, or each command of a batch, in order. It stops at a corrupt
+// batch, and says so.
+func ForEachCommand(data []byte, fn func([]byte)) error {
+	if len(data) == 0 || Op(data[0]) != OpBatch {
+		fn(data)
+		return nil
+	}
+	d := decoder{buf: data[1:]}
+	for n := d.count(); n > 0 && d.err == nil; n-- {
+		if c := d.bytes(); d.err == nil {
+			fn(c)
+		}
+	}
+	if d.err == nil && len(d.buf) > 0 {
+		d.fail("%d bytes after the batch", len(d.buf))
+	}
+	return d.err
+}
+
+// DecodeCommand parses an entry made by one of the encode functions. The
+// returned key and value alias data.
+func DecodeCommand(data []byte) (Command, error) {
+	if len(data) == 0 {
+		return Command{}, fmt.Errorf("%w: empty", ErrCorrupt)
+	}
+	d := decoder{buf: data[1:]}
+	c := Command{Op: Op(data[0]), RequestID: d.uvarint()}
+	switch c.Op {
+	case OpPut:
+		c.Key = d.bytes()
+		c.Value = d.rest()
+	case OpDelete:
+		c.Key = d.rest()
+	case OpAdvertise:
+		c.MemberID = d.uvarint()
+		c.ClientURL = string(d.rest())
+	case OpPutWith:
+		c.Cond, c.Idem = d.options()
+		c.Key = d.bytes()
+		c.Value = d.rest()
+	case OpDeleteWith:
+		c.Cond, c.Idem = d.options()
+		c.Key = d.rest()
+	default:
+		return Command{}, fmt.Errorf("%w: unknown op %d", ErrCorrupt, c.Op)
+	}
+	return c, d.err
+}
