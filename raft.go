@@ -265,12 +265,13 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 // batch already writes: that one starts the next batch, so that one entry
 // writes a key at most once and a key's version names one value of it.
 func (rc *raftNode) serveProposals() {
-	var next *proposal // held back from the last batch
+	var next proposal // held back from the last batch, when held
+	held := false
 	keys := make(map[string]bool)
 	for {
 		var first proposal
-		if next != nil {
-			first, next = *next, nil
+		if held {
+			first, held = next, false
 		} else {
 			select {
 			case first = <-rc.proposeC:
@@ -290,7 +291,7 @@ func (rc *raftNode) serveProposals() {
 			select {
 			case p := <-rc.proposeC:
 				if p.key != "" && keys[p.key] {
-					next = &p
+					next, held = p, true
 					break batching
 				}
 				keys[p.key] = true

@@ -293,9 +293,9 @@ func (rc *raftNode) sendResponses(responses []*raftpb.Message) {
 // (maybeSnapshot). The kvstore applies them on its own goroutine
 // (kvstore.serveApply), so this one goes on to the next batch meanwhile.
 // Raft counts an entry applied once it is handed over (the
-// MsgStorageApplyResp below); raft only uses that to hold back the next
-// conf change, which waits for the kvstore anyway. What clients see is the
-// kvstore's applied index.
+// MsgStorageApplyResp in c.responses); raft only uses that to hold back
+// the next conf change, which waits for the kvstore anyway. What clients
+// see is the kvstore's applied index.
 //
 // A conf change ends a batch: the kvstore applies it to the member table
 // first, then this goroutine applies it to raft and the transport, if the
@@ -315,49 +315,44 @@ func (rc *raftNode) serveCommitted() {
 		case <-rc.stopC:
 			return
 		}
-		if err := rc.handOver(c); err != nil {
-			rc.fail(err)
+		if c.snapshot != nil {
+			if err := rc.installLeaderSnapshot(c.snapshot); err != nil {
+				rc.fail(err)
+				return
+			}
+			continue
+		}
+		if len(c.entries) > 0 && c.entries[0].GetIndex() > rc.queuedIndex+1 {
+			rc.fail(fmt.Errorf("first committed entry %d is past index %d + 1, the last one handed to the kvstore", c.entries[0].GetIndex(), rc.queuedIndex))
 			return
 		}
-	}
-}
-
-// handOver hands one piece of committed work to the kvstore: a leader's
-// snapshot, or committed entries, a batch at a time up to each conf
-// change; then it delivers raft's responses and, every snapshotCount
-// entries, takes a snapshot.
-func (rc *raftNode) handOver(c committed) error {
-	if c.snapshot != nil {
-		return rc.installLeaderSnapshot(c.snapshot)
-	}
-	if len(c.entries) == 0 {
+		var b *applyBatch
+		for entries := c.entries; len(entries) > 0; entries = entries[len(b.entries):] {
+			b = &applyBatch{entries: entries[:confChangeEnd(entries)], applied: make(chan struct{})}
+			if err := rc.sendToApply(b); err != nil {
+				return
+			}
+			last := b.entries[len(b.entries)-1]
+			rc.queuedIndex = last.GetIndex()
+			if last.GetType() == raftpb.EntryConfChange {
+				removedSelf, err := rc.applyToRaft(b)
+				if removedSelf {
+					err = ErrRemoved // the kvstore has woken the removal's handler
+				}
+				if err != nil {
+					rc.fail(err)
+					return
+				}
+			}
+		}
 		rc.sendResponses(c.responses)
-		return nil
-	}
-	if first := c.entries[0].GetIndex(); first > rc.queuedIndex+1 {
-		return fmt.Errorf("first committed entry %d is past index %d + 1, the last one handed to the kvstore", first, rc.queuedIndex)
-	}
-	var b *applyBatch
-	for entries := c.entries; len(entries) > 0; {
-		n := confChangeEnd(entries)
-		b = &applyBatch{entries: entries[:n], applied: make(chan struct{})}
-		if err := rc.sendToApply(b); err != nil {
-			return err
-		}
-		rc.queuedIndex = entries[n-1].GetIndex()
-		if entries[n-1].GetType() == raftpb.EntryConfChange {
-			removedSelf, err := rc.applyToRaft(b)
-			if err != nil {
-				return err
-			}
-			if removedSelf {
-				return ErrRemoved // the kvstore has woken the removal's handler
+		if b != nil {
+			if err := rc.maybeSnapshot(b.applied); err != nil {
+				rc.fail(err)
+				return
 			}
 		}
-		entries = entries[n:]
 	}
-	rc.sendResponses(c.responses)
-	return rc.maybeSnapshot(b.applied)
 }
 
 // sendToApply sends a batch to the kvstore, unless the node is stopping.
