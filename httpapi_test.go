@@ -1,21 +1,37 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"raftkv/config"
+	"raftkv/keyspace"
+	"raftkv/membership"
+	"raftkv/version"
 )
 
-// The client API, driven through member 1's handler with httptest. Each
-// test function runs its own one-member cluster (it elects itself in a few
-// hundred milliseconds), except TestHTTPNoLeader, which needs a member that
-// cannot reach a quorum.
+// The client API (httpapi.go), driven through member 1's handler with
+// httptest, or over HTTP. Each test function runs its own cluster; a
+// one-member cluster elects itself in a few hundred milliseconds.
 
 // httpTestMaxValue is the --max-value-bytes of the clusters below: small,
 // so oversized values are cheap to send.
@@ -23,10 +39,10 @@ const httpTestMaxValue = 64
 
 // httpTestCluster starts a one-member cluster with a small value limit and
 // returns it with its member's handler.
-func httpTestCluster(t *testing.T, mutate func(*config)) (*testCluster, http.Handler) {
+func httpTestCluster(t *testing.T, mutate func(*config.Config)) (*testCluster, http.Handler) {
 	t.Helper()
-	c := newTestCluster(t, 1, func(cfg *config) {
-		cfg.maxValueBytes = httpTestMaxValue
+	c := newTestCluster(t, 1, func(cfg *config.Config) {
+		cfg.MaxValueBytes = httpTestMaxValue
 		if mutate != nil {
 			mutate(cfg)
 		}
@@ -83,19 +99,19 @@ func httpTestGetJSON(t *testing.T, h http.Handler, path string) *httptest.Respon
 
 // httpTestGetStatus fetches GET /status and checks that it is JSON with
 // every documented field.
-func httpTestGetStatus(t *testing.T, h http.Handler) statusView {
+func httpTestGetStatus(t *testing.T, h http.Handler) status {
 	t.Helper()
 	rec := httpTestGetJSON(t, h, "/status")
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(rec.Body.Bytes(), &fields); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
 	}
-	for _, f := range []string{"id", "leader", "term", "raftState", "commitIndex", "appliedIndex", "snapshotIndex"} {
+	for _, f := range []string{"id", "clusterID", "leader", "term", "raftState", "commitIndex", "appliedIndex", "snapshotIndex"} {
 		if _, ok := fields[f]; !ok {
 			t.Errorf("GET /status: no %q field in %s", f, rec.Body.String())
 		}
 	}
-	var st statusView
+	var st status
 	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
 	}
@@ -119,14 +135,14 @@ func httpTestSettle(t *testing.T, h http.Handler, index uint64) uint64 {
 func httpTestKeyCount(s *server) int {
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
-	return s.store.kv.Len()
+	return s.store.keys.Len()
 }
 
 // httpTestGetMembers fetches GET /members.
-func httpTestGetMembers(t *testing.T, h http.Handler) []memberView {
+func httpTestGetMembers(t *testing.T, h http.Handler) []membership.View {
 	t.Helper()
 	rec := httpTestGetJSON(t, h, "/members")
-	var members []memberView
+	var members []membership.View
 	dec := json.NewDecoder(rec.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&members); err != nil {
@@ -135,10 +151,23 @@ func httpTestGetMembers(t *testing.T, h http.Handler) []memberView {
 	return members
 }
 
+// httpTestLoneOfThree starts member 1 of a 3-member cluster whose other
+// members never start, so it never has a leader, and returns its handler.
+func httpTestLoneOfThree(t *testing.T) (*testCluster, http.Handler) {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), scheme: "http", running: make(map[uint64]*server)}
+	for range 3 {
+		c.allocate()
+	}
+	t.Cleanup(c.stopAll)
+	c.startWith(c.config(1, ""))
+	return c, c.server(1).http.Handler
+}
+
 // TestHTTPKeys proves PUT (201 creating, 204 replacing), GET at every level and DELETE answer with the stored bytes, a growing X-Raft-Index on writes, and on reads the applied index they reflect.
 func TestHTTPKeys(t *testing.T) {
 	c, h := httpTestCluster(t, nil)
-	longKey := strings.Repeat("k", maxKeyBytes)
+	longKey := strings.Repeat("k", keyspace.MaxKeyBytes)
 	maxValue := strings.Repeat("v", httpTestMaxValue)
 
 	// The steps run in order, each on the state the ones before left.
@@ -251,7 +280,7 @@ func TestHTTPRejectedWrites(t *testing.T) {
 		code          int
 		keys          []string // keys that must still be absent afterwards
 	}{
-		{"key too long", "PUT", "/keys/" + strings.Repeat("k", maxKeyBytes+1), "v", false, 400, []string{strings.Repeat("k", maxKeyBytes+1)}},
+		{"key too long", "PUT", "/keys/" + strings.Repeat("k", keyspace.MaxKeyBytes+1), "v", false, 400, []string{strings.Repeat("k", keyspace.MaxKeyBytes+1)}},
 		{"empty key", "PUT", "/keys/", "v", false, 400, []string{""}},
 		{"empty segment", "PUT", "/keys/a//b", "v", false, 400, []string{"a//b", "a/b"}},
 		{"dot-dot segment", "PUT", "/keys/a/../b", "v", false, 400, []string{"a/../b", "b"}},
@@ -265,7 +294,7 @@ func TestHTTPRejectedWrites(t *testing.T) {
 		{"value far too large chunked", "PUT", "/keys/big", strings.Repeat("x", 2<<20), true, 413, []string{"big"}},
 		{"value too large with bad key", "PUT", "/keys/", tooBig, false, 400, []string{""}},
 		{"delete empty key", "DELETE", "/keys/", "", false, 400, nil},
-		{"delete key too long", "DELETE", "/keys/" + strings.Repeat("k", maxKeyBytes+1), "", false, 400, nil},
+		{"delete key too long", "DELETE", "/keys/" + strings.Repeat("k", keyspace.MaxKeyBytes+1), "", false, 400, nil},
 		{"delete unclean path", "DELETE", "/keys/a//b", "", false, 400, nil},
 		{"get unclean path", "GET", "/keys/a/../b", "", false, 400, nil},
 		{"get unclean prefix", "GET", "/keys/a//", "", false, 400, nil},
@@ -341,162 +370,10 @@ func TestHTTPRouting(t *testing.T) {
 	}
 }
 
-// TestHTTPMembers proves GET /members shows the table, bad or conflicting changes get 400/404/409 unproposed, and a valid POST 201.
-func TestHTTPMembers(t *testing.T) {
-	c, h := httpTestCluster(t, nil)
-	peer1, client1 := c.peerURLs[0], c.clients[0]
-
-	members := httpTestGetMembers(t, h)
-	want := []memberView{{member: member{ID: 1, PeerURLs: []string{peer1}, ClientURLs: []string{client1}}, IsLeader: true}}
-	if fmt.Sprint(members) != fmt.Sprint(want) {
-		t.Fatalf("GET /members: %+v, want %+v", members, want)
-	}
-	applied := httpTestGetStatus(t, h).AppliedIndex
-
-	// Addresses nothing listens on: the new member never runs.
-	newPeer, newClient := "http://"+freeAddr(t), "http://"+freeAddr(t)
-	body := func(id uint64, peerURL, clientURL string) string {
-		return fmt.Sprintf(`{"id":%d,"peerURL":%q,"clientURL":%q}`, id, peerURL, clientURL)
-	}
-	rejected := []struct {
-		name   string
-		method string
-		target string
-		body   string
-		code   int
-	}{
-		{"bad JSON", "POST", "/members", `{"id":2,`, 400},
-		{"not an object", "POST", "/members", `[2]`, 400},
-		{"empty body", "POST", "/members", ``, 400},
-		{"unknown field", "POST", "/members", `{"id":2,"peerURL":"` + newPeer + `","name":"two"}`, 400},
-		{"two values", "POST", "/members", body(2, newPeer, newClient) + body(3, newPeer, newClient), 400},
-		{"body too large", "POST", "/members", `{"id":2,"peerURL":"` + newPeer + `","clientURL":"` + strings.Repeat(" ", maxMemberBodyBytes) + `"}`, 413},
-		{"id 0", "POST", "/members", body(0, newPeer, newClient), 400},
-		{"id missing", "POST", "/members", `{"peerURL":"` + newPeer + `"}`, 400},
-		{"id 70000", "POST", "/members", body(70000, newPeer, newClient), 400},
-		{"negative id", "POST", "/members", `{"id":-2,"peerURL":"` + newPeer + `"}`, 400},
-		{"peerURL ftp", "POST", "/members", body(2, "ftp://x", newClient), 400},
-		{"peerURL without port", "POST", "/members", body(2, "http://host-without-port", newClient), 400},
-		{"peerURL empty", "POST", "/members", body(2, "", newClient), 400},
-		{"peerURL with path", "POST", "/members", body(2, newPeer+"/raft", newClient), 400},
-		{"clientURL without scheme", "POST", "/members", body(2, newPeer, "localhost"), 400},
-		{"clientURL without port", "POST", "/members", body(2, newPeer, "http://localhost"), 400},
-		{"clientURL with path", "POST", "/members", body(2, newPeer, newClient+"/api"), 400},
-		{"clientURL ftp", "POST", "/members", body(2, newPeer, "ftp://127.0.0.1:1"), 400},
-		{"peerURL with a space", "POST", "/members", body(2, " "+newPeer, newClient), 400},
-		{"peerURL https", "POST", "/members", body(2, strings.Replace(newPeer, "http:", "https:", 1), newClient), 400},
-		{"peerURL unix", "POST", "/members", body(2, strings.Replace(newPeer, "http:", "unix:", 1), newClient), 400},
-		{"peerURL port 99999", "POST", "/members", body(2, "http://127.0.0.1:99999", newClient), 400},
-		{"peerURL long host", "POST", "/members", body(2, "http://"+strings.Repeat("h", 10000)+":1", newClient), 400},
-		{"peerURL user info", "POST", "/members", body(2, "http://me@127.0.0.1:1", newClient), 400},
-		{"clientURL https", "POST", "/members", body(2, newPeer, strings.Replace(newClient, "http:", "https:", 1)), 400},
-		{"clientURL same as peerURL", "POST", "/members", body(2, newPeer, newPeer), 400},
-		{"existing id", "POST", "/members", body(1, newPeer, newClient), 409},
-		{"existing peer URL", "POST", "/members", body(2, peer1, newClient), 409},
-		{"existing peer URL spelled otherwise", "POST", "/members", body(2, strings.Replace(peer1, "http:", "HTTP:", 1)+"/", newClient), 409},
-		{"existing client URL", "POST", "/members", body(2, newPeer, client1), 409},
-		{"existing client URL as peer URL", "POST", "/members", body(2, client1, newClient), 409},
-		{"remove id not a number", "DELETE", "/members/abc", "", 400},
-		{"remove id 0", "DELETE", "/members/0", "", 400},
-		{"remove negative id", "DELETE", "/members/-1", "", 400},
-		{"remove unknown id", "DELETE", "/members/99", "", 404},
-		{"remove the only member", "DELETE", "/members/1", "", 409},
-	}
-	for _, tc := range rejected {
-		rec := httpTestServe(h, tc.method, tc.target, tc.body, false)
-		what := tc.name + ": " + tc.method + " " + tc.target
-		if rec.Code != tc.code {
-			t.Errorf("%s: %d %q, want %d", what, rec.Code, rec.Body.String(), tc.code)
-			continue
-		}
-		httpTestOneLine(t, what, rec.Body.String())
-		if v := rec.Header().Get("X-Raft-Index"); v != "" {
-			t.Errorf("%s: X-Raft-Index %q on a rejected request", what, v)
-		}
-	}
-	if got := httpTestGetStatus(t, h).AppliedIndex; got != applied {
-		t.Errorf("appliedIndex %d after only rejected membership requests, was %d", got, applied)
-	}
-	if got := httpTestGetMembers(t, h); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("GET /members after rejected requests: %+v, want %+v", got, want)
-	}
-
-	// Last: adding a voter that never runs costs this cluster its quorum.
-	rec := httpTestServe(h, "POST", "/members", body(2, newPeer, newClient), false)
-	if rec.Code != http.StatusCreated {
-		t.Fatalf("POST /members: %d %q, want 201", rec.Code, rec.Body.String())
-	}
-	addIndex := httpTestRaftIndex(t, "POST /members", rec)
-	if loc := rec.Header().Get("Location"); loc != "/members/2" {
-		t.Errorf("POST /members: Location %q, want /members/2", loc)
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-		t.Errorf("POST /members: Content-Type %q, want application/json", ct)
-	}
-	var added memberView
-	if err := json.Unmarshal(rec.Body.Bytes(), &added); err != nil {
-		t.Fatalf("POST /members: %v in %q", err, rec.Body.String())
-	}
-	if wantAdded := (memberView{member: member{ID: 2, PeerURLs: []string{newPeer}, ClientURLs: []string{newClient}}}); fmt.Sprint(added) != fmt.Sprint(wantAdded) {
-		t.Errorf("POST /members: body %+v, want %+v", added, wantAdded)
-	}
-	got := httpTestGetMembers(t, h)
-	if len(got) != 2 || got[0].ID != 1 || got[1].ID != 2 || got[1].IsLeader ||
-		!slices.Equal(got[1].PeerURLs, []string{newPeer}) || !slices.Equal(got[1].ClientURLs, []string{newClient}) {
-		t.Errorf("GET /members after adding member 2: %+v", got)
-	}
-	if _, ok := c.server(1).raft.status().Config.Voters.IDs()[2]; !ok {
-		t.Errorf("raft's voters %v do not include member 2", c.server(1).raft.status().Config.Voters)
-	}
-	// A conf change is snapshotted at once, so that a member added after
-	// compaction can catch up from a snapshot that includes it.
-	eventually(t, 5*time.Second, fmt.Sprintf("a snapshot at the conf change's index %d", addIndex), func() bool {
-		return httpTestGetStatus(t, h).SnapshotIndex >= addIndex
-	})
-
-	// The checks before proposing need no quorum.
-	for _, tc := range []struct{ name, body string }{
-		{"same member again", body(2, newPeer, newClient)},
-		{"new id, member 2's peer URL", body(3, newPeer, newClient)},
-	} {
-		rec := httpTestServe(h, "POST", "/members", tc.body, false)
-		if rec.Code != http.StatusConflict {
-			t.Errorf("POST /members %s: %d %q, want 409", tc.name, rec.Code, rec.Body.String())
-			continue
-		}
-		httpTestOneLine(t, tc.name, rec.Body.String())
-	}
-}
-
-// TestHTTPMembersTrailingData proves POST /members refuses with 400, adding no one, a body with anything after the JSON object.
-func TestHTTPMembersTrailingData(t *testing.T) {
-	// A member wrongly added costs the quorum; later proposals time out.
-	_, h := httpTestCluster(t, func(cfg *config) { cfg.requestTimeout = time.Second })
-	applied := httpTestGetStatus(t, h).AppliedIndex
-	// Each case names a different new member, so one wrongly accepted
-	// does not turn the next into a 409.
-	for i, trailer := range []string{" x", " {}", ",", "}", "]"} {
-		id := i + 2
-		body := fmt.Sprintf(`{"id":%d,"peerURL":"http://%s"}`, id, freeAddr(t)) + trailer
-		rec := httpTestServe(h, "POST", "/members", body, false)
-		if rec.Code != http.StatusBadRequest {
-			t.Errorf("POST /members %s: %d %q, want 400", body, rec.Code, rec.Body.String())
-			continue
-		}
-		httpTestOneLine(t, body, rec.Body.String())
-	}
-	if got := httpTestGetMembers(t, h); len(got) != 1 {
-		t.Errorf("GET /members after only malformed POSTs: %+v, want member 1 alone", got)
-	}
-	if got := httpTestGetStatus(t, h).AppliedIndex; got != applied {
-		t.Errorf("appliedIndex %d after only malformed POSTs, was %d", got, applied)
-	}
-}
-
 // TestHTTPStatusAndHealth proves GET /status reports raft state, indexes and snapshot index, and GET /health answers 200 "ok".
 func TestHTTPStatusAndHealth(t *testing.T) {
 	const snapshotCount = 4
-	_, h := httpTestCluster(t, func(cfg *config) { cfg.snapshotCount = snapshotCount })
+	_, h := httpTestCluster(t, func(cfg *config.Config) { cfg.SnapshotCount = snapshotCount })
 
 	st := httpTestGetStatus(t, h)
 	if st.ID != 1 || st.Leader != 1 || st.Term < 1 || st.RaftState != "StateLeader" {
@@ -523,7 +400,7 @@ func TestHTTPStatusAndHealth(t *testing.T) {
 	if after.Term != st.Term || after.Leader != 1 || after.RaftState != "StateLeader" {
 		t.Errorf("GET /status: leadership changed on a lone member: %+v then %+v", st, after)
 	}
-	// The raft goroutine snapshots just after the store applies.
+	// The hand-over goroutine snapshots just after the kvstore applies.
 	var snap uint64
 	defer func() {
 		if t.Failed() {
@@ -544,11 +421,12 @@ func TestHTTPStatusAndHealth(t *testing.T) {
 // TestHTTPNoLeader proves a member without a quorum answers writes, leader reads, membership and /health with 503 + Retry-After at once.
 func TestHTTPNoLeader(t *testing.T) {
 	c, h := httpTestLoneOfThree(t)
-	// The bootstrap conf changes apply just after startServer returns
-	// (see TestHTTPMembersAtFirstStart); wait for them, so that the
-	// membership requests below meet the member table, not an empty one.
+	// The bootstrap conf changes are applied before startServer returns
+	// (see TestHTTPMembersAtFirstStart); wait for them all the same, so
+	// that the membership requests below meet the member table, not an
+	// empty one.
 	eventually(t, 5*time.Second, "the bootstrap members to apply", func() bool {
-		return len(c.server(1).store.memberList()) == 3
+		return len(c.server(1).store.Table().List()) == 3
 	})
 
 	newMember := fmt.Sprintf(`{"id":4,"peerURL":"http://%s"}`, freeAddr(t))
@@ -570,7 +448,7 @@ func TestHTTPNoLeader(t *testing.T) {
 			t.Errorf("%s: %d %q, want 503", what, rec.Code, rec.Body.String())
 			continue
 		}
-		if took := time.Since(start); took >= c.config(1, "").requestTimeout {
+		if took := time.Since(start); took >= c.config(1, "").RequestTimeout {
 			t.Errorf("%s: 503 took %s, the whole request timeout", what, took)
 		}
 		if ra := rec.Header().Get("Retry-After"); ra == "" {
@@ -590,7 +468,7 @@ func TestHTTPNoLeader(t *testing.T) {
 		t.Errorf("GET /status without a quorum: %+v", st)
 	}
 	got := httpTestGetMembers(t, h)
-	if len(got) != 3 || slices.ContainsFunc(got, func(m memberView) bool { return m.IsLeader }) {
+	if len(got) != 3 || slices.ContainsFunc(got, func(m membership.View) bool { return m.IsLeader }) {
 		t.Fatalf("GET /members without a leader: %+v, want members 1-3, none leading", got)
 	}
 	for _, m := range got[1:] {
@@ -601,32 +479,1320 @@ func TestHTTPNoLeader(t *testing.T) {
 	}
 }
 
-// httpTestLoneOfThree starts member 1 of a 3-member cluster whose other
-// members never start, so it never has a leader, and returns its handler.
-func httpTestLoneOfThree(t *testing.T) (*testCluster, http.Handler) {
-	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), scheme: "http", running: make(map[uint64]*server)}
-	for range 3 {
-		c.allocate()
+// TestClusterReadLevels proves default reads redirect from followers to the leader's client URL, unknown levels are refused and stale reads converge.
+func TestClusterReadLevels(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	f := c.follower()
+	const key, value = "levels/a", "hello"
+	clusterPut(t, c, f, key, value)
+
+	r := clusterGet(t, c, f, key, levelDefault)
+	if r.code != http.StatusTemporaryRedirect {
+		t.Fatalf("default read on follower %d: %d %q, want 307", f, r.code, r.body)
 	}
-	t.Cleanup(c.stopAll)
-	c.startWith(c.config(1, ""))
-	return c, c.server(1).http.Handler
+	if want := c.clientURL(leader) + "/keys/" + key + "?level=default"; r.header.Get("Location") != want {
+		t.Fatalf("default read on follower %d: Location %q, want %q", f, r.header.Get("Location"), want)
+	}
+	// No level at all is the default level, and the query is kept as sent.
+	r = do(t, http.MethodGet, c.url(f, "/keys/"+key), "")
+	if want := c.clientURL(leader) + "/keys/" + key; r.code != http.StatusTemporaryRedirect || r.header.Get("Location") != want {
+		t.Fatalf("level-less read on follower %d: %d Location %q, want 307 %q", f, r.code, r.header.Get("Location"), want)
+	}
+	// Following the redirect lands on the leader, which answers itself.
+	r = do(t, http.MethodGet, r.header.Get("Location"), "")
+	if r.code != http.StatusOK || r.body != value {
+		t.Fatalf("following the redirect: %d %q, want 200 %q", r.code, r.body, value)
+	}
+	clusterMustRead(t, c, leader, key, levelDefault, value)
+
+	for _, id := range []uint64{1, 2, 3} {
+		r := clusterGet(t, c, id, key, "bogus")
+		if r.code != http.StatusBadRequest {
+			t.Fatalf("level=bogus on member %d: %d %q, want 400", id, r.code, r.body)
+		}
+		clusterOneLineBody(t, "level=bogus", r)
+	}
+
+	for _, id := range []uint64{1, 2, 3} {
+		eventually(t, 5*time.Second, fmt.Sprintf("stale read on member %d to show the write", id), func() bool {
+			r := clusterGet(t, c, id, key, levelStale)
+			return r.code == http.StatusOK && r.body == value
+		})
+	}
+	// A stale read of a key nobody wrote is a plain 404 on any member.
+	for _, id := range []uint64{1, 2, 3} {
+		if r := clusterGet(t, c, id, "levels/never", levelStale); r.code != http.StatusNotFound {
+			t.Fatalf("stale read of a missing key on member %d: %d %q, want 404", id, r.code, r.body)
+		}
+	}
 }
 
-// TestHTTPMembersAtFirstStart proves the API knows the --cluster members as soon as a member's first start returns.
-func TestHTTPMembersAtFirstStart(t *testing.T) {
-	c, h := httpTestLoneOfThree(t)
-	got := httpTestGetMembers(t, h)
-	ids := make([]uint64, 0, len(got))
-	for _, m := range got {
-		ids = append(ids, m.ID)
+// TestClusterDelete proves DELETE answers 204 for a present key, after which consistent reads everywhere 404, and 404 when the key is gone.
+func TestClusterDelete(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	f := c.follower()
+	const key = "del/k"
+	clusterPut(t, c, c.waitLeader(), key, "doomed")
+
+	r := do(t, http.MethodDelete, c.url(f, "/keys/"+key), "")
+	if r.code != http.StatusNoContent {
+		t.Fatalf("DELETE on follower %d: %d %q, want 204", f, r.code, r.body)
 	}
-	if !slices.Equal(ids, []uint64{1, 2, 3}) {
-		t.Errorf("GET /members right after the first start: %+v, want members 1, 2 and 3 from --cluster %v", got, c.peerURLs)
+	if index, err := strconv.ParseUint(r.header.Get("X-Raft-Index"), 10, 64); err != nil || index == 0 {
+		t.Fatalf("DELETE: X-Raft-Index %q is not a positive integer", r.header.Get("X-Raft-Index"))
 	}
-	// No leader: a known member gets 503, an unknown one would get 404.
-	if rec := httpTestServe(h, "DELETE", "/members/2", "", false); rec.Code != http.StatusServiceUnavailable {
-		t.Errorf("DELETE /members/2 right after the first start: %d %q, want 503 (no leader)", rec.Code, rec.Body.String())
+	for _, id := range []uint64{1, 2, 3} {
+		if r := clusterGet(t, c, id, key, levelConsistent); r.code != http.StatusNotFound {
+			t.Fatalf("consistent read after DELETE on member %d: %d %q, want 404", id, r.code, r.body)
+		}
+	}
+	for _, id := range []uint64{f, c.waitLeader()} {
+		r := do(t, http.MethodDelete, c.url(id, "/keys/"+key), "")
+		if r.code != http.StatusNotFound {
+			t.Fatalf("second DELETE on member %d: %d %q, want 404", id, r.code, r.body)
+		}
+		clusterOneLineBody(t, "second DELETE", r)
+	}
+}
+
+// TestGetVersion proves GET /version answers JSON with raftkv's version,
+// the raft and etcd server modules' and Go's, as this binary was built.
+func TestGetVersion(t *testing.T) {
+	_, h := httpTestCluster(t, nil)
+	rec := httpTestServe(h, "GET", "/version", "", false)
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /version: %d %s %q", rec.Code, rec.Header().Get("Content-Type"), rec.Body.String())
+	}
+	var v version.Info
+	dec := json.NewDecoder(rec.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("GET /version: %v", err)
+	}
+	if v.Version == "" || v.Go != runtime.Version() {
+		t.Errorf("GET /version: version %q, go %q; want one, and %s", v.Version, v.Go, runtime.Version())
+	}
+	for _, path := range version.ReportedModules {
+		if !strings.HasPrefix(v.Modules[path], "v3.") {
+			t.Errorf("GET /version: module %s at %q, want its v3 version", path, v.Modules[path])
+		}
+	}
+	if rec := httpTestServe(h, "GET", "/version?verbose=1", "", false); rec.Code != http.StatusBadRequest {
+		t.Errorf("GET /version?verbose=1: %d, want 400", rec.Code)
+	}
+}
+
+// Listings: GET /keys/{prefix}/.
+
+// listingGet lists target on member 1 and decodes the answer.
+func listingGet(t *testing.T, c *testCluster, target string) (listing, response) {
+	t.Helper()
+	r := do(t, "GET", c.url(1, target), "")
+	if r.code != 200 {
+		t.Fatalf("GET %s: %d %q", target, r.code, r.body)
+	}
+	var v listing
+	if err := json.Unmarshal([]byte(r.body), &v); err != nil {
+		t.Fatalf("GET %s: %v in %q", target, err, r.body)
+	}
+	if got := r.header.Get("X-Raft-Index"); got != strconv.FormatUint(v.Index, 10) {
+		t.Errorf("GET %s: X-Raft-Index %q, body index %d", target, got, v.Index)
+	}
+	return v, r
+}
+
+// listingKeys is the keys a listing shows, decoded.
+func listingKeys(t *testing.T, v listing) []string {
+	t.Helper()
+	var keys []string
+	for _, e := range v.Entries {
+		k := e.Key
+		if e.KeyBase64 != "" {
+			b, err := base64.StdEncoding.DecodeString(e.KeyBase64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k = string(b)
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// TestListKeys proves GET /keys/{prefix}/ lists the keys under a prefix in
+// key order with their versions and values, pages with limit and after,
+// gives names only with ?keys, lists everything at /keys/, answers at every
+// level with X-Raft-Index, carries binary keys and values in base64
+// exactly, and refuses what is not a listing's.
+func TestListKeys(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	binKey, binValue := "app/\xff\x00k", "\x00\x01\xfe"
+	writes := map[string]string{"app/b": "2", "app/a": "1", "app/c/d": "3", "apple": "x", "b/1": "y", binKey: binValue}
+	index := map[string]uint64{}
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range writes {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		index[k] = clusterPut(t, c, 1, url.PathEscape(k), writes[k])
+	}
+	want := []string{"app/a", "app/b", "app/c/d", binKey}
+
+	for _, level := range []string{"", "?level=stale", "?level=consistent"} {
+		v, _ := listingGet(t, c, "/keys/app/"+level)
+		if got := listingKeys(t, v); !slices.Equal(got, want) || v.More {
+			t.Errorf("list app/%s: %q more %t, want %q", level, got, v.More, want)
+		}
+		if v.Index < index[binKey] {
+			t.Errorf("list app/%s: index %d, before the last write %d", level, v.Index, index[binKey])
+		}
+	}
+	v, _ := listingGet(t, c, "/keys/app/")
+	for i, e := range v.Entries {
+		k := want[i]
+		if e.CreateIndex != index[k] || e.ModIndex != index[k] {
+			t.Errorf("%q: createIndex %d modIndex %d, want %d", k, e.CreateIndex, e.ModIndex, index[k])
+		}
+		var value string
+		switch {
+		case e.Value != nil && e.ValueBase64 == nil:
+			value = *e.Value
+		case e.ValueBase64 != nil && e.Value == nil:
+			b, err := base64.StdEncoding.DecodeString(*e.ValueBase64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			value = string(b)
+		default:
+			t.Fatalf("%q: value %v, valueBase64 %v: want exactly one", k, e.Value, e.ValueBase64)
+		}
+		if value != writes[k] {
+			t.Errorf("%q: value %q, want %q", k, value, writes[k])
+		}
+	}
+	if e := v.Entries[3]; e.Key != "" || e.ValueBase64 == nil {
+		t.Errorf("binary key and value not in base64: %+v", e)
+	}
+
+	// Pages.
+	var got []string
+	after := ""
+	for page := 0; ; page++ {
+		target := "/keys/app/?limit=2"
+		if after != "" {
+			target += "&after=" + url.QueryEscape(after)
+		}
+		v, _ := listingGet(t, c, target)
+		got = append(got, listingKeys(t, v)...)
+		if !v.More {
+			break
+		}
+		after = v.Next
+		if v.NextBase64 != "" {
+			b, _ := base64.StdEncoding.DecodeString(v.NextBase64)
+			after = string(b)
+		}
+		if page > 3 {
+			t.Fatal("paging does not end")
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("paged listing %q, want %q", got, want)
+	}
+
+	v, _ = listingGet(t, c, "/keys/app/?keys")
+	if got := listingKeys(t, v); !slices.Equal(got, want) || v.Entries[0].Value != nil || v.Entries[0].ModIndex != 0 {
+		t.Errorf("names only: %+v", v.Entries)
+	}
+	v, _ = listingGet(t, c, "/keys/")
+	if len(v.Entries) != len(writes) {
+		t.Errorf("GET /keys/ lists %d keys, want %d", len(v.Entries), len(writes))
+	}
+	v, _ = listingGet(t, c, "/keys/none/")
+	if len(v.Entries) != 0 || v.Entries == nil {
+		t.Errorf("empty prefix: entries %v, want []", v.Entries)
+	}
+
+	for target, code := range map[string]int{
+		"/keys/app/?limit=0":              400,
+		"/keys/app/?limit=10001":          400,
+		"/keys/app/?limit=x":              400,
+		"/keys/app/?keys=no":              400,
+		"/keys/app/?level=bogus":          400,
+		"/keys/app/a?limit=1":             400,
+		"/keys/app/a?after=x":             400,
+		"/keys/app//":                     400,
+		"/keys/app/?recursive=true":       400,
+		fmt.Sprintf("/keys/app/?x=%d", 1): 400,
+	} {
+		if r := do(t, "GET", c.url(1, target), ""); r.code != code {
+			t.Errorf("GET %s: %d %q, want %d", target, r.code, r.body, code)
+		}
+	}
+	for _, method := range []string{"PUT", "DELETE"} {
+		if r := do(t, method, c.url(1, "/keys/app/"), "v"); r.code != 400 {
+			t.Errorf("%s /keys/app/: %d %q, want 400", method, r.code, r.body)
+		}
+	}
+}
+
+// Input is never silently misread: query parameters a route does not take,
+// preconditions raftkv cannot evaluate, headers that change what a PUT's
+// body means, and paths no route takes all get a one-line 4xx naming what
+// was wrong, and change nothing.
+
+// inputTestServe sends one request with headers to h.
+func inputTestServe(h http.Handler, method, target, body string, header map[string]string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// inputTestCase is one request, the answer it must get and the text its
+// error body must contain.
+type inputTestCase struct {
+	method, target, body string
+	header               map[string]string
+	code                 int
+	reason               string // for a 4xx: what the one-line body names
+}
+
+// inputTestRun sends each case to h, where key "a" holds "v" and key
+// "absent" does not exist, and fails unless each gets its answer, and
+// those refused leave both keys and the applied index as they were. A
+// case that deletes or overwrites key "a" is followed by one restoring it.
+func inputTestRun(t *testing.T, c *testCluster, h http.Handler, cases []inputTestCase) {
+	t.Helper()
+	if rec := httpTestServe(h, "PUT", "/keys/a", "v", false); rec.Code != http.StatusCreated {
+		t.Fatalf("PUT /keys/a: %d %q", rec.Code, rec.Body.String())
+	}
+	applied := httpTestSettle(t, h, 0)
+	for _, tc := range cases {
+		what := fmt.Sprintf("%s %s %v", tc.method, tc.target, tc.header)
+		rec := inputTestServe(h, tc.method, tc.target, tc.body, tc.header)
+		if rec.Code != tc.code {
+			t.Errorf("%s: %d %q, want %d", what, rec.Code, rec.Body.String(), tc.code)
+			continue
+		}
+		if tc.code < 400 {
+			if v := rec.Header().Get("X-Raft-Index"); v != "" {
+				index, _ := strconv.ParseUint(v, 10, 64)
+				applied = httpTestSettle(t, h, index)
+			}
+			continue
+		}
+		httpTestOneLine(t, what, rec.Body.String())
+		if !strings.Contains(rec.Body.String(), tc.reason) {
+			t.Errorf("%s: %d %q does not name %q", what, rec.Code, rec.Body.String(), tc.reason)
+		}
+		if v := rec.Header().Get("X-Raft-Index"); tc.code == http.StatusPreconditionFailed {
+			// Evaluated where it applied (a write) or was read: an index
+			// that changed nothing.
+			index, _ := strconv.ParseUint(v, 10, 64)
+			applied = max(applied, httpTestSettle(t, h, index))
+		} else if v != "" {
+			t.Errorf("%s: X-Raft-Index %q on a refused request", what, v)
+		}
+		if v, ok := testValue(c.server(1).store, "a"); !ok || string(v) != "v" {
+			t.Errorf("%s: key a holds %q (present %t) after a refused request, want \"v\"", what, v, ok)
+		}
+		if v, ok := testValue(c.server(1).store, "absent"); ok {
+			t.Errorf("%s: key absent holds %q after a refused request", what, v)
+		}
+		if got := httpTestGetStatus(t, h).AppliedIndex; got != applied {
+			t.Errorf("%s: appliedIndex %d after a refused request, was %d", what, got, applied)
+		}
+	}
+}
+
+// TestHTTPQueryParameters proves every route refuses, with a 400 naming it, a query parameter it does not take, one given twice or a query that does not parse, and changes nothing.
+func TestHTTPQueryParameters(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	existing := fmt.Sprintf(`{"id":1,"peerURL":%q}`, c.peerURLs[0]) // would be a 409
+	inputTestRun(t, c, h, []inputTestCase{
+		{method: "GET", target: "/keys/a?levle=consistent", code: 400, reason: `unknown query parameter "levle": this route takes level`},
+		{method: "GET", target: "/keys/a?level=stale&recursive=true", code: 400, reason: `unknown query parameter "recursive"`},
+		{method: "HEAD", target: "/keys/a?wait=true", code: 400, reason: `"wait"`},
+		{method: "PUT", target: "/keys/absent?ttl=2", body: "x", code: 400, reason: `unknown query parameter "ttl": this route takes none`},
+		{method: "PUT", target: "/keys/a?prevExist=false", body: "x", code: 400, reason: `"prevExist"`},
+		{method: "PUT", target: "/keys/absent?level=consistent", body: "x", code: 400, reason: `"level"`},
+		{method: "DELETE", target: "/keys/a?recursive=true", code: 400, reason: `"recursive"`},
+		{method: "DELETE", target: "/keys/a?", code: 204},
+		{method: "PUT", target: "/keys/a?&", body: "v", code: 201}, // empty pairs, as url.ParseQuery skips them
+		{method: "GET", target: "/keys/a?level=stale&level=stale", code: 400, reason: `query parameter given more than once: "level"`},
+		{method: "GET", target: "/keys/a?level=stale&le%76el=consistent", code: 400, reason: "more than once"},
+		{method: "GET", target: "/keys/a?level=consistent;", code: 400, reason: "';'"},
+		{method: "GET", target: "/keys/a?level=stale;x=1", code: 400, reason: "';'"},
+		{method: "GET", target: "/keys/a?lev%zzel=stale", code: 400, reason: `invalid URL escape "%zz"`},
+		{method: "GET", target: "/keys/a?level=st%2", code: 400, reason: "invalid URL escape"},
+		{method: "GET", target: "/keys/a?level", code: 400, reason: `unknown level ""`},
+		{method: "GET", target: "/keys/a?level=", code: 400, reason: `unknown level ""`},
+		{method: "GET", target: "/keys/a?=stale", code: 400, reason: `unknown query parameter ""`},
+		{method: "GET", target: "/keys/a?level=Stale", code: 400, reason: `unknown level "Stale"`},
+		{method: "GET", target: "/keys/a?&level=stale&", code: 200},
+		{method: "GET", target: "/keys/a?le%76el=st%61le", code: 200},
+		{method: "GET", target: "/status?verbose=1", code: 400, reason: `"verbose": this route takes none`},
+		{method: "GET", target: "/health?serializable=true", code: 400, reason: `"serializable"`},
+		{method: "GET", target: "/members?level=stale", code: 400, reason: `"level"`},
+		{method: "POST", target: "/members?dry-run=1", body: existing, code: 400, reason: `"dry-run"`},
+		{method: "DELETE", target: "/members/1?force=true", code: 400, reason: `"force"`},
+	})
+}
+
+// TestHTTPPreconditions proves malformed If-Match and If-None-Match, If-Unmodified-Since (every method), conditions on routes without entity tags and a bad or misplaced Idempotency-Key are refused with a 400 naming the header, changing nothing; a false If-Match is a 412; cache validators on reads are evaluated; and a PUT with Content-Range or Content-Encoding is refused.
+func TestHTTPPreconditions(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	date := time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)
+	inputTestRun(t, c, h, []inputTestCase{
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": `"1"`}, code: 412, reason: "precondition failed"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": `W/"1"`}, code: 412, reason: "precondition failed"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": `abc`}, code: 400, reason: "If-Match: \"abc\" is not an entity tag"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": `"x1"`}, code: 400, reason: "If-Match"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": `*, "1"`}, code: 400, reason: "* cannot be combined"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Match": ` , `}, code: 400, reason: "If-Match: empty"},
+		{method: "PUT", target: "/keys/absent", body: "x", header: map[string]string{"If-None-Match": `"-1"`}, code: 400, reason: "If-None-Match"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-None-Match": "*"}, code: 412, reason: "precondition failed"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"If-Unmodified-Since": date}, code: 400, reason: "If-Unmodified-Since"},
+		{method: "DELETE", target: "/keys/a", header: map[string]string{"If-Match": `"1"`}, code: 412, reason: "precondition failed"},
+		{method: "DELETE", target: "/keys/absent", header: map[string]string{"If-Match": `*`}, code: 412, reason: "precondition failed"},
+		{method: "DELETE", target: "/members/1", header: map[string]string{"If-Match": `"1"`}, code: 400, reason: "If-Match: this route evaluates no such condition"},
+		{method: "POST", target: "/members", body: "{}", header: map[string]string{"If-None-Match": `*`}, code: 400, reason: "If-None-Match"},
+		{method: "GET", target: "/keys/a", header: map[string]string{"If-Match": `"1"`}, code: 412, reason: "precondition failed"},
+		{method: "GET", target: "/keys/a", header: map[string]string{"If-Match": `"1`}, code: 400, reason: "If-Match"},
+		{method: "GET", target: "/members", header: map[string]string{"If-Match": `"1"`}, code: 400, reason: "If-Match"},
+		{method: "GET", target: "/keys/a?level=stale", header: map[string]string{"If-Unmodified-Since": date}, code: 400, reason: "If-Unmodified-Since"},
+		{method: "GET", target: "/keys/a", header: map[string]string{"If-None-Match": `"1"`}, code: 200},
+		{method: "GET", target: "/keys/a", header: map[string]string{"If-Modified-Since": date}, code: 200},
+		{method: "GET", target: "/keys/a", header: map[string]string{"Range": "bytes=0-0", "If-Range": `"1"`}, code: 200},
+		{method: "GET", target: "/keys/a", header: map[string]string{"Idempotency-Key": "k"}, code: 400, reason: "Idempotency-Key: only PUT and DELETE /keys/{key} and POST /members take one"},
+		{method: "DELETE", target: "/members/1", header: map[string]string{"Idempotency-Key": "k"}, code: 400, reason: "Idempotency-Key"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"Idempotency-Key": strings.Repeat("k", 129)}, code: 400, reason: "bad Idempotency-Key: must be 1 to 128 characters"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"Idempotency-Key": "a b"}, code: 400, reason: "bad Idempotency-Key: only visible ASCII"},
+		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"Idempotency-Key": ""}, code: 400, reason: "bad Idempotency-Key"},
+		{method: "PUT", target: "/keys/absent", body: "0123", header: map[string]string{"Content-Range": "bytes 0-3/8"}, code: 400, reason: "Content-Range"},
+		{method: "PUT", target: "/keys/absent", body: "\x1f\x8b", header: map[string]string{"Content-Encoding": "gzip"}, code: 415, reason: `Content-Encoding "gzip"`},
+		{method: "PUT", target: "/keys/a", body: "v", header: map[string]string{"Content-Encoding": "identity"}, code: 204},
+		{method: "PUT", target: "/keys/a", body: "v", header: map[string]string{"If-Modified-Since": date}, code: 204},
+	})
+	if rec := inputTestServe(h, "GET", "/keys/a", "", map[string]string{"If-None-Match": `"1"`}); rec.Body.String() != "v" {
+		t.Errorf("GET with If-None-Match: body %q, want the value \"v\"", rec.Body.String())
+	}
+}
+
+// TestHTTPRouteErrors proves the answers ServeMux would give itself (404, 405, redirects to /keys/ and to cleaned paths) are one-line plain-text reasons, with Allow on a 405.
+func TestHTTPRouteErrors(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	inputTestRun(t, c, h, []inputTestCase{
+		{method: "GET", target: "/keys", code: 400, reason: "no key in path: use /keys/{key}"},
+		{method: "PUT", target: "/keys", body: "x", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/keys?level=stale", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/keys/", code: 200}, // a listing of every key
+		{method: "DELETE", target: "/keys/", code: 400, reason: "no key in path"},
+		{method: "GET", target: "/nope", code: 404, reason: `unknown path "/nope"`},
+		{method: "GET", target: "/", code: 404, reason: `unknown path "/"`},
+		{method: "GET", target: "http://elsewhere", code: 404, reason: `unknown path ""`},
+		{method: "GET", target: "/status/", code: 404, reason: `unknown path "/status/"`},
+		{method: "GET", target: "/x/../status", code: 400, reason: `path "/x/../status" must not contain empty, '.' or '..' segments`},
+		{method: "GET", target: "//status", code: 400, reason: "segments"},
+		{method: "GET", target: "/members/./1", code: 400, reason: "segments"},
+		{method: "DELETE", target: "/members//1", code: 400, reason: "segments"},
+		{method: "PUT", target: "/x/../keys/a", body: "x", code: 400, reason: "segments"},
+		{method: "PUT", target: "/keys/absent/", body: "x", code: 400, reason: "key must not"},
+		{method: "POST", target: "/keys/a", code: 405, reason: `POST is not allowed on "/keys/a": use GET, HEAD, PUT, DELETE`},
+		{method: "OPTIONS", target: "/status", code: 405, reason: "use GET, HEAD"},
+		{method: "PUT", target: "/members", code: 405, reason: "use GET, HEAD, POST"},
+		{method: "PUT", target: "/members/1", code: 405, reason: "use GET, HEAD, DELETE"},
+	})
+	for _, tc := range []struct {
+		method, target, allow string
+	}{
+		{"POST", "/keys/a", "GET, HEAD, PUT, DELETE"},
+		{"PATCH", "/status", "GET, HEAD"},
+		{"PUT", "/members/1", "GET, HEAD, DELETE"},
+	} {
+		rec := inputTestServe(h, tc.method, tc.target, "", nil)
+		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != tc.allow {
+			t.Errorf("%s %s: %d with Allow %q, want 405 with Allow %q", tc.method, tc.target, rec.Code, got, tc.allow)
+		}
+		if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+			t.Errorf("%s %s: Content-Type %q, want text/plain", tc.method, tc.target, ct)
+		}
+	}
+}
+
+// TestHTTPHead proves HEAD /keys/{key} answers a GET's status and headers, with the value's Content-Length however long it is, and no body.
+func TestHTTPHead(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	long := strings.Repeat("v", 100_000) // more than the server buffers before it sends
+	for key, value := range map[string]string{"short": "v", "long": long} {
+		if got := do(t, "PUT", c.clients[0]+"/keys/"+key, value); got.code != http.StatusCreated {
+			t.Fatalf("PUT /keys/%s: %d %q", key, got.code, got.body)
+		}
+	}
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(c.clients[0], "http://"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// A HEAD answered with a body would leave it in front of the next
+	// answer on the connection, which would then not parse.
+	steps := []struct {
+		method, key string
+		code        int
+		length      int
+	}{
+		{"HEAD", "long?level=consistent", 200, len(long)},
+		{"HEAD", "short", 200, 1},
+		{"HEAD", "absent", 404, -1},
+		{"GET", "long", 200, len(long)},
+	}
+	for _, s := range steps {
+		fmt.Fprintf(conn, "%s /keys/%s HTTP/1.1\r\nHost: raftkv\r\n\r\n", s.method, s.key)
+	}
+	br := bufio.NewReader(conn)
+	for _, s := range steps {
+		what := s.method + " /keys/" + s.key
+		resp, err := http.ReadResponse(br, &http.Request{Method: s.method})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s: read body: %v", what, err)
+		}
+		if resp.StatusCode != s.code {
+			t.Errorf("%s: %d, want %d", what, resp.StatusCode, s.code)
+		}
+		if s.length >= 0 && resp.Header.Get("Content-Length") != strconv.Itoa(s.length) {
+			t.Errorf("%s: Content-Length %q, want %d", what, resp.Header.Get("Content-Length"), s.length)
+		}
+		if s.method == "HEAD" && len(body) != 0 {
+			t.Errorf("%s: %d body bytes", what, len(body))
+		}
+		if s.method == "GET" && string(body) != long {
+			t.Errorf("%s: %d body bytes, want the %d of the value", what, len(body), len(long))
+		}
+	}
+}
+
+// Versions, conditional writes and idempotency keys, through member 1's
+// handler on a one-member cluster, and across a three-member cluster.
+
+// versionsReq sends one request with headers to h.
+func versionsReq(h http.Handler, method, target, body string, header ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// versionsWant checks an answer's status and version headers: etag and
+// createIndex, or "" and 0 for none.
+func versionsWant(t *testing.T, what string, rec *httptest.ResponseRecorder, code int, etag string, createIndex uint64) {
+	t.Helper()
+	if rec.Code != code {
+		t.Fatalf("%s: %d %q, want %d", what, rec.Code, rec.Body.String(), code)
+	}
+	if got := rec.Header().Get("ETag"); got != etag {
+		t.Errorf("%s: ETag %q, want %q", what, got, etag)
+	}
+	want := ""
+	if createIndex != 0 {
+		want = strconv.FormatUint(createIndex, 10)
+	}
+	if got := rec.Header().Get("X-Create-Index"); got != want {
+		t.Errorf("%s: X-Create-Index %q, want %q", what, got, want)
+	}
+}
+
+// versionsIndex is an answer's X-Raft-Index.
+func versionsIndex(t *testing.T, what string, rec *httptest.ResponseRecorder) uint64 {
+	t.Helper()
+	return httpTestRaftIndex(t, what, rec)
+}
+
+// TestHTTPVersions proves every key carries createIndex and modIndex, the
+// log indexes of the writes that created and last changed it: PUT answers
+// 201 creating and 204 replacing, each with ETag "<index>"; GET at every
+// level and HEAD answer the same ETag and X-Create-Index, and X-Raft-Index
+// the applied index; a deleted and re-created key starts over.
+func TestHTTPVersions(t *testing.T) {
+	_, h := httpTestCluster(t, nil)
+	etag := keyspace.ETag
+	rec := versionsReq(h, "PUT", "/keys/k", "v1")
+	created := versionsIndex(t, "create", rec)
+	versionsWant(t, "create", rec, 201, etag(created), created)
+
+	rec = versionsReq(h, "PUT", "/keys/k", "v2")
+	modified := versionsIndex(t, "replace", rec)
+	versionsWant(t, "replace", rec, 204, etag(modified), created)
+	if modified <= created {
+		t.Fatalf("replacing write at %d, not after the creating one at %d", modified, created)
+	}
+	for _, target := range []string{"/keys/k", "/keys/k?level=stale", "/keys/k?level=consistent"} {
+		for _, method := range []string{"GET", "HEAD"} {
+			rec := versionsReq(h, method, target, "")
+			versionsWant(t, method+" "+target, rec, 200, etag(modified), created)
+			if index := versionsIndex(t, target, rec); index < modified {
+				t.Errorf("%s %s: X-Raft-Index %d, before the write at %d", method, target, index, modified)
+			}
+		}
+	}
+	rec = versionsReq(h, "DELETE", "/keys/k", "")
+	deleted := versionsIndex(t, "delete", rec)
+	versionsWant(t, "delete", rec, 204, "", 0)
+	rec = versionsReq(h, "GET", "/keys/k", "")
+	versionsWant(t, "GET deleted", rec, 404, "", 0)
+	if index := versionsIndex(t, "GET deleted", rec); index < deleted {
+		t.Errorf("GET of a deleted key: X-Raft-Index %d, before the delete at %d", index, deleted)
+	}
+	rec = versionsReq(h, "PUT", "/keys/k", "v3")
+	again := versionsIndex(t, "re-create", rec)
+	versionsWant(t, "re-create", rec, 201, etag(again), again)
+}
+
+// TestHTTPConditionalWrites proves If-Match and If-None-Match decide a PUT or
+// DELETE by the key's version when it applies: a matching tag, *, a list,
+// create-only with If-None-Match: *, and 412 with the current ETag and
+// nothing applied otherwise; weak tags never match If-Match; a failed
+// conditional DELETE is 412, not 404; GET answers 304 and 412.
+func TestHTTPConditionalWrites(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	etag := keyspace.ETag
+	rec := versionsReq(h, "PUT", "/keys/k", "v1", "If-None-Match", "*")
+	v1 := versionsIndex(t, "create-only", rec)
+	versionsWant(t, "create-only on an absent key", rec, 201, etag(v1), v1)
+
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-None-Match", "*")
+	versionsWant(t, "create-only on an existing key", rec, 412, etag(v1), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-Match", etag(v1+100))
+	versionsWant(t, "If-Match with another version", rec, 412, etag(v1), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-Match", "W/"+etag(v1))
+	versionsWant(t, "If-Match with a weak tag", rec, 412, etag(v1), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-None-Match", "W/"+etag(v1))
+	versionsWant(t, "If-None-Match with the weak current tag", rec, 412, etag(v1), v1)
+
+	rec = versionsReq(h, "PUT", "/keys/k", "v2", "If-Match", etag(v1))
+	v2 := versionsIndex(t, "CAS", rec)
+	versionsWant(t, "If-Match with the current version", rec, 204, etag(v2), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-Match", etag(v1))
+	versionsWant(t, "If-Match with the version just replaced", rec, 412, etag(v2), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "v3", "If-Match", etag(v1)+", "+etag(v2))
+	v3 := versionsIndex(t, "CAS list", rec)
+	versionsWant(t, "If-Match with a list holding the current version", rec, 204, etag(v3), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "v4", "If-Match", "*")
+	v4 := versionsIndex(t, "If-Match *", rec)
+	versionsWant(t, "If-Match: * on an existing key", rec, 204, etag(v4), v1)
+	rec = versionsReq(h, "PUT", "/keys/k", "v5", "If-None-Match", etag(v1))
+	v5 := versionsIndex(t, "If-None-Match old", rec)
+	versionsWant(t, "If-None-Match with an old version", rec, 204, etag(v5), v1)
+
+	if got, _ := testValue(c.server(1).store, "k"); string(got) != "v5" {
+		t.Fatalf("key k holds %q, want v5: a failed condition applied", got)
+	}
+
+	rec = versionsReq(h, "GET", "/keys/k", "", "If-None-Match", etag(v5))
+	versionsWant(t, "GET If-None-Match current", rec, 304, etag(v5), v1)
+	if rec.Body.Len() != 0 {
+		t.Errorf("304 with a body %q", rec.Body.String())
+	}
+	rec = versionsReq(h, "GET", "/keys/k?level=stale", "", "If-None-Match", etag(v4))
+	versionsWant(t, "GET If-None-Match old", rec, 200, etag(v5), v1)
+	rec = versionsReq(h, "GET", "/keys/k", "", "If-Match", etag(v4))
+	versionsWant(t, "GET If-Match old", rec, 412, etag(v5), v1)
+
+	rec = versionsReq(h, "DELETE", "/keys/k", "", "If-Match", etag(v4))
+	versionsWant(t, "conditional DELETE, old version", rec, 412, etag(v5), v1)
+	rec = versionsReq(h, "DELETE", "/keys/k", "", "If-Match", etag(v5))
+	versionsWant(t, "conditional DELETE, current version", rec, 204, "", 0)
+	rec = versionsReq(h, "DELETE", "/keys/k", "", "If-Match", "*")
+	versionsWant(t, "conditional DELETE of an absent key", rec, 412, "", 0)
+	rec = versionsReq(h, "PUT", "/keys/k", "lost", "If-Match", "*")
+	versionsWant(t, "If-Match: * on an absent key", rec, 412, "", 0)
+	if _, ok := testValue(c.server(1).store, "k"); ok {
+		t.Fatal("key k exists after only failed conditional writes since its delete")
+	}
+}
+
+// TestHTTPConditionalRace proves that of many clients racing to update a key
+// with the same If-Match, exactly one wins, on any member: the condition is
+// evaluated when each entry applies, in log order, even when the racing
+// writes reach raft in one batch.
+func TestHTTPConditionalRace(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	r := do(t, "PUT", c.url(1, "/keys/race"), "0")
+	if r.code != 201 {
+		t.Fatalf("PUT: %d %q", r.code, r.body)
+	}
+	tag := r.header.Get("ETag")
+	const clients = 30
+	codes := make([]int, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			req, _ := http.NewRequest("PUT", c.url(uint64(i%3+1), "/keys/race"), strings.NewReader(strconv.Itoa(i)))
+			req.Header.Set("If-Match", tag)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes[i] = resp.StatusCode
+		})
+	}
+	wg.Wait()
+	won := 0
+	for i, code := range codes {
+		switch code {
+		case 204:
+			won++
+		case 412:
+		default:
+			t.Errorf("client %d: %d, want 204 or 412", i, code)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d clients won the race with the same If-Match, want exactly 1", won)
+	}
+}
+
+// TestHTTPIdempotencyKey proves a write carrying an Idempotency-Key applies
+// once: a retry gets the first attempt's answer (status, ETag, X-Raft-Index)
+// with Idempotent-Replayed: true and changes nothing, even after another
+// write; a key reused for a different request, a POST /members too, is
+// 422; DELETE and conditional writes replay their 404 and 412 too.
+func TestHTTPIdempotencyKey(t *testing.T) {
+	c, h := httpTestCluster(t, nil)
+	etag := keyspace.ETag
+	first := versionsReq(h, "PUT", "/keys/k", "v1", "Idempotency-Key", "put-1")
+	index := versionsIndex(t, "first attempt", first)
+	versionsWant(t, "first attempt", first, 201, etag(index), index)
+	if first.Header().Get("Idempotent-Replayed") != "" {
+		t.Error("first attempt answered as a replay")
+	}
+	later := versionsIndex(t, "another write", versionsReq(h, "PUT", "/keys/k", "v2"))
+
+	retry := versionsReq(h, "PUT", "/keys/k", "v1", "Idempotency-Key", "put-1")
+	versionsWant(t, "retry", retry, 201, etag(index), index)
+	if got := versionsIndex(t, "retry", retry); got != index {
+		t.Errorf("retry: X-Raft-Index %d, want the first attempt's %d", got, index)
+	}
+	if retry.Header().Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry: Idempotent-Replayed %q, want true", retry.Header().Get("Idempotent-Replayed"))
+	}
+	if got, _ := testValue(c.server(1).store, "k"); string(got) != "v2" {
+		t.Errorf("key k holds %q after the retry, want v2: the retry applied again", got)
+	}
+	rec := versionsReq(h, "GET", "/keys/k", "")
+	versionsWant(t, "GET after retry", rec, 200, etag(later), index)
+
+	for _, tc := range []struct {
+		what           string
+		method, body   string
+		header         []string
+		wantFirst, got int
+	}{
+		{what: "other value", method: "PUT", body: "other", header: []string{"Idempotency-Key", "put-1"}, got: 422},
+		{what: "other method", method: "DELETE", header: []string{"Idempotency-Key", "put-1"}, got: 422},
+		{what: "other condition", method: "PUT", body: "v1", header: []string{"Idempotency-Key", "put-1", "If-Match", "*"}, got: 422},
+	} {
+		rec := versionsReq(h, tc.method, "/keys/k", tc.body, tc.header...)
+		if rec.Code != tc.got || !strings.Contains(rec.Body.String(), "Idempotency-Key was already used for a different request") {
+			t.Errorf("%s: %d %q, want %d naming the reuse", tc.what, rec.Code, rec.Body.String(), tc.got)
+		}
+	}
+	// POST /members looks for the key's record before it checks the member.
+	add := fmt.Sprintf(`{"id":1,"peerURL":%q}`, c.server(1).cfg.PeerURL())
+	if rec := versionsReq(h, "POST", "/members", add, "Idempotency-Key", "put-1"); rec.Code != 422 {
+		t.Errorf("POST /members with a PUT's Idempotency-Key: %d %q, want 422", rec.Code, rec.Body.String())
+	}
+	if got, _ := testValue(c.server(1).store, "k"); string(got) != "v2" {
+		t.Errorf("key k holds %q after refused reuses, want v2", got)
+	}
+
+	// Outcomes other than success replay too.
+	for _, tc := range []struct {
+		what   string
+		method string
+		body   string
+		header []string
+		code   int
+	}{
+		{"DELETE of an absent key", "DELETE", "", []string{"Idempotency-Key", "del-absent"}, 404},
+		{"failed If-Match", "PUT", "x", []string{"Idempotency-Key", "cas-fail", "If-Match", `"1"`}, 412},
+		{"DELETE", "DELETE", "", []string{"Idempotency-Key", "del-k"}, 204},
+	} {
+		target := "/keys/k"
+		if tc.code == 404 {
+			target = "/keys/absent"
+		}
+		first := versionsReq(h, tc.method, target, tc.body, tc.header...)
+		if first.Code != tc.code {
+			t.Fatalf("%s: %d %q, want %d", tc.what, first.Code, first.Body.String(), tc.code)
+		}
+		versionsReq(h, "PUT", "/keys/k", "between") // the state changes between the attempts
+		retry := versionsReq(h, tc.method, target, tc.body, tc.header...)
+		if retry.Code != tc.code || retry.Header().Get("Idempotent-Replayed") != "true" ||
+			retry.Header().Get("X-Raft-Index") != first.Header().Get("X-Raft-Index") || retry.Header().Get("ETag") != first.Header().Get("ETag") {
+			t.Errorf("%s retried: %d, replayed %q, X-Raft-Index %q, ETag %q; want %d, true, %q, %q", tc.what,
+				retry.Code, retry.Header().Get("Idempotent-Replayed"), retry.Header().Get("X-Raft-Index"), retry.Header().Get("ETag"),
+				tc.code, first.Header().Get("X-Raft-Index"), first.Header().Get("ETag"))
+		}
+	}
+	if got, _ := testValue(c.server(1).store, "k"); string(got) != "between" {
+		t.Errorf("key k holds %q, want \"between\": a replayed DELETE applied", got)
+	}
+
+	// The same condition written another way is the same request.
+	tag := versionsReq(h, "GET", "/keys/k", "").Header().Get("ETag")
+	first = versionsReq(h, "PUT", "/keys/k", "cas", "Idempotency-Key", "spelling", "If-Match", `"1", `+tag)
+	if first.Code != 204 {
+		t.Fatalf("PUT If-Match \"1\", %s: %d %q", tag, first.Code, first.Body.String())
+	}
+	retry = versionsReq(h, "PUT", "/keys/k", "cas", "Idempotency-Key", "spelling", "If-Match", `"1"`, "If-Match", "  "+tag+" ")
+	if retry.Code != 204 || retry.Header().Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry with the If-Match list on two lines: %d %q, replayed %q; want the first answer replayed",
+			retry.Code, retry.Body.String(), retry.Header().Get("Idempotent-Replayed"))
+	}
+}
+
+// Watches: GET /watch/..., served by package watch from the history the
+// kvstore appends to.
+
+// sseEvent is one Server-Sent Event as a client reads it.
+type sseEvent struct {
+	id, kind, data string
+}
+
+// watchStream is an open watch, read event by event.
+type watchStream struct {
+	t      *testing.T
+	resp   *http.Response
+	events chan sseEvent
+	cancel context.CancelFunc
+}
+
+// openWatch starts GET target on a client URL, with header lines, and
+// fails unless it answers 200 with an event stream.
+func openWatch(t *testing.T, rawURL string, header ...string) *watchStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	req, _ := http.NewRequestWithContext(ctx, "GET", rawURL, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("GET %s: %v", rawURL, err)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		cancel()
+		t.Fatalf("GET %s: %d %s", rawURL, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	w := &watchStream{t: t, resp: resp, events: make(chan sseEvent, 1000), cancel: cancel}
+	t.Cleanup(w.close)
+	go w.read()
+	return w
+}
+
+// read parses the stream into events until it ends.
+func (w *watchStream) read() {
+	defer close(w.events)
+	sc := bufio.NewScanner(w.resp.Body)
+	var e sseEvent
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if e.kind != "" || e.data != "" {
+				w.events <- e
+			}
+			e = sseEvent{}
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "id: "):
+			e.id = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			e.kind = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			e.data = line[6:]
+		}
+	}
+}
+
+// next returns the next event, failing after timeout; ok false when the
+// stream ended.
+func (w *watchStream) next(timeout time.Duration) (sseEvent, bool) {
+	w.t.Helper()
+	select {
+	case e, ok := <-w.events:
+		return e, ok
+	case <-time.After(timeout):
+		w.t.Fatalf("no event within %s", timeout)
+		return sseEvent{}, false
+	}
+}
+
+func (w *watchStream) close() {
+	w.cancel()
+	w.resp.Body.Close()
+}
+
+// want reads the next event and checks it: kind, key, value ("" for a
+// delete) and id.
+func (w *watchStream) want(kind, key, value string, id uint64) {
+	w.t.Helper()
+	e, ok := w.next(10 * time.Second)
+	if !ok {
+		w.t.Fatalf("stream ended; want %s %s", kind, key)
+	}
+	var d keyspace.View
+	if err := json.Unmarshal([]byte(e.data), &d); err != nil {
+		w.t.Fatalf("event %+v: %v", e, err)
+	}
+	got := ""
+	if d.Value != nil {
+		got = *d.Value
+	}
+	if e.kind != kind || d.Key != key || got != value || e.id != strconv.FormatUint(id, 10) || d.ModIndex != id {
+		w.t.Fatalf("event %s %s (data %s), want %s %s=%q at %d", e.kind, e.id, e.data, kind, key, value, id)
+	}
+}
+
+// TestWatch proves a watch streams, in log order and each once, the puts
+// and deletes under its prefix (or of its key, or of everything), with the
+// raft index as id; resumes after ?from or Last-Event-ID without a gap or a
+// repeat; ends after ?limit events; and ends when the member stops.
+func TestWatch(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	base := clusterPut(t, c, 1, "app/before", "0")
+	prefix := openWatch(t, c.url(1, "/watch/app/"))
+	key := openWatch(t, c.url(1, "/watch/app/a"))
+	all := openWatch(t, c.url(1, "/watch/"))
+
+	i1 := clusterPut(t, c, 1, "app/a", "1")
+	i2 := clusterPut(t, c, 1, "other/x", "2")
+	i3 := clusterPut(t, c, 1, "app/b", "3")
+	r := do(t, "DELETE", c.url(1, "/keys/app/a"), "")
+	i4, _ := strconv.ParseUint(r.header.Get("X-Raft-Index"), 10, 64)
+	i5 := clusterPut(t, c, 1, "apple", "not under app/")
+
+	prefix.want("put", "app/a", "1", i1)
+	prefix.want("put", "app/b", "3", i3)
+	prefix.want("delete", "app/a", "", i4)
+	key.want("put", "app/a", "1", i1)
+	key.want("delete", "app/a", "", i4)
+	all.want("put", "app/a", "1", i1)
+	all.want("put", "other/x", "2", i2)
+	all.want("put", "app/b", "3", i3)
+	all.want("delete", "app/a", "", i4)
+	all.want("put", "apple", "not under app/", i5)
+
+	// Resume after i1, by ?from and by Last-Event-ID: nothing repeated,
+	// nothing skipped; and ?limit ends the stream.
+	for _, w := range []*watchStream{
+		openWatch(t, c.url(1, "/watch/app/?from="+strconv.FormatUint(i1, 10)+"&limit=2")),
+		openWatch(t, c.url(1, "/watch/app/?limit=2"), "Last-Event-ID", strconv.FormatUint(i1, 10)),
+	} {
+		w.want("put", "app/b", "3", i3)
+		w.want("delete", "app/a", "", i4)
+		if e, ok := w.next(5 * time.Second); ok {
+			t.Errorf("event after the limit: %+v", e)
+		}
+	}
+	// From the start of the history: every change since the member began.
+	w := openWatch(t, c.url(1, "/watch/app/?from=0&limit=1"))
+	w.want("put", "app/before", "0", base)
+
+	for target, code := range map[string]int{
+		"/watch/app/?from=x":      400,
+		"/watch/app/?limit=0":     400,
+		"/watch/app/?level=stale": 400,
+		"/watch/app//":            400,
+	} {
+		if r := do(t, "GET", c.url(1, target), ""); r.code != code {
+			t.Errorf("GET %s: %d %q, want %d", target, r.code, r.body, code)
+		}
+	}
+
+	// A stopping member ends its streams.
+	if err := c.stop(1); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []*watchStream{prefix, key, all} {
+		if e, ok := w.next(10 * time.Second); ok {
+			t.Errorf("event after the member stopped: %+v", e)
+		}
+	}
+}
+
+// watchEventOverhead is what an event costs a member's watch history
+// beyond its key and value (package watch's eventOverhead), so that a test
+// can size --watch-history-bytes in events.
+const watchEventOverhead = 96
+
+// TestWatchHistoryBounds proves a watch that starts before the history kept
+// here is refused with 410 naming the oldest index it can start after, and
+// that a watcher the history leaves behind gets an error event with the
+// index to resume after, then the end of the stream.
+func TestWatchHistoryBounds(t *testing.T) {
+	const historyBytes = 10 * (watchEventOverhead + 4) // ten events of a 3-byte key and a 1-byte value
+	c := newTestCluster(t, 1, func(cfg *config.Config) { cfg.WatchHistoryBytes = historyBytes })
+	first := clusterPut(t, c, 1, "k/0", "v")
+	for i := 1; i < 30; i++ {
+		clusterPut(t, c, 1, "k/"+strconv.Itoa(i), "v")
+	}
+	r := do(t, "GET", c.url(1, "/watch/k/?from="+strconv.FormatUint(first, 10)), "")
+	if r.code != http.StatusGone || !strings.Contains(r.body, "the oldest index a watch can start after on this member is") {
+		t.Fatalf("watch from before the history: %d %q, want 410 naming the oldest index", r.code, r.body)
+	}
+
+	// A change bigger than the whole history leaves it, and every watcher
+	// that had not read it, behind the moment it is applied: the history
+	// drops it before any stream can read it.
+	pos := c.server(1).store.AppliedIndex()
+	w := openWatch(t, c.url(1, "/watch/k/?from="+strconv.FormatUint(pos, 10)))
+	clusterPut(t, c, 1, "k/big", strings.Repeat("v", historyBytes))
+	e, ok := w.next(10 * time.Second)
+	if !ok || e.kind != "error" {
+		t.Fatalf("a watcher left behind: event %+v (stream open %t), want an error event", e, ok)
+	}
+	var got struct {
+		Error       string `json:"error"`
+		ResumeAfter uint64 `json:"resumeAfter"`
+	}
+	if err := json.Unmarshal([]byte(e.data), &got); err != nil || !strings.Contains(got.Error, "fell behind") || got.ResumeAfter != pos {
+		t.Fatalf("a watcher left behind: error event %q (%v), want it told it fell behind, to resume after %d", e.data, err, pos)
+	}
+	if e, ok := w.next(10 * time.Second); ok {
+		t.Errorf("event after the error event: %+v, want the end of the stream", e)
+	}
+}
+
+// TestWatchQuietPrefixResumes proves a watcher of a prefix that changes
+// seldom can resume on a member that has restarted since, though changes
+// to other keys moved the member's history past its last event: the
+// keep-alive gives the stream's position as an id without data (which
+// EventSource takes as the last event ID without dispatching an event), and
+// the resume from there is accepted, not a 410. Found by TestLinearizable's
+// watchers; it failed on the first watch server.
+func TestWatchQuietPrefixResumes(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *config.Config) { cfg.SnapshotCount = 10; cfg.WatchKeepAlive = 200 * time.Millisecond })
+	quiet := clusterPut(t, c, 1, "config/a", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", c.url(1, "/watch/config/?from="+strconv.FormatUint(quiet-1, 10)), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	for i := range 50 {
+		clusterPut(t, c, 1, "busy/"+strconv.Itoa(i), "v") // a snapshot at least every 10 entries
+	}
+	// The last position the stream told its client, by the end of the
+	// context: the last id line, with an event or without one.
+	var last uint64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+			last, _ = strconv.ParseUint(id, 10, 64)
+		}
+	}
+	if last < quiet {
+		t.Fatalf("the stream gave no id from %d on", quiet)
+	}
+	if err := c.stop(1); err != nil {
+		t.Fatal(err)
+	}
+	c.start(1)
+	c.waitLeader()
+	// It resumes (no 410), and the next change under config/ comes.
+	w := openWatch(t, c.url(1, "/watch/config/?limit=1&from="+strconv.FormatUint(last, 10)))
+	next := clusterPut(t, c, 1, "config/b", "2")
+	w.want("put", "config/b", "2", next)
+}
+
+// Metrics: GET /metrics.
+
+// scrape is one GET /metrics, parsed.
+type scrape map[string]*dto.MetricFamily
+
+// scrapeMetrics gets url's /metrics and parses it as Prometheus's text
+// format, failing the test unless it is that.
+func scrapeMetrics(t *testing.T, url string) scrape {
+	t.Helper()
+	resp, err := noRedirect.Get(url + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", resp.StatusCode)
+	}
+	return parseScrape(t, resp.Header.Get("Content-Type"), resp.Body)
+}
+
+// parseScrape parses an answer to GET /metrics, failing the test unless it
+// is Prometheus's text format.
+func parseScrape(t *testing.T, contentType string, body io.Reader) scrape {
+	t.Helper()
+	if !strings.HasPrefix(contentType, "text/plain; version=0.0.4") {
+		t.Fatalf("GET /metrics: Content-Type %q, want Prometheus's text format", contentType)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(body)
+	if err != nil {
+		t.Fatalf("GET /metrics: not the text format: %v", err)
+	}
+	return families
+}
+
+// value is the value of the series name{labels} (label pairs, in any
+// order): a counter's or gauge's, or a histogram's count; found false if
+// there is no such series.
+func (s scrape) value(name string, labels ...string) (v float64, found bool) {
+	f := s[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			ok := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+					ok = true
+				}
+			}
+			if !ok {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue(), true
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+// get is value for a series that must exist (0 for a labelled one not
+// seen yet, which a vector only makes when first used).
+func (s scrape) get(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	if s[name] == nil && len(labels) == 0 {
+		t.Fatalf("/metrics has no %s", name)
+	}
+	v, _ := s.value(name, labels...)
+	return v
+}
+
+// s is the family name, which must be there.
+func (s scrape) s(name string) *dto.Metric {
+	if f := s[name]; f != nil && len(f.GetMetric()) > 0 {
+		return f.GetMetric()[0]
+	}
+	return &dto.Metric{}
+}
+
+// putCreated labels a PUT /keys/{key} answered 201.
+var putCreated = []string{"route", "PUT /keys/{key...}", "method", "PUT", "code", "201"}
+
+// metricsTestStatus is member id's GET /status.
+func metricsTestStatus(t *testing.T, c *testCluster, id uint64) status {
+	t.Helper()
+	return httpTestGetStatus(t, c.server(id).http.Handler)
+}
+
+// TestMetrics proves GET /metrics answers Prometheus's text format with
+// etcd's series (the default registry's) and each member's own, and that
+// the members' own move with what happens on that member only: a PUT
+// counts under its route pattern and code, and as a committed proposal; a
+// consistent read runs a ReadIndex round; a watch stream is open while it
+// is and counts the events it sends; the raft gauges show the applied
+// index /status shows, and who leads; a member that loses its leader
+// drops what it is asked to propose.
+func TestMetrics(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	follower := c.follower()
+	// rafthttp's, by peer: there once the streams to the peers are up.
+	eventually(t, 10*time.Second, "/metrics to show rafthttp's active peers", func() bool {
+		return scrapeMetrics(t, c.clientURL(follower))["etcd_network_active_peers"] != nil
+	})
+	before := scrapeMetrics(t, c.clientURL(follower)) // the scrapes before count in it
+	for _, name := range []string{
+		// raftkv's own, one member's.
+		"raftkv_http_requests_total", "raftkv_http_request_duration_seconds",
+		"raftkv_proposals_pending", "raftkv_proposals_committed_total", "raftkv_proposals_dropped_total",
+		"raftkv_proposals_timed_out_total", "raftkv_proposals_canceled_total", "raftkv_idempotency_replays_total",
+		"raftkv_raft_term", "raftkv_raft_has_leader", "raftkv_raft_is_leader", "raftkv_raft_leader_changes_total",
+		"raftkv_raft_commit_index", "raftkv_raft_applied_index", "raftkv_raft_snapshot_index",
+		"raftkv_read_index_rounds_total", "raftkv_read_index_failures_total",
+		"raftkv_read_index_round_duration_seconds", "raftkv_read_index_reads_per_round",
+		"raftkv_watch_streams", "raftkv_watch_events_sent_total",
+		"raftkv_snapshot_save_duration_seconds", "raftkv_snapshot_load_duration_seconds", "raftkv_snapshot_size_bytes",
+		// etcd's, on the default registry: the WAL's.
+		"etcd_disk_wal_fsync_duration_seconds",
+		// Go's and the process's, on the default registry too.
+		"go_goroutines", "process_start_time_seconds",
+	} {
+		if before[name] == nil {
+			t.Errorf("/metrics has no %s", name)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// A PUT to the follower counts there, not on the leader.
+	leaderBefore := scrapeMetrics(t, c.clientURL(leader))
+	if r := do(t, "PUT", c.url(follower, "/keys/metrics-a"), "1"); r.code != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", r.code, r.body)
+	}
+	after := scrapeMetrics(t, c.clientURL(follower))
+	if got, want := after.get(t, "raftkv_http_requests_total", putCreated...), before.get(t, "raftkv_http_requests_total", putCreated...)+1; got != want {
+		t.Errorf("requests PUT 201 on the follower: %v after a PUT, want %v", got, want)
+	}
+	if got, want := after.get(t, "raftkv_http_request_duration_seconds", "route", "PUT /keys/{key...}", "method", "PUT"), before.get(t, "raftkv_http_request_duration_seconds", "route", "PUT /keys/{key...}", "method", "PUT")+1; got != want {
+		t.Errorf("request durations of PUT on the follower: %v observed, want %v", got, want)
+	}
+	if got, want := after.get(t, "raftkv_proposals_committed_total"), before.get(t, "raftkv_proposals_committed_total")+1; got != want {
+		t.Errorf("proposals committed on the follower: %v after a PUT, want %v", got, want)
+	}
+	if got := after.get(t, "raftkv_proposals_pending"); got != 0 {
+		t.Errorf("proposals pending once the PUT is answered: %v, want 0", got)
+	}
+	// A retry with the same Idempotency-Key is answered from the record.
+	for range 2 {
+		req, _ := http.NewRequest("PUT", c.url(follower, "/keys/metrics-i"), strings.NewReader("1"))
+		req.Header.Set("Idempotency-Key", "metrics-retry")
+		resp, err := noRedirect.Do(req)
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("PUT with an Idempotency-Key: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	replayed := scrapeMetrics(t, c.clientURL(follower))
+	if got, want := replayed.get(t, "raftkv_idempotency_replays_total"), after.get(t, "raftkv_idempotency_replays_total")+1; got != want {
+		t.Errorf("idempotency replays: %v after a retry, want %v", got, want)
+	}
+	leaderAfter := scrapeMetrics(t, c.clientURL(leader))
+	if got, want := leaderAfter.get(t, "raftkv_http_requests_total", putCreated...), leaderBefore.get(t, "raftkv_http_requests_total", putCreated...); got != want {
+		t.Errorf("requests PUT 201 on the leader: %v after a PUT to a follower, want %v (its own registry)", got, want)
+	}
+
+	// The routes are patterns; what no route takes is "/".
+	do(t, "GET", c.url(follower, "/no-such-path"), "")
+	do(t, "GET", c.url(follower, "/keys/a/../b"), "")
+	routed := scrapeMetrics(t, c.clientURL(follower))
+	if got := routed.get(t, "raftkv_http_requests_total", "route", "/", "method", "GET", "code", "404"); got != 1 {
+		t.Errorf(`requests to an unknown path: %v under route "/" code 404, want 1`, got)
+	}
+	if got := routed.get(t, "raftkv_http_requests_total", "route", "/", "method", "GET", "code", "400"); got != 1 {
+		t.Errorf(`requests refused before routing: %v under route "/" code 400, want 1`, got)
+	}
+	if got := routed.get(t, "raftkv_http_requests_total", "route", "GET /metrics", "method", "GET", "code", "200"); got < 3 {
+		t.Errorf("scrapes of the follower: %v counted under GET /metrics, want at least 3", got)
+	}
+
+	// A consistent read is one ReadIndex round, with one read in it.
+	if r := do(t, "GET", c.url(follower, "/keys/metrics-a?level=consistent"), ""); r.code != http.StatusOK {
+		t.Fatalf("consistent GET: %d %s", r.code, r.body)
+	}
+	read := scrapeMetrics(t, c.clientURL(follower))
+	if got, want := read.get(t, "raftkv_read_index_rounds_total"), routed.get(t, "raftkv_read_index_rounds_total")+1; got != want {
+		t.Errorf("ReadIndex rounds: %v after a consistent read, want %v", got, want)
+	}
+	if got, want := read.get(t, "raftkv_read_index_reads_per_round"), routed.get(t, "raftkv_read_index_reads_per_round")+1; got != want {
+		t.Errorf("rounds observed in reads per round: %v, want %v", got, want)
+	}
+	if got := read.s("raftkv_read_index_reads_per_round").GetHistogram().GetSampleSum() - routed.s("raftkv_read_index_reads_per_round").GetHistogram().GetSampleSum(); got != 1 {
+		t.Errorf("reads in the round: %v, want 1", got)
+	}
+
+	// A watch is open while it streams, and counts what it sends.
+	w := openWatch(t, c.url(follower, "/watch/metrics-w"))
+	watching := scrapeMetrics(t, c.clientURL(follower))
+	if got := watching.get(t, "raftkv_watch_streams"); got != 1 {
+		t.Errorf("watch streams open: %v with one open, want 1", got)
+	}
+	index := clusterPut(t, c, follower, "metrics-w", "v")
+	w.want("put", "metrics-w", "v", index)
+	// Counted once written, which the client may see first.
+	var sent float64
+	wantSent := watching.get(t, "raftkv_watch_events_sent_total") + 1
+	eventually(t, 5*time.Second, "the watch event to count as sent", func() bool {
+		sent = scrapeMetrics(t, c.clientURL(follower)).get(t, "raftkv_watch_events_sent_total")
+		return sent >= wantSent
+	})
+	if sent != wantSent {
+		t.Errorf("watch events sent: %v after one, want %v", sent, wantSent)
+	}
+	w.close()
+	eventually(t, 5*time.Second, "the watch stream to count as closed", func() bool {
+		v, _ := scrapeMetrics(t, c.clientURL(follower)).value("raftkv_watch_streams")
+		return v == 0
+	})
+
+	// The raft gauges: the applied index is /status's, when nothing moves
+	// it between the two; one member leads.
+	var st status
+	eventually(t, 5*time.Second, "the applied index to match /status appliedIndex", func() bool {
+		st = metricsTestStatus(t, c, follower)
+		s := scrapeMetrics(t, c.clientURL(follower))
+		return s.get(t, "raftkv_raft_applied_index") == float64(st.AppliedIndex) && metricsTestStatus(t, c, follower) == st
+	})
+	s := scrapeMetrics(t, c.clientURL(follower))
+	if got := s.get(t, "raftkv_raft_term"); got != float64(st.Term) || got < 1 {
+		t.Errorf("raft term: %v, /status says %d", got, st.Term)
+	}
+	if got := s.get(t, "raftkv_raft_commit_index"); got < float64(st.AppliedIndex) {
+		t.Errorf("commit index %v is behind the applied index %d", got, st.AppliedIndex)
+	}
+	if s.get(t, "raftkv_raft_is_leader") != 0 || s.get(t, "raftkv_raft_has_leader") != 1 || s.get(t, "raftkv_raft_leader_changes_total") < 1 {
+		t.Errorf("follower: is_leader %v, has_leader %v, leader changes %v; want 0, 1, at least 1",
+			s.get(t, "raftkv_raft_is_leader"), s.get(t, "raftkv_raft_has_leader"), s.get(t, "raftkv_raft_leader_changes_total"))
+	}
+	if got := scrapeMetrics(t, c.clientURL(leader)).get(t, "raftkv_raft_is_leader"); got != 1 {
+		t.Errorf("leader: is_leader %v, want 1", got)
+	}
+
+	// Alone, the follower loses its leader and drops what it is asked.
+	for _, id := range c.runningIDs() {
+		if id != follower {
+			c.stop(id)
+		}
+	}
+	eventually(t, 10*time.Second, "the lone member to know no leader", func() bool {
+		return scrapeMetrics(t, c.clientURL(follower)).get(t, "raftkv_raft_has_leader") == 0
+	})
+	alone := scrapeMetrics(t, c.clientURL(follower))
+	if r := do(t, "PUT", c.url(follower, "/keys/metrics-b"), "1"); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("PUT without a leader: %d %s, want 503", r.code, r.body)
+	}
+	dropped := scrapeMetrics(t, c.clientURL(follower))
+	if got, want := dropped.get(t, "raftkv_proposals_dropped_total"), alone.get(t, "raftkv_proposals_dropped_total")+1; got != want {
+		t.Errorf("proposals dropped: %v after a PUT without a leader, want %v", got, want)
+	}
+	if got := dropped.get(t, "raftkv_http_requests_total", "route", "PUT /keys/{key...}", "method", "PUT", "code", "503"); got != 1 {
+		t.Errorf("requests PUT 503: %v, want 1", got)
 	}
 }

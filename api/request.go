@@ -27,7 +27,7 @@ var (
 // the like) that its route cannot evaluate.
 var ErrConditionalRequest = errors.New("this route evaluates no such condition")
 
-// ErrNotIdempotent is an Idempotency-Key on a route that Takes none.
+// ErrNotIdempotent is an Idempotency-Key on a route that takes none.
 var ErrNotIdempotent = errors.New("only PUT and DELETE /keys/{key} and POST /members take one")
 
 // Takes says which request headers a route evaluates, beyond the ones
@@ -67,9 +67,9 @@ func CheckQuery(rawQuery string, params []string) error {
 		i := slices.Index(params, name)
 		switch {
 		case i < 0 && len(params) == 0:
-			return fmt.Errorf("%w %q: this route Takes none", ErrUnknownParameter, name)
+			return fmt.Errorf("%w %q: this route takes none", ErrUnknownParameter, name)
 		case i < 0:
-			return fmt.Errorf("%w %q: this route Takes %s", ErrUnknownParameter, name, strings.Join(params, ", "))
+			return fmt.Errorf("%w %q: this route takes %s", ErrUnknownParameter, name, strings.Join(params, ", "))
 		case given&(1<<i) != 0:
 			return fmt.Errorf("%w: %q", ErrRepeatedParameter, name)
 		}
@@ -95,7 +95,7 @@ func QueryValue(rawQuery, name string) (string, bool) {
 }
 
 // CheckPreconditions refuses the preconditions a route cannot evaluate,
-// and an Idempotency-Key on a route that Takes none.
+// and an Idempotency-Key on a route that takes none.
 //
 // RFC 9110 §13.1 requires an origin server to evaluate If-Match,
 // If-None-Match and If-Unmodified-Since before performing the method, and

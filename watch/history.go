@@ -15,34 +15,34 @@ import (
 	"raftkv/keyspace"
 )
 
-// Every PUT or DELETE that changes a key becomes an Event, numbered by its
+// Every PUT or DELETE that changes a key becomes an event, numbered by its
 // entry's raft index: the same numbers, in the same order, on every member,
-// so a Watcher that reconnects to any member resumes after the last index
+// so a watcher that reconnects to any member resumes after the last index
 // it saw. Each member keeps the newest events in a bounded history. The
 // kvstore appends events as it applies entries, under its lock, and only
-// signals the watchers whose key or prefix an Event touches; a Watcher
+// signals the watchers whose key or prefix an event touches; a watcher
 // reads the history on its own goroutine, so applying never waits for one.
-// A Watcher that falls behind the history, or whose history a snapshot
+// A watcher that falls behind the history, or whose history a snapshot
 // from the leader replaces, is told so and ends: it never skips silently.
 
 // ErrHistoryGone is a watch start older than this member's history.
 var ErrHistoryGone = errors.New("events before this are no longer kept here")
 
 // ErrInterrupted is why a watch stream ends before its limit: the
-// member cannot deliver the next Event in order.
+// member cannot deliver the next event in order.
 var ErrInterrupted = errors.New("watch interrupted")
 
 // DefaultHistoryBytes is how much history a member keeps for watchers
 // by default: about 100 000 small changes, ten seconds at the cluster's
-// peak write rate, for a Watcher to reconnect in. It is part of a member's
+// peak write rate, for a watcher to reconnect in. It is part of a member's
 // memory: at a million keys, 64 MiB of it took RSS past 300 MiB.
 const DefaultHistoryBytes = 16 << 20
 
-// eventOverhead is what an Event costs in the history beyond its key and
+// eventOverhead is what an event costs in the history beyond its key and
 // value.
 const eventOverhead = 96
 
-// Event is one change to one key, as a Watcher sees it.
+// Event is one change to one key, as a watcher sees it.
 type Event struct {
 	Index  uint64 // the raft index of the entry that made it
 	Delete bool
@@ -60,11 +60,11 @@ type History struct {
 	events []Event // events[head:] are live
 	head   int
 	// after is the index from which the history is complete: it holds
-	// every Event with a greater index this member applied.
+	// every event with a greater index this member applied.
 	after uint64
 
-	byKey    map[string]map[*Watcher]struct{} // watchers of one key
-	byPrefix map[string]map[*Watcher]struct{} // watchers of a prefix ending in '/', or "" for all
+	byKey    map[string]map[*watcher]struct{} // watchers of one key
+	byPrefix map[string]map[*watcher]struct{} // watchers of a prefix ending in '/', or "" for all
 }
 
 // NewHistory returns an empty history complete after index after.
@@ -72,29 +72,29 @@ func NewHistory(limit int, after uint64) *History {
 	return &History{
 		limit:    limit,
 		after:    after,
-		byKey:    make(map[string]map[*Watcher]struct{}),
-		byPrefix: make(map[string]map[*Watcher]struct{}),
+		byKey:    make(map[string]map[*watcher]struct{}),
+		byPrefix: make(map[string]map[*watcher]struct{}),
 	}
 }
 
 // size is what e costs the history.
 func (e Event) size() int { return len(e.Key) + len(e.Value.Data) + eventOverhead }
 
-// Watcher is one watch stream's place in the history.
-type Watcher struct {
+// watcher is one watch stream's place in the history.
+type watcher struct {
 	key    string // the key, or the prefix when prefix is true
 	prefix bool
 	newC   chan struct{} // holds a token when events it may want arrived
 	// Guarded by the history's mu: the index the stream has read up to,
 	// and why events it wants were lost from the history before it read
-	// them ("" if none were). A Watcher the history leaves behind has lost
-	// nothing unless an evicted Event was one it watches.
+	// them ("" if none were). A watcher the history leaves behind has lost
+	// nothing unless an evicted event was one it watches.
 	pos  uint64
 	lost string
 }
 
-// matches reports whether an Event on key is one w watches.
-func (w *Watcher) matches(key string) bool {
+// matches reports whether an event on key is one w watches.
+func (w *watcher) matches(key string) bool {
 	if w.prefix {
 		return strings.HasPrefix(key, w.key)
 	}
@@ -118,9 +118,9 @@ func (h *History) Append(evs []Event) {
 		index := h.events[h.head].Index
 		for h.head < len(h.events) && h.events[h.head].Index == index {
 			e := h.events[h.head]
-			h.forEachWatching(e.Key, func(w *Watcher) {
+			h.forEachWatching(e.Key, func(w *watcher) {
 				if w.pos < e.Index && w.lost == "" {
-					w.lost = "this Watcher fell behind the member's history (--watch-history-bytes)"
+					w.lost = "this watcher fell behind the member's history (--watch-history-bytes)"
 				}
 			})
 			h.bytes -= e.size()
@@ -138,14 +138,14 @@ func (h *History) Append(evs []Event) {
 	}
 }
 
-// forEachWatching calls fn for every Watcher of key: of the key itself, and
+// forEachWatching calls fn for every watcher of key: of the key itself, and
 // of each of its prefixes. A prefix watch names a prefix ending in '/', or
 // the empty one, so only those can match.
-func (h *History) forEachWatching(key string, fn func(*Watcher)) {
+func (h *History) forEachWatching(key string, fn func(*watcher)) {
 	if len(h.byKey) == 0 && len(h.byPrefix) == 0 {
 		return // nobody watches: the common case, on every applied write
 	}
-	each := func(ws map[*Watcher]struct{}) {
+	each := func(ws map[*watcher]struct{}) {
 		for w := range ws {
 			fn(w)
 		}
@@ -160,7 +160,7 @@ func (h *History) forEachWatching(key string, fn func(*Watcher)) {
 }
 
 // wakeOne tells w that there is news, without waiting.
-func (h *History) wakeOne(w *Watcher) {
+func (h *History) wakeOne(w *watcher) {
 	select {
 	case w.newC <- struct{}{}:
 	default: // it has been told already
@@ -168,7 +168,7 @@ func (h *History) wakeOne(w *Watcher) {
 }
 
 // Reset empties the history: a snapshot replaced the state at index, and
-// the changes up to it are unknown here. Every Watcher is woken, to learn
+// the changes up to it are unknown here. Every watcher is woken, to learn
 // that its next events are gone.
 func (h *History) Reset(index uint64, why string) {
 	h.mu.Lock()
@@ -176,7 +176,7 @@ func (h *History) Reset(index uint64, why string) {
 	clear(h.events)
 	h.events, h.head, h.bytes = h.events[:0], 0, 0
 	h.after = index
-	for _, m := range []map[string]map[*Watcher]struct{}{h.byKey, h.byPrefix} {
+	for _, m := range []map[string]map[*watcher]struct{}{h.byKey, h.byPrefix} {
 		for _, ws := range m {
 			for w := range ws {
 				if w.pos < index && w.lost == "" {
@@ -188,21 +188,21 @@ func (h *History) Reset(index uint64, why string) {
 	}
 }
 
-// add registers a Watcher of key (or of a prefix) starting after index
+// add registers a watcher of key (or of a prefix) starting after index
 // from; ErrHistoryGone if the history does not reach back that far.
-func (h *History) add(key string, prefix bool, from uint64) (*Watcher, error) {
+func (h *History) add(key string, prefix bool, from uint64) (*watcher, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if from < h.after {
 		return nil, fmt.Errorf("%w: the oldest index a watch can start after on this member is %d", ErrHistoryGone, h.after)
 	}
-	w := &Watcher{key: key, prefix: prefix, newC: make(chan struct{}, 1), pos: from}
+	w := &watcher{key: key, prefix: prefix, newC: make(chan struct{}, 1), pos: from}
 	m := h.byKey
 	if prefix {
 		m = h.byPrefix
 	}
 	if m[key] == nil {
-		m[key] = make(map[*Watcher]struct{})
+		m[key] = make(map[*watcher]struct{})
 	}
 	m[key][w] = struct{}{}
 	w.newC <- struct{}{} // read once at the start: events after from may be here already
@@ -210,7 +210,7 @@ func (h *History) add(key string, prefix bool, from uint64) (*Watcher, error) {
 }
 
 // remove unregisters w.
-func (h *History) remove(w *Watcher) {
+func (h *History) remove(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := h.byKey
@@ -226,13 +226,13 @@ func (h *History) remove(w *Watcher) {
 // since returns up to limit events w watches with indexes after from, in
 // order, ending on a whole entry, and the index the next call should
 // start after. An error says the events after from are gone.
-func (h *History) since(w *Watcher, from uint64, limit int) ([]Event, uint64, error) {
+func (h *History) since(w *watcher, from uint64, limit int) ([]Event, uint64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if w.lost != "" {
 		return nil, from, fmt.Errorf("%w: %s", ErrInterrupted, w.lost)
 	}
-	// Events before after that this Watcher does not watch are gone, and
+	// Events before after that this watcher does not watch are gone, and
 	// it did not want them.
 	from = max(from, h.after)
 	live := h.events[h.head:]

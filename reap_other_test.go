@@ -1,9 +1,0 @@
-//go:build !linux
-
-package main
-
-import "os/exec"
-
-// dieWithTest has no portable equivalent of Linux's parent-death signal
-// elsewhere; the tests' cleanups reap their processes.
-func dieWithTest(cmd *exec.Cmd) {}
