@@ -109,11 +109,9 @@ func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop
 	return h
 }
 
-// ServeHTTP counts every request, names the cluster on every answer (for
-// a member joining through this one), and routes it.
+// ServeHTTP names the cluster on every answer (for a member joining
+// through this one), and routes the request.
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w, rec := h.metrics.TrackRequest(w)
-	defer h.metrics.RequestDone(rec, r)
 	w.Header()[api.ClusterIDHeader] = h.clusterIDValue
 	h.mux.ServeHTTP(w, r)
 }

@@ -214,7 +214,7 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*serve
 	reads := newReadLoop(lg, rn, store, cfg.RequestTimeout, m)
 	go reads.run()
 	api := newHTTPAPI(cfg, store, rn, reads, m, api.NewErrors(logging.NewAnswerLogger(lg), cfg.RequestTimeout))
-	s.http = limits.NewServer(api, cfg.ClientLimits())
+	s.http = limits.NewServer(m.Instrument(api), cfg.ClientLimits())
 	s.http.RegisterOnShutdown(api.watches.Close)
 	go s.http.Serve(clientLn)
 	joining := running{kvstore: store, raftNode: rn, readLoop: reads, httpAPI: api}

@@ -39,7 +39,7 @@ func ReadValue(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool)
 	return nil, false
 }
 
-// checkValueHeaders refuses a body whose body is not the whole value as
+// checkValueHeaders refuses a body that is not the whole value as
 // sent, or answers true. A Content-Range means a part of it (RFC 9110 §14.4
 // requires a 400); a Content-Encoding means bytes the client expects
 // decoded, while raftkv stores and serves the body as it came (RFC 9110

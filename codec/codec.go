@@ -37,6 +37,9 @@ import (
 //	OpAdvertise:  member id (uvarint) | client URL (the rest)
 //	OpPutWith:    options | key length (uvarint) | key | value (the rest)
 //	OpDeleteWith: options | key (the rest)
+//	OpGrant:      TTL in seconds (uvarint) | idempotency key, fingerprint and window, if keyed (as in options)
+//	OpRevoke:     lease id (uvarint) | reason (1 byte: 1 revoked, 2 expired)
+//	OpWindow:     origin member id (uvarint) | origin nonce (uvarint) | count (uvarint) | lease ids (uvarint each)
 //
 // OpPutWith and OpDeleteWith are a put and a delete that carry options: a
 // condition (If-Match, If-None-Match), an idempotency key, or both,
@@ -66,6 +69,15 @@ const (
 	OpBatch      Op = 4 // several of the commands above, applied in order
 	OpPutWith    Op = 5 // OpPut with options: a condition, an idempotency key
 	OpDeleteWith Op = 6 // OpDelete with options
+	OpGrant      Op = 7 // grant a lease, whose id is the entry's index (package lease)
+	OpRevoke     Op = 8 // revoke or expire a lease, deleting its keys
+	OpWindow     Op = 9 // a window in which a leader may answer leases' keepalives
+)
+
+// Why an OpRevoke deletes a lease, in its reason byte.
+const (
+	ReasonRevoked = 1 // DELETE /leases/{id}
+	ReasonExpired = 2 // the leader found it expired
 )
 
 // The flags of the options.
@@ -90,7 +102,12 @@ type Command struct {
 	MemberID  uint64             // OpAdvertise
 	ClientURL string             // OpAdvertise
 	Cond      keyspace.Condition // OpPutWith, OpDeleteWith
-	Idem      idempotency.Key    // OpPutWith, OpDeleteWith
+	Idem      idempotency.Key    // OpPutWith, OpDeleteWith, OpGrant
+	TTL       uint64             // OpGrant: seconds
+	Lease     uint64             // OpRevoke: the lease
+	Reason    byte               // OpRevoke: ReasonRevoked or ReasonExpired
+	Origin    [2]uint64          // OpWindow: the proposing member and its process's nonce
+	Leases    []uint64           // OpWindow
 }
 
 // EncodeWrite returns the entry for a PUT (put true) or a DELETE of key:
@@ -142,6 +159,46 @@ func EncodeAdvertise(requestID, memberID uint64, clientURL string) []byte {
 	b = binary.AppendUvarint(b, requestID)
 	b = binary.AppendUvarint(b, memberID)
 	return append(b, clientURL...)
+}
+
+// EncodeGrant returns the entry that grants a lease of ttl seconds,
+// carrying idem if it has a name.
+func EncodeGrant(requestID, ttl uint64, idem idempotency.Key) []byte {
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(idem.Name)+8)
+	b = append(b, byte(OpGrant))
+	b = binary.AppendUvarint(b, requestID)
+	b = binary.AppendUvarint(b, ttl)
+	if idem.Name != "" {
+		b = appendString(b, idem.Name)
+		b = binary.BigEndian.AppendUint64(b, idem.Fingerprint)
+		b = binary.AppendUvarint(b, idem.Window)
+	}
+	return b
+}
+
+// EncodeRevoke returns the entry that deletes lease id and its keys, for
+// reason (ReasonRevoked or ReasonExpired).
+func EncodeRevoke(requestID, id uint64, reason byte) []byte {
+	b := make([]byte, 0, 2+2*binary.MaxVarintLen64)
+	b = append(b, byte(OpRevoke))
+	b = binary.AppendUvarint(b, requestID)
+	b = binary.AppendUvarint(b, id)
+	return append(b, reason)
+}
+
+// EncodeWindow returns the entry that opens a window for the leases ids,
+// proposed by member's process nonce.
+func EncodeWindow(requestID, member, nonce uint64, ids []uint64) []byte {
+	b := make([]byte, 0, 1+(4+len(ids))*binary.MaxVarintLen64)
+	b = append(b, byte(OpWindow))
+	b = binary.AppendUvarint(b, requestID)
+	b = binary.AppendUvarint(b, member)
+	b = binary.AppendUvarint(b, nonce)
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		b = binary.AppendUvarint(b, id)
+	}
+	return b
 }
 
 // appendOptions appends a write's condition and idempotency key.
@@ -294,6 +351,36 @@ func DecodeCommand(data []byte) (Command, error) {
 	case OpDeleteWith:
 		c.Cond, c.Idem = d.options()
 		c.Key = d.rest()
+	case OpGrant:
+		c.TTL = d.uvarint()
+		if d.err == nil && len(d.buf) > 0 {
+			c.Idem.Name = string(d.bytes())
+			if len(d.buf) < 8 {
+				d.fail("truncated fingerprint")
+				return c, d.err
+			}
+			c.Idem.Fingerprint = binary.BigEndian.Uint64(d.buf)
+			d.buf = d.buf[8:]
+			c.Idem.Window = d.uvarint()
+			if d.err == nil && (c.Idem.Name == "" || len(d.buf) > 0) {
+				d.fail("bad idempotency key")
+			}
+		}
+	case OpRevoke:
+		c.Lease = d.uvarint()
+		if rest := d.rest(); d.err == nil && (len(rest) != 1 || (rest[0] != ReasonRevoked && rest[0] != ReasonExpired)) {
+			d.fail("bad revoke reason")
+		} else if d.err == nil {
+			c.Reason = rest[0]
+		}
+	case OpWindow:
+		c.Origin[0], c.Origin[1] = d.uvarint(), d.uvarint()
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			c.Leases = append(c.Leases, d.uvarint())
+		}
+		if d.err == nil && len(d.buf) > 0 {
+			d.fail("%d bytes after the window", len(d.buf))
+		}
 	default:
 		return Command{}, fmt.Errorf("%w: unknown op %d", ErrCorrupt, c.Op)
 	}

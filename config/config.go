@@ -28,7 +28,7 @@ type Config struct {
 	ID             uint64
 	Cluster        map[uint64]string // peer URL by member id, from --cluster; after a join, the members of the cluster joined
 	ClusterID      uint64            // what a first start records in its WAL: derived from cluster and --cluster-token, or learned by joining
-	ListenPeerURL  string            // where to accept peer connections; "" means peerURL()
+	ListenPeerURL  string            // where to accept peer connections; "" means PeerURL()
 	ClientURL      string            // advertised to the cluster and listened on
 	DataDir        string
 	Join           string // client URL of a running member to ask to add us; "" when not joining
@@ -36,10 +36,10 @@ type Config struct {
 	SnapshotCount  uint64
 	RequestTimeout time.Duration
 	MaxValueBytes  int64
-	// idempotencyWindow is how many Idempotency-Keys the cluster remembers;
+	// IdempotencyWindow is how many Idempotency-Keys the cluster remembers;
 	// this member's entries carry it (package idempotency).
 	IdempotencyWindow uint64
-	// watchHistoryBytes bounds the changes this member keeps for watchers
+	// WatchHistoryBytes bounds the changes this member keeps for watchers
 	// (package watch).
 	WatchHistoryBytes int
 	LogLevel          zapcore.Level
@@ -50,7 +50,7 @@ type Config struct {
 	// How long a client or peer connection may go without progress
 	// (package limits); not flags, tests shorten them.
 	ClientConnLimits, PeerConnLimits limits.Conn
-	// tls is the TLS flags of each port; a port without them is plain http.
+	// TLS is the TLS flags of each port; a port without them is plain http.
 	TLS tlsconfig.Flags
 }
 
@@ -67,7 +67,7 @@ func (c Config) PeerListenURL() string {
 	return c.PeerURL()
 }
 
-// urls are this member's URLs, as the TLS checks see them.
+// URLs are this member's URLs, as the TLS checks see them.
 func (c Config) URLs() tlsconfig.URLs {
 	return tlsconfig.URLs{Client: c.ClientURL, Peer: c.PeerURL(), ListenPeer: c.ListenPeerURL, Cluster: c.Cluster, Join: c.Join}
 }

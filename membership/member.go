@@ -47,7 +47,7 @@ type Member struct {
 	PeerURLs   []string `json:"peerURLs"`
 	ClientURLs []string `json:"clientURLs"`
 	// IsLearner is a member raft replicates to but that does not vote: it
-	// counts towards no quorum, for elections or commits (learner.go).
+	// counts towards no quorum, for elections or commits (rules.go says how one is promoted).
 	IsLearner bool `json:"isLearner"`
 }
 

@@ -70,6 +70,11 @@ type Metrics struct {
 	watchStreams prometheus.Gauge
 	watchEvents  prometheus.Counter
 
+	leasesGranted   prometheus.Counter
+	leasesRevoked   prometheus.Counter
+	leasesExpired   prometheus.Counter
+	leaseKeepAlives prometheus.Counter
+
 	snapshotSaveDuration prometheus.Histogram
 	snapshotLoadDuration prometheus.Histogram
 	snapshotBytes        prometheus.Gauge
@@ -121,6 +126,15 @@ func New(lg *zap.Logger) *Metrics {
 		watchEvents: f.counter("raftkv_watch_events_sent_total",
 			"Events written to watch streams."),
 
+		leasesGranted: f.counter("raftkv_leases_granted_total",
+			"Leases granted: applied here, as on every member."),
+		leasesRevoked: f.counter("raftkv_leases_revoked_total",
+			"Leases revoked by DELETE /leases/{id}: applied here, as on every member."),
+		leasesExpired: f.counter("raftkv_leases_expired_total",
+			"Leases the leader found expired: applied here, as on every member."),
+		leaseKeepAlives: f.counter("raftkv_lease_keepalives_total",
+			"Keepalives this member answered 200, as leader."),
+
 		snapshotSaveDuration: f.histogram("raftkv_snapshot_save_duration_seconds",
 			"How long this member took to take a snapshot of its state: encode it, write the file and the WAL record.",
 			snapshotBuckets),
@@ -143,6 +157,7 @@ func New(lg *zap.Logger) *Metrics {
 type RaftGauges struct {
 	Term, CommitIndex, AppliedIndex, SnapshotIndex func() uint64
 	HasLeader, IsLeader                            func() bool
+	Leases                                         func() int
 }
 
 // WatchRaft registers the series g reads.
@@ -159,6 +174,9 @@ func (m *Metrics) WatchRaft(g RaftGauges) {
 	f.gaugeFunc("raftkv_raft_commit_index", "The highest log index this member knows committed.", gauge(g.CommitIndex))
 	f.gaugeFunc("raftkv_raft_applied_index", "The last log index the state machine applied (GET /status appliedIndex).", gauge(g.AppliedIndex))
 	f.gaugeFunc("raftkv_raft_snapshot_index", "The log index of the newest snapshot on disk.", gauge(g.SnapshotIndex))
+	if g.Leases != nil {
+		f.gaugeFunc("raftkv_leases", "Leases that exist now.", func() float64 { return float64(g.Leases()) })
+	}
 }
 
 // ServeHTTP serves GET /metrics.
@@ -172,28 +190,28 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // The hooks, in pipeline order.
 
-// TrackRequest starts timing a client request and returns the writer the
-// request must be answered through, which notes the status code. A
+// Instrument returns next, counting and timing every request it answers,
+// by the route that took it, its method and the status code answered. A
 // recorder is reused, so that counting a request allocates nothing.
-func (m *Metrics) TrackRequest(w http.ResponseWriter) (http.ResponseWriter, *statusRecorder) {
+func (m *Metrics) Instrument(next http.Handler) http.Handler {
 	if m == nil {
-		return w, nil
+		return next
 	}
-	rec := m.recorders.Get().(*statusRecorder)
-	*rec = statusRecorder{ResponseWriter: w, start: time.Now()}
-	return rec, rec
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := m.recorders.Get().(*statusRecorder)
+		*rec = statusRecorder{ResponseWriter: w, start: time.Now()}
+		next.ServeHTTP(rec, r)
+		m.requestDone(rec, r)
+	})
 }
 
-// RequestDone counts a request that rec answered. The route is the
+// requestDone counts a request that rec answered. The route is the
 // pattern ServeMux matched, which it records on the request it was given
 // (Request.Pattern): known only once the mux has routed it.
-func (m *Metrics) RequestDone(rec *statusRecorder, r *http.Request) {
-	if m == nil {
-		return
-	}
+func (m *Metrics) requestDone(rec *statusRecorder, r *http.Request) {
 	route := r.Pattern
 	if route == "" {
-		route = "/" // refused before routing (the client API refused it): no route took it
+		route = "/" // refused before routing (api.Mux): no route took it
 	}
 	code := rec.code
 	if code == 0 {
@@ -290,6 +308,31 @@ func (m *Metrics) WatchClosed() {
 func (m *Metrics) WatchSent(n int) {
 	if m != nil && n > 0 {
 		m.watchEvents.Add(float64(n))
+	}
+}
+
+// LeaseGranted counts a lease granted.
+func (m *Metrics) LeaseGranted() {
+	if m != nil {
+		m.leasesGranted.Inc()
+	}
+}
+
+// LeaseEnded counts a lease revoked, or expired if expired.
+func (m *Metrics) LeaseEnded(expired bool) {
+	switch {
+	case m == nil:
+	case expired:
+		m.leasesExpired.Inc()
+	default:
+		m.leasesRevoked.Inc()
+	}
+}
+
+// LeaseKeptAlive counts a keepalive answered 200.
+func (m *Metrics) LeaseKeptAlive() {
+	if m != nil {
+		m.leaseKeepAlives.Inc()
 	}
 }
 

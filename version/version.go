@@ -85,7 +85,7 @@ func moduleVersion(m *debug.Module) string {
 	return m.Version
 }
 
-// line is the build in one line, as raftkv --version prints it.
+// Line is the build in one line, as raftkv --version prints it.
 func (v Info) Line() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "raftkv %s (", v.Version)
