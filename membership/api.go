@@ -174,18 +174,7 @@ type AddRequest struct {
 // new member must then be started with --join.
 func (a *API) Add(w http.ResponseWriter, r *http.Request) {
 	var req AddRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			http.Error(w, fmt.Sprintf("member JSON exceeds %d bytes", maxBodyBytes), http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "bad member JSON: "+api.OneLine(err), http.StatusBadRequest)
-		return
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		http.Error(w, "bad member JSON: data after the object", http.StatusBadRequest)
+	if !api.ReadJSON(w, r, maxBodyBytes, "member", &req) {
 		return
 	}
 	m, err := req.Validate()
