@@ -24,7 +24,7 @@ const reservedFDs = 150
 // listenClients listens for clients on addr, accepting at most as many
 // connections at a time as the file descriptor limit leaves beyond
 // reservedFDs. Clients beyond that wait in the kernel's accept queue until
-// a connection closes, which connLimits bounds. With tlsInfo (nil for
+// a connection closes, which limits.Conn bounds. With tlsInfo (nil for
 // plain http) it serves TLS, as etcd's client listener does: the limit
 // counts connections before their handshake, which etcd's TLS listener
 // runs apart from Accept and gives up on after 10 seconds.

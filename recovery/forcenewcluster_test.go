@@ -1,10 +1,13 @@
 package recovery
 
 import (
+	"errors"
 	"maps"
+	"strings"
 	"testing"
 
 	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"raftkv/codec"
@@ -59,5 +62,16 @@ func TestConfiguredIDs(t *testing.T) {
 	want := map[uint64]bool{1: false, 4: false, 5: false, 7: true, 8: true}
 	if !maps.Equal(ids, want) {
 		t.Errorf("configuredIDs = %v, want %v (id: is a learner)", ids, want)
+	}
+}
+
+// TestForceNewClusterRefusesLearner proves --force-new-cluster refuses a
+// member that is a learner in the configuration its log ends with: alone
+// it would be a cluster with no voter.
+func TestForceNewClusterRefusesLearner(t *testing.T) {
+	// Refused before anything is written: no WAL is needed to find out.
+	_, _, err := ForceNewCluster(nil, zap.NewNop(), 4, &raftpb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}, 10, &raftpb.HardState{}, nil)
+	if !errors.Is(err, ErrCannotForce) || !strings.Contains(err.Error(), "learner") {
+		t.Fatalf("ForceNewCluster on a learner = %v, want ErrCannotForce naming it a learner", err)
 	}
 }

@@ -91,7 +91,7 @@ func Restore(args []string, stdout, stderr io.Writer) int {
 }
 
 // parseRestoreFlags reads and checks restore's flags, by the rules the
-// server's own flags follow (main's parseFlags).
+// server's own flags follow (config.Parse).
 func parseRestoreFlags(args []string, usage io.Writer) (restoreOptions, error) {
 	fs := flag.NewFlagSet("raftkv restore", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
