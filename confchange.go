@@ -16,7 +16,7 @@ import (
 //
 // POST and DELETE /members, and POST /members/{id}/promote (package
 // membership), propose a raft ConfChange on confChangeC
-// (kvstore.ProposeConfChange): AddNode adds a voter, AddLearnerNode a
+// (kvstore.ProposeMembershipChange): AddNode adds a voter, AddLearnerNode a
 // learner, an AddNode marked Promote makes a learner a voter, RemoveNode
 // removes either. Raft logs and commits it like any entry. When it is
 // committed, the hand-over goroutine hands the entries up to it to the
@@ -29,7 +29,7 @@ import (
 //   - then, only if the table took it, the hand-over goroutine applies it to
 //     raft's configuration (node.ApplyConfChange) and to the transport,
 //     which then talks to the new member or stops talking to the removed
-//     one (applyToRaft).
+//     one (confChangeToRaft).
 //
 // Deciding once, in the state machine, keeps the member table and raft's
 // voters and learners the same on every member (package membership says
@@ -47,10 +47,11 @@ func confChangeEnd(entries []*raftpb.Entry) int {
 	return len(entries)
 }
 
-// applyToRaft applies the conf change that ends batch b to raft and the
-// transport, once the kvstore has applied b and the member table took the
-// change. It reports whether the change removed this member.
-func (rc *raftNode) applyToRaft(b *applyBatch) (removedSelf bool, err error) {
+// confChangeToRaft applies the conf change that ends batch b to raft's
+// configuration and to the transport, once the kvstore has applied b and
+// the member table took the change. It reports whether the change removed
+// this member.
+func (rc *raftNode) confChangeToRaft(b *applyBatch) (removedSelf bool, err error) {
 	e := b.entries[len(b.entries)-1]
 	select {
 	case <-b.applied:
@@ -67,15 +68,14 @@ func (rc *raftNode) applyToRaft(b *applyBatch) (removedSelf bool, err error) {
 	rc.confState = rc.node.ApplyConfChange(cc)
 	switch id := cc.GetNodeId(); cc.GetType() {
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
-		c, err := membership.AddContextOf(cc)
-		if err == nil && c.Promote {
+		if membership.IsPromotion(cc) {
 			// A promoted learner is a peer already, and the last snapshot
 			// has it (as a learner, which it accepts): a new one would
 			// stall every member's apply for nothing (see maybeSnapshot).
 			return false, nil
 		}
 		rc.forceSnapshot = true
-		if err == nil && id != rc.id {
+		if c, err := membership.AddContextOf(cc); err == nil && id != rc.id {
 			rc.addPeer(id, c.PeerURLs)
 		}
 	case raftpb.ConfChangeRemoveNode:
@@ -95,7 +95,7 @@ func logConfChange(lg *zap.Logger, cc *raftpb.ConfChange, table *membership.Tabl
 	case raftpb.ConfChangeRemoveNode:
 		lg.Info("member removed from the cluster", zap.Uint64("member-id", id))
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
-		if c, err := membership.AddContextOf(cc); err == nil && c.Promote {
+		if membership.IsPromotion(cc) {
 			lg.Info("member promoted from learner to voter", zap.Uint64("member-id", id))
 			return
 		}

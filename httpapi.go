@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/raft/v3"
 
 	"raftkv/api"
+	"raftkv/codec"
 	"raftkv/config"
 	"raftkv/idempotency"
 	"raftkv/keyspace"
@@ -56,14 +57,22 @@ type httpAPI struct {
 	idemWindow     uint64 // --idempotency-window, carried in each keyed entry
 	errs           api.Errors
 	mux            *api.Mux
-	watches        *watch.Streams
+	features       features
 	metrics        *metrics.Metrics // nil keeps none
 	clusterIDValue []string         // the api.ClusterIDHeader of every answer: fixed before the API starts
 }
 
+// features are the handlers of the routes the feature packages serve.
+type features struct {
+	members *membership.API
+	watches *watch.Streams
+	backups *recovery.Backups
+}
+
 // newHTTPAPI is the client API of the member whose kvstore, raft node and
-// read loop it is given; startServer serves it on the client listener.
-func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics.Metrics, errs api.Errors) *httpAPI {
+// read loop it is given, with the features' routes served by f;
+// startServer serves it on the client listener.
+func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop, m *metrics.Metrics, errs api.Errors, f features) *httpAPI {
 	h := &httpAPI{
 		id:             cfg.ID,
 		clientURL:      cfg.ClientURL,
@@ -75,32 +84,29 @@ func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop
 		idemWindow:     cfg.IdempotencyWindow,
 		errs:           errs,
 		mux:            api.NewMux(),
-		watches:        watch.NewStreams(store.watch, store.AppliedIndex, store.done, cfg.WatchKeepAlive, m, errs),
+		features:       f,
 		metrics:        m,
 		clusterIDValue: []string{types.ID(rn.clusterID).String()},
 	}
-	running := running{kvstore: store, raftNode: rn, readLoop: reads, httpAPI: h}
-	members := membership.NewAPI(cfg.ID, cfg.PeerURL(), cfg.ClientURL, running, cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered)
-	backups := recovery.NewBackups(running, rn.clusterID, cfg.ID, cfg.RequestTimeout, errs)
 
 	// Every route, with the query parameters and headers it takes.
 	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the
 	// path ends in '/' (GET /keys/ lists every key).
-	h.mux.Handle("PUT /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.putKey)
+	h.mux.Handle("PUT /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.writeKey)
 	h.mux.Handle("GET /keys/{key...}", api.TakesConditions, h.getKey, "level", "limit", "after", "keys")
-	h.mux.Handle("DELETE /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.deleteKey)
+	h.mux.Handle("DELETE /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.writeKey)
 	h.mux.Refuse("/keys", ErrNoKey)
-	h.mux.Handle("GET /watch/{key...}", 0, h.watches.ServeHTTP, "from", "limit")
-	h.mux.Handle("GET /members", 0, members.List)
-	h.mux.Handle("POST /members", api.TakesIdempotencyKey, members.Add)
-	h.mux.Handle("GET /members/{id}", 0, members.Get)
-	h.mux.Handle("DELETE /members/{id}", 0, members.Remove)
-	h.mux.Handle("POST /members/{id}/promote", 0, members.Promote)
+	h.mux.Handle("GET /watch/{key...}", 0, f.watches.ServeHTTP, "from", "limit")
+	h.mux.Handle("GET /members", 0, f.members.List)
+	h.mux.Handle("POST /members", api.TakesIdempotencyKey, f.members.Add)
+	h.mux.Handle("GET /members/{id}", 0, f.members.Get)
+	h.mux.Handle("DELETE /members/{id}", 0, f.members.Remove)
+	h.mux.Handle("POST /members/{id}/promote", 0, f.members.Promote)
 	h.mux.Handle("GET /status", 0, h.getStatus)
-	h.mux.Handle("GET /health", 0, members.Health)
+	h.mux.Handle("GET /health", 0, f.members.Health)
 	h.mux.Handle("GET /metrics", 0, m.ServeHTTP)
 	h.mux.Handle("GET /version", 0, version.Serve)
-	h.mux.Handle("GET /snapshot", 0, backups.ServeHTTP, "level")
+	h.mux.Handle("GET /snapshot", 0, f.backups.ServeHTTP, "level")
 	if cfg.EnablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
 		h.mux.Handle("GET /debug/pprof/", 0, pprof.Index, "debug", "gc", "seconds")
@@ -116,10 +122,18 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// putKey handles PUT /keys/{key}: 201 if it created the key, 204 if it
-// replaced a value, once the write is committed and applied on this member;
-// 412 if its If-Match or If-None-Match was false then.
-func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
+// writeKey handles PUT /keys/{key}, which sets the key to the body, and
+// DELETE /keys/{key}. It answers once the write is committed and applied
+// on this member: 201 if a PUT created the key, 204 if it replaced a value
+// or a DELETE removed it, 404 for a DELETE of an absent key, 412 if its
+// If-Match or If-None-Match was false then; with the entry's index and the
+// key's version.
+//
+// This is where a write enters the pipeline: the command, encoded with a
+// request id unique in the cluster, goes to the raft node on proposeC,
+// and proposeAndWait returns when this member's kvstore has applied it.
+func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
+	put := r.Method == http.MethodPut
 	key, ok := keyFrom(w, r)
 	if !ok {
 		return
@@ -129,9 +143,11 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	value, ok := api.ReadValue(w, r, h.maxValueBytes)
-	if !ok {
-		return
+	var value []byte
+	if put {
+		if value, ok = api.ReadValue(w, r, h.maxValueBytes); !ok {
+			return
+		}
 	}
 	// The key's fingerprint covers what decides the write: method, key,
 	// value and conditions, however they were written.
@@ -142,42 +158,9 @@ func (h *httpAPI) putKey(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	o, err := h.store.write(ctx, true, key, value, cond, idem)
-	code := http.StatusNoContent
-	if o.Created {
-		code = http.StatusCreated
-	}
-	h.answerWrite(w, o, err, code)
-}
+	id := h.store.requestIDs.Next()
+	o, err := proposeAndWait(ctx, h.store, id, h.store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem), key: key})
 
-// deleteKey handles DELETE /keys/{key}: 204 if the key existed, 404 if
-// not, both once the delete is applied on this member; 412 if its
-// If-Match or If-None-Match was false then.
-func (h *httpAPI) deleteKey(w http.ResponseWriter, r *http.Request) {
-	key, ok := keyFrom(w, r)
-	if !ok {
-		return
-	}
-	cond, err := keyspace.ParseCondition(r.Header)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	idem, err := idempotency.KeyOf(r.Header, h.idemWindow, []byte(r.Method), []byte(key), nil, []byte(cond.IfMatch.String()), []byte(cond.IfNoneMatch.String()))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	o, err := h.store.write(ctx, false, key, nil, cond, idem)
-	h.answerWrite(w, o, err, http.StatusNoContent)
-}
-
-// answerWrite answers a write with code, or with err's status: the entry's
-// index, the key's version when it exists, and whether this is a replay
-// of an earlier attempt's answer.
-func (h *httpAPI) answerWrite(w http.ResponseWriter, o outcome, err error, code int) {
 	if o.Index != 0 {
 		api.SetRaftIndex(w, o.Index)
 	}
@@ -189,8 +172,10 @@ func (h *httpAPI) answerWrite(w http.ResponseWriter, o outcome, err error, code 
 		h.metrics.ReplayAnswered()
 	}
 	switch {
+	case err == nil && o.Created:
+		w.WriteHeader(http.StatusCreated)
 	case err == nil:
-		w.WriteHeader(code)
+		w.WriteHeader(http.StatusNoContent)
 	case errors.Is(err, keyspace.ErrKeyNotFound):
 		http.Error(w, api.OneLine(err), http.StatusNotFound)
 	case errors.Is(err, keyspace.ErrPreconditionFailed):
@@ -283,7 +268,7 @@ func (h *httpAPI) awaitLevel(w http.ResponseWriter, r *http.Request, level strin
 			return false
 		}
 		if leader != h.id {
-			h.RedirectToLeader(w, r, leader)
+			redirectToLeader(w, r, h.store.Table(), leader)
 			return false
 		}
 		// The leader applies asynchronously: catch up with everything it
@@ -301,9 +286,10 @@ func (h *httpAPI) awaitLevel(w http.ResponseWriter, r *http.Request, level strin
 	return true
 }
 
-// RedirectToLeader answers 307 with the same path and query on the leader.
-func (h *httpAPI) RedirectToLeader(w http.ResponseWriter, r *http.Request, leader uint64) {
-	m, ok := h.store.Table().Lookup(leader)
+// redirectToLeader answers 307 with the same path and query on the
+// leader, by its client URL in the member table.
+func redirectToLeader(w http.ResponseWriter, r *http.Request, table *membership.Table, leader uint64) {
+	m, ok := table.Lookup(leader)
 	if !ok || len(m.ClientURLs) == 0 {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, fmt.Sprintf("leader %d has not advertised its client URL yet", leader), http.StatusServiceUnavailable)
@@ -388,7 +374,7 @@ type status struct {
 
 // getStatus handles GET /status: this member's view of raft.
 func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
-	st := h.raft.node.Status()
+	st := h.raft.Status()
 	api.WriteJSON(w, http.StatusOK, status{
 		ID:            h.id,
 		ClusterID:     types.ID(h.raft.clusterID).String(),

@@ -23,10 +23,11 @@ import (
 	"raftkv/watch"
 )
 
-// proposal is a command on its way into the raft log: the encoded entry,
-// the wait-registry key of the handler blocked on it, and the key it
-// writes, if any, so that one entry never writes a key twice (a key's
-// version is the index of the entry that wrote it: package keyspace).
+// proposal is a command on its way into the raft log: the encoded command,
+// the request id of the handler blocked on it (its key in the waiters
+// registry), and the key it writes, if any, so that one entry never writes
+// a key twice (a key's version is the index of the entry that wrote it:
+// package keyspace).
 type proposal struct {
 	requestID uint64
 	data      []byte
@@ -42,7 +43,7 @@ type outcome struct {
 	replayed bool
 }
 
-// applyBatch is what the raft node's commit goroutine sends the kvstore on
+// applyBatch is what the raft node's hand-over goroutine sends the kvstore on
 // applyC, in log order: a snapshot to load first, if any, then committed
 // entries.
 type applyBatch struct {
@@ -68,7 +69,7 @@ type kvstore struct {
 	confChangeC chan<- *raftpb.ConfChange
 
 	requestIDs  *idutil.Generator // unique across the cluster: the member id is in the top bits
-	waiters     wait.Wait         // request id -> handler waiting for its entry's outcome
+	waiters     wait.Wait         // request id -> handler waiting for its entry's outcome (the raft node wakes those raft refused)
 	appliedWait wait.WaitTime     // applied index -> readers waiting to reach it
 	done        chan struct{}     // closed when applyC closes: nothing more will apply
 	err         error             // why applying stopped, if not a clean shutdown; set before done closes
@@ -108,19 +109,9 @@ func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, m *metrics.Met
 	}
 }
 
-// write proposes a PUT of value to key (put true) or a DELETE of key, and
-// returns once this member has applied it. If cond is given, it applies
-// only if cond holds then (else keyspace.ErrPreconditionFailed); with an
-// idempotency key, only once.
-func (s *kvstore) write(ctx context.Context, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) (outcome, error) {
-	id := s.requestIDs.Next()
-	data := codec.EncodeWrite(id, put, key, value, cond, idem)
-	return proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
-}
-
-// ProposeConfChange proposes a membership change (package membership
-// makes it) and returns once this member has applied it.
-func (s *kvstore) ProposeConfChange(ctx context.Context, cc *raftpb.ConfChange) (idempotency.Answer, bool, error) {
+// ProposeMembershipChange proposes a raft conf change (package membership
+// makes it) on confChangeC and returns once this member has applied it.
+func (s *kvstore) ProposeMembershipChange(ctx context.Context, cc *raftpb.ConfChange) (idempotency.Answer, bool, error) {
 	cc.Id = new(s.requestIDs.Next())
 	o, err := proposeAndWait(ctx, s, cc.GetId(), s.confChangeC, cc)
 	return o.Answer, o.replayed, err
@@ -140,8 +131,9 @@ func (s *kvstore) ProposeAdvertise(ctx context.Context, id uint64, clientURL str
 // confChangeC), and waits for the entry's outcome on that channel. Every
 // member applies every entry, but only the member that registered
 // requestID has a waiter to wake: a follower may apply before the leader,
-// and any member can wake its own handler. The raft node wakes it too,
-// with api.ErrNoLeader, if raft refuses the proposal.
+// and any member can wake its own handler. The raft node wakes it instead
+// if the proposal never reaches the log: with api.ErrNoLeader when raft
+// refuses it, api.ErrStopped when raft stops (see raftNode.propose).
 func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c chan<- T, msg T) (result outcome, err error) {
 	s.metrics.ProposalStarted()
 	defer func() { s.metrics.ProposalDone(proposalEnd(result, err)) }()
@@ -177,10 +169,12 @@ func proposeAndWait[T any](ctx context.Context, s *kvstore, requestID uint64, c 
 	}
 }
 
-// proposalEnd is how a proposal's wait ended, for the metrics.
+// proposalEnd is how a proposal's wait ended, for the metrics. An entry
+// refused for an Idempotency-Key used by another request was applied all
+// the same, as a no-op.
 func proposalEnd(o outcome, err error) metrics.ProposalEnd {
 	switch {
-	case o.Index != 0:
+	case o.Index != 0, errors.Is(err, idempotency.ErrKeyReused):
 		return metrics.ProposalApplied
 	case errors.Is(err, api.ErrNoLeader):
 		return metrics.ProposalDropped

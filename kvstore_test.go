@@ -178,23 +178,30 @@ func (h *kvTest) advertise(memberID uint64, url string) func(context.Context) (u
 
 func (h *kvTest) put(key, value string) func(context.Context) (uint64, error) {
 	return func(ctx context.Context) (uint64, error) {
-		o, err := h.s.write(ctx, true, key, []byte(value), keyspace.Condition{}, idempotency.Key{})
+		o, err := writeTest(ctx, h.s, true, key, []byte(value), keyspace.Condition{}, idempotency.Key{})
 		return o.Index, err
 	}
 }
 
 func (h *kvTest) del(key string) func(context.Context) (uint64, error) {
 	return func(ctx context.Context) (uint64, error) {
-		o, err := h.s.write(ctx, false, key, nil, keyspace.Condition{}, idempotency.Key{})
+		o, err := writeTest(ctx, h.s, false, key, nil, keyspace.Condition{}, idempotency.Key{})
 		return o.Index, err
 	}
 }
 
-// confChange is a proposing call for ProposeConfChange, as the /members
+// writeTest proposes a PUT of value to key (put true) or a DELETE of key,
+// as writeKey does, and waits for store to apply it.
+func writeTest(ctx context.Context, store *kvstore, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) (outcome, error) {
+	id := store.requestIDs.Next()
+	return proposeAndWait(ctx, store, id, store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem), key: key})
+}
+
+// confChange is a proposing call for ProposeMembershipChange, as the /members
 // handlers make it.
 func (h *kvTest) confChange(cc *raftpb.ConfChange) func(context.Context) (uint64, error) {
 	return func(ctx context.Context) (uint64, error) {
-		a, _, err := h.s.ProposeConfChange(ctx, cc)
+		a, _, err := h.s.ProposeMembershipChange(ctx, cc)
 		return a.Index, err
 	}
 }
@@ -699,7 +706,7 @@ func TestKVStoreStopWakesProposers(t *testing.T) {
 	if h.s.err != nil {
 		t.Errorf("store error after a clean stop = %v, want nil", h.s.err)
 	}
-	if _, err := h.s.write(kvContext(t), false, "a", nil, keyspace.Condition{}, idempotency.Key{}); !errors.Is(err, api.ErrStopped) {
+	if _, err := writeTest(kvContext(t), h.s, false, "a", nil, keyspace.Condition{}, idempotency.Key{}); !errors.Is(err, api.ErrStopped) {
 		t.Errorf("delete after stop = %v, want api.ErrStopped", err)
 	}
 }
@@ -715,7 +722,7 @@ func TestIdempotencyWindow(t *testing.T) {
 		done := make(chan outcome, 1)
 		go func() {
 			idem := idempotency.Key{Name: idemKey, Fingerprint: idempotency.Fingerprint([]byte(value)), Window: window}
-			o, _ := h.s.write(ctx, true, "k", []byte(value), keyspace.Condition{}, idem)
+			o, _ := writeTest(ctx, h.s, true, "k", []byte(value), keyspace.Condition{}, idem)
 			done <- o
 		}()
 		h.apply(h.nextProposal(h.s.appliedIndex.Load() + 1))

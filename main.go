@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
@@ -39,6 +40,7 @@ import (
 	"raftkv/recovery"
 	"raftkv/tlsconfig"
 	"raftkv/version"
+	"raftkv/watch"
 )
 
 // gcPercent is raftkv's default GOGC. A member's heap is mostly its state
@@ -93,7 +95,7 @@ func run(ctx context.Context, cfg config.Config, lg *zap.Logger) error {
 	case <-ctx.Done():
 		lg.Info("shutting down on signal")
 	case <-s.raft.done():
-	case <-s.store.done:
+	case <-s.store.Done():
 	}
 	err = s.stop()
 	if errors.Is(err, ErrRemoved) {
@@ -103,8 +105,8 @@ func run(ctx context.Context, cfg config.Config, lg *zap.Logger) error {
 	return err
 }
 
-// server is one running member: the client API, the raft node and the
-// kvstore, and the channels between them.
+// server is one running member: its kvstore and raft node, and the HTTP
+// server of its client API.
 type server struct {
 	cfg   config.Config
 	lg    *zap.Logger
@@ -114,15 +116,28 @@ type server struct {
 }
 
 // running is a running member as the feature packages see it: the
-// exported methods of its kvstore, raft node, read loop and client API,
-// which their interfaces name (membership.Cluster, join.Server,
-// recovery.Source). Those methods are every seam between the raft server
-// and its features.
+// exported methods of its kvstore, raft node and read loop, which their
+// interfaces name. Those methods are the seams between the raft server and
+// its features; the others are arguments given where startServer wires
+// them (the watch history, the metrics' gauges, the peer API's member
+// list).
 type running struct {
 	*kvstore
 	*raftNode
 	*readLoop
-	*httpAPI
+	requestTimeout time.Duration
+}
+
+// The interfaces running meets, checked by the compiler.
+var (
+	_ membership.Cluster = running{}
+	_ join.Server        = running{}
+	_ recovery.Source    = running{}
+)
+
+// RedirectToLeader answers 307 with the same request on the leader.
+func (r running) RedirectToLeader(w http.ResponseWriter, req *http.Request, leader uint64) {
+	redirectToLeader(w, req, r.Table(), leader)
 }
 
 // TransferLeadership makes another member lead in place of leader, and
@@ -142,7 +157,7 @@ func (r running) TransferLeadership(ctx context.Context, leader uint64) error {
 // startServer wires the pipeline and starts it. It returns once the member
 // has applied what its WAL records as committed (bootIndex) and serves the
 // client API.
-func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*server, error) {
+func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *server, err error) {
 	lg = lg.With(zap.Uint64("member", cfg.ID))
 	lg.Info("starting", zap.String("peer-url", cfg.PeerURL()), zap.String("client-url", cfg.ClientURL), zap.String("data-dir", cfg.DataDir))
 	if err := cfg.TLS.CheckFiles(); err != nil {
@@ -154,33 +169,42 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*serve
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
+	var rn *raftNode
+	var store *kvstore
+	defer func() { // a start that fails frees its ports and stops what it started
+		if err == nil {
+			return
+		}
+		clientLn.Close()
+		if rn != nil {
+			rn.stop()
+			<-store.done
+		}
+	}()
 
 	if err := join.CheckLearnerFlag(cfg.ID, cfg.StayLearner, cfg.Join != "", cfg.DataDir); err != nil {
-		clientLn.Close()
 		return nil, err
 	}
 	if cfg.Join != "" && !datadir.HasWAL(cfg.DataDir) {
-		joined, err := join.Ask(ctx, cfg.JoinRequest(), lg)
+		joined, err := join.Ask(ctx, joinRequest(cfg), lg)
 		if err != nil {
-			clientLn.Close()
 			return nil, err
 		}
 		cfg.Cluster, cfg.ClusterID = joined.Peers, joined.ClusterID
 	}
 
+	// The pipeline: handler -> proposeC / confChangeC -> raft node ->
+	// applyC -> kvstore.
 	proposeC := make(chan proposal)
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
 	m := metrics.New(lg)
-	store := newKVStore(lg, cfg.ID, cfg.WatchHistoryBytes, m, proposeC, confChangeC)
+	store = newKVStore(lg, cfg.ID, cfg.WatchHistoryBytes, m, proposeC, confChangeC)
 	go store.serveApply(applyC)
-	rn, err := startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC)
-	if err != nil {
-		clientLn.Close()
+	if rn, err = startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC); err != nil {
 		close(applyC)
 		return nil, err
 	}
-	s := &server{cfg: cfg, lg: lg, store: store, raft: rn}
 
 	// Serve nothing until the kvstore has applied what the WAL records as
 	// committed (bootIndex). After a clean stop that is everything this
@@ -188,7 +212,6 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*serve
 	// (see saveAppends), so a stale read can miss the last writes this
 	// member acknowledged until the leader's next message.
 	if err := store.WaitApplied(ctx, rn.bootIndex); err != nil {
-		clientLn.Close()
 		if stopErr := rn.stop(); stopErr != nil {
 			err = stopErr
 		}
@@ -196,13 +219,11 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*serve
 		if store.err != nil {
 			err = store.err // why the kvstore could not apply what was on disk
 		}
+		rn = nil // stopped already
 		return nil, fmt.Errorf("replay WAL: %w", err)
 	}
 	debug.FreeOSMemory() // what reading the snapshot and the WAL took: several copies of the state
 	if err := bootstrap.CheckPeerURL(cfg.ID, cfg.PeerURL(), store.Table()); err != nil {
-		clientLn.Close()
-		rn.stop()
-		<-store.done
 		return nil, err
 	}
 	rn.servePeerAPI(store.Table)
@@ -211,17 +232,29 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (*serve
 		HasLeader: func() bool { return rn.Leader() != raft.None }, IsLeader: func() bool { return rn.Leader() == cfg.ID },
 	})
 
+	// The client API, with the features' routes, and the features that run
+	// on their own.
 	reads := newReadLoop(lg, rn, store, cfg.RequestTimeout, m)
 	go reads.run()
-	api := newHTTPAPI(cfg, store, rn, reads, m, api.NewErrors(logging.NewAnswerLogger(lg), cfg.RequestTimeout))
-	s.http = limits.NewServer(m.Instrument(api), cfg.ClientLimits())
-	s.http.RegisterOnShutdown(api.watches.Close)
+	r := running{kvstore: store, raftNode: rn, readLoop: reads, requestTimeout: cfg.RequestTimeout}
+	errs := api.NewErrors(logging.NewAnswerLogger(lg), cfg.RequestTimeout)
+	routes := newHTTPAPI(cfg, store, rn, reads, m, errs, features{
+		members: membership.NewAPI(cfg.ID, cfg.PeerURL(), cfg.ClientURL, r, cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered),
+		watches: watch.NewStreams(store.watch, store.AppliedIndex, store.Done(), cfg.WatchKeepAlive, m, errs),
+		backups: recovery.NewBackups(r, rn.clusterID, cfg.ID, cfg.RequestTimeout, errs),
+	})
+	s := &server{cfg: cfg, lg: lg, store: store, raft: rn, http: limits.NewServer(m.Instrument(routes), cfg.ClientLimits())}
+	s.http.RegisterOnShutdown(routes.features.watches.Close)
 	go s.http.Serve(clientLn)
-	joining := running{kvstore: store, raftNode: rn, readLoop: reads, httpAPI: api}
-	go join.Advertise(joining, cfg.ID, cfg.ClientURL, cfg.RequestTimeout, lg)
-	join.Promote(joining, cfg.JoinRequest(), cfg.StayLearner, lg)
+	go join.Advertise(r, cfg.ID, cfg.ClientURL, cfg.RequestTimeout, lg)
+	join.Promote(r, joinRequest(cfg), cfg.StayLearner, lg)
 	lg.Info("serving clients", zap.String("client-url", cfg.ClientURL), zap.String("peer-url", cfg.PeerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
+}
+
+// joinRequest is the member cfg describes, as joining sees it.
+func joinRequest(cfg config.Config) join.Request {
+	return join.Request{ID: cfg.ID, PeerURL: cfg.PeerURL(), ClientURL: cfg.ClientURL, Via: cfg.Join, ClientTLS: cfg.TLS.Client, RequestTimeout: cfg.RequestTimeout}
 }
 
 // stop shuts the member down: stop accepting requests and give those in

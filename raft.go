@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -39,7 +38,7 @@ import (
 var ErrRemoved = errors.New("this member was removed from the cluster")
 
 const (
-	// electionTicks and heartbeatTicks are in units of config.tickInterval:
+	// electionTicks and heartbeatTicks are in units of cfg.TickInterval:
 	// with the default 100ms tick, a leader heartbeats every 100ms and a
 	// follower that hears nothing for 1-2s starts an election.
 	electionTicks  = 10
@@ -58,7 +57,7 @@ const (
 	maxInflightAppends = 2
 
 	// maxBatchBytes stops a batch of proposals from growing once it holds
-	// this much. With one largest value (maxValueLimit) on top it stays
+	// this much. With one largest value (config.MaxValueLimit) on top it stays
 	// inside the WAL's 10 MiB record limit.
 	maxBatchBytes = 512 << 10
 )
@@ -75,7 +74,8 @@ type stateMachine interface {
 // raftNode drives the raft library (go.etcd.io/raft/v3), which decides but
 // does no I/O: raft's own goroutine (node.run, inside the library) takes
 // proposals, peers' messages and ticks, and hands out what to do in a
-// Ready. Four goroutines here do the rest; ready.go shows the contract the
+// Ready. Four goroutines here do the rest (and a few housekeeping ones:
+// old files purged, the peer port served); ready.go shows the contract the
 // first three keep with raft:
 //
 //   - serveReady, the Ready goroutine: ticks raft's clock and routes each
@@ -113,7 +113,7 @@ type raftNode struct {
 
 	// Owned by serveCommitted.
 	confState     *raftpb.ConfState
-	queuedIndex   uint64           // last index sent to the kvstore on applyC; its applied index follows
+	handedOver    uint64           // last index handed to the kvstore on applyC (raft's "applied"); the kvstore's applied index follows
 	forceSnapshot bool             // a member was added or removed since the last snapshot (not promoted: confchange.go)
 	bootSnapshot  *raftpb.Snapshot // the snapshot found on disk, sent to the kvstore first
 	// snapshotIndex is the index of the newest snapshot whose file is
@@ -189,7 +189,7 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 		peerLn.Close()
 		close(rc.stopC)
 	}
-	if err := bootstrap.Check(ctx, cfg.BootstrapMember(), lg); err != nil {
+	if err := bootstrap.Check(ctx, bootstrapMember(cfg), lg); err != nil {
 		stopPeers()
 		return nil, err
 	}
@@ -203,7 +203,7 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 		ElectionTick:    electionTicks,
 		HeartbeatTick:   heartbeatTicks,
 		Storage:         diskSnapshots{MemoryStorage: rc.raftStorage, lg: rc.lg, dir: datadir.SnapDir(cfg.DataDir), saved: &rc.snapshotIndex},
-		Applied:         rc.queuedIndex,
+		Applied:         rc.handedOver,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: maxInflightAppends,
 		// See ready.go.
@@ -226,9 +226,9 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 	} else {
 		var peers []raft.Peer
 		for _, id := range slices.Sorted(maps.Keys(cfg.Cluster)) {
-			// Marshalling a member (numbers and strings) cannot fail.
-			ctx, _ := json.Marshal(membership.Member{ID: id, PeerURLs: []string{cfg.Cluster[id]}})
-			peers = append(peers, raft.Peer{ID: id, Context: ctx})
+			// Raft commits a conf change adding each initial member, with
+			// this context, which the member table reads as any add's.
+			peers = append(peers, raft.Peer{ID: id, Context: membership.AddChange(membership.Member{ID: id, PeerURLs: []string{cfg.Cluster[id]}}, idempotency.Key{}).Context})
 		}
 		rc.node = raft.StartNode(c, peers)
 		// StartNode commits one conf change per initial member: wait for
@@ -254,6 +254,13 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 	return rc, nil
 }
 
+// bootstrapMember is the member cfg describes, as the bootstrap checks
+// see it.
+func bootstrapMember(cfg config.Config) bootstrap.Member {
+	return bootstrap.Member{ID: cfg.ID, PeerURL: cfg.PeerURL(), Cluster: cfg.Cluster, ClusterID: cfg.ClusterID, DataDir: cfg.DataDir,
+		Joining: cfg.Join != "", ForceNewCluster: cfg.ForceNewCluster, PeerTLS: cfg.TLS.Peer}
+}
+
 // serveProposals is the proposal goroutine: it feeds proposals into raft.
 // node.Propose blocks while there is no leader, so it runs apart from the
 // Ready goroutine, which must keep going for a leader to be elected.
@@ -267,7 +274,7 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 func (rc *raftNode) serveProposals() {
 	var next proposal // held back from the last batch, when held
 	held := false
-	keys := make(map[string]bool)
+	batchKeys := make(map[string]bool)
 	for {
 		var first proposal
 		if held {
@@ -282,19 +289,19 @@ func (rc *raftNode) serveProposals() {
 				return
 			}
 		}
-		clear(keys)
+		clear(batchKeys)
 		ids, commands := []uint64{first.requestID}, [][]byte{first.data}
-		keys[first.key] = true
+		batchKeys[first.key] = true
 		size := len(first.data)
 	batching:
 		for size < maxBatchBytes {
 			select {
 			case p := <-rc.proposeC:
-				if p.key != "" && keys[p.key] {
+				if p.key != "" && batchKeys[p.key] {
 					next, held = p, true
 					break batching
 				}
-				keys[p.key] = true
+				batchKeys[p.key] = true
 				ids, commands = append(ids, p.requestID), append(commands, p.data)
 				size += len(p.data)
 			default:
@@ -318,7 +325,10 @@ func (rc *raftNode) serveProposals() {
 // apply it: wake its waiters here with api.ErrNoLeader, which clients may
 // take as "not applied". Any other failure (the deadline passed while raft
 // held the proposal, or raft stopped) may come after raft took it, so it
-// must not claim the proposal was dropped.
+// must not claim the proposal was dropped. (A conf change raft drops is
+// not reported: node.ProposeConfChange does not wait for raft's verdict,
+// so its handler learns nothing until its request times out; which is why
+// the membership routes propose only once the leader has settled.)
 func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context) error) {
 	var err error
 	if rc.leader.Load() == raft.None {
@@ -343,6 +353,10 @@ func (rc *raftNode) propose(requestIDs []uint64, proposeFn func(context.Context)
 		rc.waiters.Trigger(id, outcome{Answer: idempotency.Answer{Err: err}})
 	}
 }
+
+// Status is raft's own view of this member: its term, its state, its
+// commit index and, on the leader, each follower's progress.
+func (rc *raftNode) Status() raft.Status { return rc.node.Status() }
 
 // Term is the raft term this member is in.
 func (rc *raftNode) Term() uint64 { return rc.node.Status().GetTerm() }

@@ -299,7 +299,7 @@ func (rc *raftNode) sendResponses(responses []*raftpb.Message) {
 //
 // A conf change ends a batch: the kvstore applies it to the member table
 // first, then this goroutine applies it to raft and the transport, if the
-// table took it (applyToRaft).
+// table took it (confChangeToRaft).
 func (rc *raftNode) serveCommitted() {
 	if rc.bootSnapshot != nil {
 		// The kvstore learns everything through applyC, the state on disk too.
@@ -322,20 +322,23 @@ func (rc *raftNode) serveCommitted() {
 			}
 			continue
 		}
-		if len(c.entries) > 0 && c.entries[0].GetIndex() > rc.queuedIndex+1 {
-			rc.fail(fmt.Errorf("first committed entry %d is past index %d + 1, the last one handed to the kvstore", c.entries[0].GetIndex(), rc.queuedIndex))
+		if len(c.entries) > 0 && c.entries[0].GetIndex() > rc.handedOver+1 {
+			rc.fail(fmt.Errorf("first committed entry %d is past index %d + 1, the last one handed to the kvstore", c.entries[0].GetIndex(), rc.handedOver))
 			return
 		}
+		// A batch at a time: a conf change ends one, since raft must
+		// learn of it only once the member table has taken it.
 		var b *applyBatch
-		for entries := c.entries; len(entries) > 0; entries = entries[len(b.entries):] {
-			b = &applyBatch{entries: entries[:confChangeEnd(entries)], applied: make(chan struct{})}
+		for rest := c.entries; len(rest) > 0; {
+			n := confChangeEnd(rest)
+			b, rest = &applyBatch{entries: rest[:n], applied: make(chan struct{})}, rest[n:]
 			if err := rc.sendToApply(b); err != nil {
 				return
 			}
 			last := b.entries[len(b.entries)-1]
-			rc.queuedIndex = last.GetIndex()
+			rc.handedOver = last.GetIndex()
 			if last.GetType() == raftpb.EntryConfChange {
-				removedSelf, err := rc.applyToRaft(b)
+				removedSelf, err := rc.confChangeToRaft(b)
 				if removedSelf {
 					err = ErrRemoved // the kvstore has woken the removal's handler
 				}

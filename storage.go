@@ -52,7 +52,7 @@ const (
 // fsynced), never beyond what its WAL holds.
 
 // openStorage creates the data dir on first start, recording in the WAL whose
-// log it is (walMetadata); on a restart it loads the newest valid snapshot,
+// log it is (datadir.Metadata); on a restart it loads the newest valid snapshot,
 // replays the WAL after it into raftStorage and takes the cluster ID the
 // WAL recorded.
 func (rc *raftNode) openStorage() (walExisted bool, err error) {
@@ -93,8 +93,8 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 			return true, fmt.Errorf("apply snapshot: %w", err)
 		}
 		rc.confState = snapshot.GetMetadata().GetConfState()
-		rc.queuedIndex = snapshot.GetMetadata().GetIndex()
-		rc.snapshotIndex.Store(rc.queuedIndex)
+		rc.handedOver = snapshot.GetMetadata().GetIndex()
+		rc.snapshotIndex.Store(rc.handedOver)
 		rc.bootSnapshot = snapshot
 	}
 
@@ -123,7 +123,7 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 	}
 	rc.clusterID = owner.ClusterID
 	if rc.cfg.ForceNewCluster {
-		if hardState, entries, err = recovery.ForceNewCluster(rc.wal, rc.lg, rc.id, rc.confState, walSnap.GetIndex(), hardState, entries); err != nil {
+		if hardState, entries, err = rc.forceNewCluster(walSnap.GetIndex(), hardState, entries); err != nil {
 			rc.wal.Close()
 			return true, err
 		}
@@ -140,7 +140,7 @@ func (rc *raftNode) openStorage() (walExisted bool, err error) {
 		return true, fmt.Errorf("restore log: %w", err)
 	}
 	rc.lg.Info("replayed WAL",
-		zap.Uint64("snapshot-index", rc.queuedIndex),
+		zap.Uint64("snapshot-index", rc.handedOver),
 		zap.Int("entries", len(entries)),
 		zap.Uint64("commit-index", rc.bootIndex))
 	return true, nil
@@ -173,6 +173,28 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 	}
 }
 
+// forceNewCluster turns the log a restart read into that of a one-member
+// cluster (recovery.ForceNewCluster), saves the removals it appends to the
+// WAL with a hard state committing everything, and returns the hard state
+// and entries to restart raft from.
+func (rc *raftNode) forceNewCluster(snapshotIndex uint64, hardState *raftpb.HardState, entries []*raftpb.Entry) (*raftpb.HardState, []*raftpb.Entry, error) {
+	forced, removals, removed, err := recovery.ForceNewCluster(rc.id, rc.confState, snapshotIndex, hardState, entries)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Save fsyncs for new entries; Sync makes sure of the hard state too.
+	if err := rc.wal.Save(forced, removals); err != nil {
+		return nil, nil, fmt.Errorf("save the forced conf changes to the WAL: %w", err)
+	}
+	if err := rc.wal.Sync(); err != nil {
+		return nil, nil, fmt.Errorf("sync WAL: %w", err)
+	}
+	rc.lg.Warn("forcing a new cluster of this member alone", zap.Uint64s("removing", removed),
+		zap.Uint64("wal-commit-index", hardState.GetCommit()), zap.Uint64("commit-index", forced.GetCommit()),
+		zap.Int("uncommitted-entries-kept", len(entries)-recovery.CommittedCount(entries, hardState.GetCommit())))
+	return forced, append(entries, removals...), nil
+}
+
 // Snapshots: when they are taken, written and loaded.
 //
 //   - Taken by the hand-over goroutine (maybeSnapshot), every
@@ -199,18 +221,18 @@ func (rc *raftNode) readWAL(walDir string, walSnap *walpb.Snapshot) ([]byte, *ra
 // snapshotCount more writes. (Not after a promotion: the learner is in the
 // last snapshot already, and taking one holds every member's apply up.)
 func (rc *raftNode) maybeSnapshot(applied <-chan struct{}) error {
-	if !rc.forceSnapshot && rc.queuedIndex-rc.snapshotIndex.Load() < rc.snapshotCount {
+	if !rc.forceSnapshot && rc.handedOver-rc.snapshotIndex.Load() < rc.snapshotCount {
 		return nil
 	}
 	// The kvstore applies on its own goroutine; the snapshot must hold
-	// exactly the state at queuedIndex, so wait for it to get there.
+	// exactly the state at handedOver, so wait for it to get there.
 	select {
 	case <-applied:
 	case <-rc.stopC:
 		return api.ErrStopped
 	}
 	start := time.Now()
-	index := rc.queuedIndex
+	index := rc.handedOver
 	snapshot, err := rc.raftStorage.CreateSnapshot(index, rc.confState, nil)
 	if errors.Is(err, raft.ErrSnapOutOfDate) {
 		// The append goroutine has just saved a newer snapshot from the
@@ -300,7 +322,7 @@ func (rc *raftNode) installLeaderSnapshot(snapshot *raftpb.Snapshot) error {
 	}
 	index := snapshot.GetMetadata().GetIndex()
 	rc.confState = snapshot.GetMetadata().GetConfState()
-	rc.queuedIndex = index
+	rc.handedOver = index
 	if err := rc.resetPeers(snapshot); err != nil {
 		return err
 	}

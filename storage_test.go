@@ -1451,7 +1451,7 @@ func backupTestPreload(t *testing.T, store *kvstore, n, size int) {
 		wg.Go(func() {
 			for i := g; i < n; i += 64 {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := store.write(ctx, true, fmt.Sprintf("big/%05d", i), value, keyspace.Condition{}, idempotency.Key{})
+				_, err := writeTest(ctx, store, true, fmt.Sprintf("big/%05d", i), value, keyspace.Condition{}, idempotency.Key{})
 				cancel()
 				if errors.Is(err, api.ErrNoLeader) {
 					i -= 64 // not applied: a busy machine can cost a leader its lease; again

@@ -21,7 +21,8 @@ import (
 // The transport: raft messages to and from peers, over etcd's rafthttp.
 // Outgoing messages leave through transport.Send (ready.go); incoming ones
 // arrive on the peer port and rafthttp hands them to Process, which steps
-// them into raft (node.Step: raft's recvc channel). Which peers the
+// them into raft (node.Step: raft's recvc channel, or its propc for a
+// proposal a follower forwards to the leader). Which peers the
 // transport knows follows the applied configuration: the initial members or
 // a snapshot's at start, then each conf change (confchange.go).
 //
@@ -98,13 +99,21 @@ func (rc *raftNode) addPeer(id uint64, peerURLs []string) {
 // Process, IsIDRemoved, ReportUnreachable and ReportSnapshot make raftNode
 // the rafthttp.Raft that the transport delivers peer messages to.
 
+// Process steps a message from a peer into raft.
 func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
 	return rc.node.Step(ctx, m)
 }
+
+// IsIDRemoved reports whether member id was removed: rafthttp turns its
+// messages away, which tells it to stop.
 func (rc *raftNode) IsIDRemoved(id uint64) bool { return rc.sm.isIDRemoved(id) }
-func (rc *raftNode) ReportUnreachable(id uint64) {
-	rc.node.ReportUnreachable(id)
-}
+
+// ReportUnreachable tells raft that a message to member id failed, so the
+// leader stops sending it appends until it answers again.
+func (rc *raftNode) ReportUnreachable(id uint64) { rc.node.ReportUnreachable(id) }
+
+// ReportSnapshot tells raft whether the snapshot sent to member id
+// arrived, so the leader resumes appends from it or sends it again.
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
 }

@@ -24,8 +24,10 @@ import (
 
 // Errors any request that needs raft can end with.
 var (
-	// ErrNoLeader is a request that needs a leader when none is known: a
-	// write refused by raft, which it never logged.
+	// ErrNoLeader is a request that needs a leader when none is known, or
+	// a proposal raft refused (no leader, a leadership transfer under way,
+	// the leader's log of uncommitted entries full): never logged, so
+	// never applied. The raft node and the read loop answer with it.
 	ErrNoLeader = errors.New("no leader")
 	// ErrStopped is a request cut short by the member stopping.
 	ErrStopped = errors.New("server is shutting down")

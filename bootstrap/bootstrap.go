@@ -277,7 +277,7 @@ func askPeer(ctx context.Context, client *http.Client, m Member, peerURL string)
 // --cluster. On a restart the member table comes from the log, not from
 // --cluster: the peers go on dialling the URL the table has, while this
 // member listens on the new one, and raftkv has no call that changes a
-// member's peer URL. The raft node runs it once the member has applied its
+// member's peer URL. startServer runs it once the member has applied its
 // disk state, before it serves clients or advertises anything.
 func CheckPeerURL(id uint64, peerURL string, table *membership.Table) error {
 	m, ok := table.Lookup(id)

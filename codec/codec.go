@@ -4,10 +4,13 @@
 // bytes, on every start as well, so the format only ever grows: an entry
 // or a snapshot written by an older raftkv still decodes.
 //
-// The seam: a handler's write becomes an entry with EncodeWrite, the
-// proposer batches entries with EncodeBatch, and the kvstore applying an
-// entry reads it back with ForEachCommand and DecodeCommand; the kvstore
-// takes and loads snapshots with State.Encode and DecodeState.
+// The seams: a handler's write becomes a command with EncodeWrite, the
+// raft node's proposal goroutine batches commands into one entry with
+// EncodeBatch, and the kvstore applying an entry reads them back with
+// ForEachCommand and DecodeCommand. The kvstore encodes its state
+// (State.Encode) for the raft node's snapshots and for backups, and loads
+// one with DecodeState; the raft node learns its peers from a snapshot
+// with DecodeMembers; recovery reads and writes the state of a backup.
 package codec
 
 import (
@@ -49,7 +52,7 @@ import (
 //	         idempotency key (length-prefixed) | fingerprint (8 bytes) | window (uvarint), if keyed
 //	tags:    count (uvarint) | per tag: modIndex<<1 | weak (uvarint)
 //
-// The request id is the wait-registry key of the handler waiting for the
+// The request id names the handler waiting for the
 // entry; it is unique across the cluster, so any member can apply the entry
 // and only the member holding that waiter wakes someone.
 //
@@ -89,7 +92,7 @@ const (
 	optIdempotencyKey             // an idempotency key follows the tags
 )
 
-// ErrCorrupt reports a log entry or snapshot that cannot be decoded.
+// ErrCorrupt reports a log entry or a snapshot that cannot be decoded.
 var ErrCorrupt = errors.New("corrupt entry")
 
 // Command is one decoded client command: a whole entry, or one of an
@@ -110,7 +113,7 @@ type Command struct {
 	Leases    []uint64           // OpWindow
 }
 
-// EncodeWrite returns the entry for a PUT (put true) or a DELETE of key:
+// EncodeWrite returns the command for a PUT (put true) or a DELETE of key:
 // OpPut or OpDelete, or OpPutWith or OpDeleteWith when it carries a
 // condition or an idempotency key.
 func EncodeWrite(requestID uint64, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) []byte {
@@ -327,7 +330,7 @@ func ForEachCommand(data []byte, fn func([]byte)) error {
 	return d.err
 }
 
-// DecodeCommand parses an entry made by one of the encode functions. The
+// DecodeCommand parses a command made by one of the encode functions. The
 // returned key and value alias data.
 func DecodeCommand(data []byte) (Command, error) {
 	if len(data) == 0 {

@@ -14,9 +14,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"raftkv/bootstrap"
 	"raftkv/idempotency"
-	"raftkv/join"
 	"raftkv/limits"
 	"raftkv/membership"
 	"raftkv/tlsconfig"
@@ -72,17 +70,6 @@ func (c Config) URLs() tlsconfig.URLs {
 	return tlsconfig.URLs{Client: c.ClientURL, Peer: c.PeerURL(), ListenPeer: c.ListenPeerURL, Cluster: c.Cluster, Join: c.Join}
 }
 
-// BootstrapMember is this member, as the bootstrap checks see it.
-func (c Config) BootstrapMember() bootstrap.Member {
-	return bootstrap.Member{ID: c.ID, PeerURL: c.PeerURL(), Cluster: c.Cluster, ClusterID: c.ClusterID, DataDir: c.DataDir,
-		Joining: c.Join != "", ForceNewCluster: c.ForceNewCluster, PeerTLS: c.TLS.Peer}
-}
-
-// JoinRequest is this member, as joining sees it.
-func (c Config) JoinRequest() join.Request {
-	return join.Request{ID: c.ID, PeerURL: c.PeerURL(), ClientURL: c.ClientURL, Via: c.Join, ClientTLS: c.TLS.Client, RequestTimeout: c.RequestTimeout}
-}
-
 // ErrShowVersion is --version: print the build's line and exit 0.
 var ErrShowVersion = errors.New("--version")
 
@@ -106,7 +93,7 @@ func Parse(args []string) (Config, error) {
 	listenPeerURL := fs.String("listen-peer-url", "", "URL to accept peer connections on, when peers reach this member through a proxy (default: its --cluster URL)")
 	clientURL := fs.String("client-url", "", "client URL to advertise to the cluster and listen on (default http://127.0.0.1:<port>, https with --cert-file)")
 	dataDir := fs.String("data-dir", "", "directory for the WAL and snapshots (default raftkv-<id>)")
-	join := fs.String("join", "", "client URL of a running member: ask it to add this member as a learner, start as a new member, and ask to be promoted to a voter once caught up")
+	joinURL := fs.String("join", "", "client URL of a running member: ask it to add this member as a learner, start as a new member, and ask to be promoted to a voter once caught up")
 	learner := fs.Bool("learner", false, "with --join, stay a learner: never ask to be promoted (POST /members/{id}/promote does it)")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for raft")
@@ -139,7 +126,7 @@ func Parse(args []string) (Config, error) {
 		ListenPeerURL:     *listenPeerURL,
 		ClientURL:         *clientURL,
 		DataDir:           *dataDir,
-		Join:              *join,
+		Join:              *joinURL,
 		StayLearner:       *learner,
 		SnapshotCount:     *snapshotCount,
 		RequestTimeout:    *requestTimeout,

@@ -6,7 +6,7 @@
 //
 // and what the WAL records, once, when it is created: whose log it is
 // (Metadata). The raft node opens the WAL and snapshots here; the bootstrap
-// checks, restore and --force-new-cluster look at them before it does.
+// checks and restore look at them before it does.
 package datadir
 
 import (

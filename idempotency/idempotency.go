@@ -10,13 +10,13 @@
 // nothing: its handler gets the recorded answer, so a retry sent to any
 // member answers exactly what the first attempt did.
 //
-// The record is bounded: it keeps the newest window records, evicting the
+// The records are bounded: a member keeps the newest window of them, evicting the
 // oldest in apply order. The bound travels in each entry (the proposing
 // member's --idempotency-window), so every member evicts the same records
 // at the same log position even if their flags differ. A retry whose
 // record was evicted is applied again, as a new request.
 //
-// The seam: a handler turns the header into a Key (Parse, Fingerprint),
+// The seam: a handler turns the header into a Key (KeyOf),
 // which the entry carries; the kvstore, applying it, asks its Records for
 // a Replay first and Remembers the answer after.
 package idempotency
@@ -132,7 +132,7 @@ type Records struct {
 	head   int
 }
 
-// NewRecords returns a record of records, oldest first, as a snapshot
+// NewRecords returns the records given, oldest first, as a snapshot
 // holds them: none for a new cluster. A name given twice keeps its first.
 func NewRecords(records ...*Record) *Records {
 	rs := &Records{byName: make(map[string]*Record, len(records))}

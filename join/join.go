@@ -2,7 +2,7 @@
 // the order it does it: it asks to be added as a learner (Ask, with
 // --join, before raft starts), advertises its client URL through the log
 // (Advertise, on every start), and asks to be promoted to a voter once it
-// has caught up (Promote). main calls Ask; startServer starts Advertise
+// has caught up (Promote). startServer calls Ask, then starts Advertise
 // and Promote with the running member as their Server.
 package join
 

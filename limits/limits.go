@@ -1,6 +1,7 @@
 // Package limits bounds what a client or a peer that makes no progress can
-// hold of a member: the client and peer ports serve with NewServer, and a
-// request body that does not arrive in time fails with ErrBodyTimeout.
+// hold of a member: startServer serves the client port, and the raft node
+// the peer port, with NewServer, and a request body that does not arrive
+// in time fails with ErrBodyTimeout.
 package limits
 
 import (
@@ -83,11 +84,11 @@ func NewServer(h http.Handler, l Conn) *http.Server {
 func boundBody(h http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 {
-			rc := http.NewResponseController(w)
+			ctl := http.NewResponseController(w)
 			// A ResponseWriter that is not a connection's (httptest's)
 			// has no deadline to set; its body is in memory already.
-			if rc.SetReadDeadline(time.Now().Add(d)) == nil {
-				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, bound: d}
+			if ctl.SetReadDeadline(time.Now().Add(d)) == nil {
+				r.Body = &deadlineBody{ReadCloser: r.Body, ctl: ctl, bound: d}
 			}
 		}
 		h.ServeHTTP(w, r)
@@ -100,7 +101,7 @@ func boundBody(h http.Handler, d time.Duration) http.Handler {
 // and cancel the request's context while the handler still works on it.
 type deadlineBody struct {
 	io.ReadCloser
-	rc    *http.ResponseController
+	ctl   *http.ResponseController
 	bound time.Duration
 }
 
@@ -112,7 +113,7 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		err = fmt.Errorf("%w: not all of it arrived within %s", ErrBodyTimeout, b.bound)
 	default: // the end of the body, or of the connection
-		b.rc.SetReadDeadline(time.Time{})
+		b.ctl.SetReadDeadline(time.Time{})
 	}
 	return n, err
 }

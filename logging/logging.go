@@ -1,7 +1,8 @@
 // Package logging is the process's zap logger, and the adapters through
 // which raft and etcd's packages log into it: main makes the process's
-// logger (New), and the raft node gives raft and rafthttp theirs
-// (NewRaftLogger, NewTransportLogger). A member's log is written for an
+// logger (New); the raft node gives raft, rafthttp and the purging of old
+// files theirs (NewRaftLogger, NewTransportLogger, NewPurgeLogger), and
+// startServer the client API's 5xx answers (NewAnswerLogger). A member's log is written for an
 // operator:
 //
 //   - info says what this member does and what happens to the cluster: it
@@ -61,7 +62,7 @@ func New(level zapcore.Level) *zap.Logger {
 //     hundreds of times a second, which is raft working as designed (see
 //     TestRaftLoggerStaleAppendResponse). What an operator needs from them,
 //     leader and membership changes, raftkv logs itself: see
-//     the raft node's logLeaderChange and the kvstore's conf change lines.
+//     the raft node's trackLeader and the kvstore's conf change lines.
 //   - member ids come out in decimal (raft formats them with %x).
 //   - each line names raft's code as its caller, not this adapter.
 //   - a panic, raft finding its state impossible, ends the process with
@@ -195,7 +196,7 @@ func closedHere(fields []zapcore.Field) bool {
 
 // peerStarting reports whether a "peer became inactive" line is about a
 // peer that answered 503: a member answers every rafthttp request so until
-// its raft runs (see peerHandler), which is a peer starting, not trouble.
+// its raft runs (see bootstrap.PeerHandler), which is a peer starting, not trouble.
 func peerStarting(fields []zapcore.Field) bool {
 	for _, f := range fields {
 		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType &&

@@ -41,10 +41,10 @@ type Cluster interface {
 	// pendingConfIndex): proposed before that, a change would be dropped
 	// without a word and answer 504.
 	WaitLinearizable(ctx context.Context) error
-	// ProposeConfChange proposes cc and waits until this member has
+	// ProposeMembershipChange proposes cc and waits until this member has
 	// applied it: the answer, and whether it is a replay of an earlier
 	// attempt's (an add's idempotency key recorded already).
-	ProposeConfChange(ctx context.Context, cc *raftpb.ConfChange) (a idempotency.Answer, replayed bool, err error)
+	ProposeMembershipChange(ctx context.Context, cc *raftpb.ConfChange) (a idempotency.Answer, replayed bool, err error)
 	// Recorded is the answer recorded for idempotency key k, as an entry
 	// carrying k would be answered now, and whether it is a replay (not an
 	// ErrKeyReused).
@@ -227,7 +227,7 @@ func (a *API) Add(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, err)
 		return
 	}
-	answer, replayed, err := a.cluster.ProposeConfChange(ctx, AddChange(m, idem))
+	answer, replayed, err := a.cluster.ProposeMembershipChange(ctx, AddChange(m, idem))
 	a.answerAdded(w, m, answer, replayed, err)
 }
 
@@ -344,7 +344,7 @@ func (a *API) Remove(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, err)
 		return
 	}
-	answer, _, err := a.cluster.ProposeConfChange(ctx, RemoveChange(m.ID))
+	answer, _, err := a.cluster.ProposeMembershipChange(ctx, RemoveChange(m.ID))
 	if errors.Is(err, api.ErrStopped) && m.ID == a.self && a.cluster.StoppedRemoved(ctx) {
 		// A member removing itself may hear of it from a peer that applied
 		// the removal, and stop, before it has applied the entry itself:
@@ -403,7 +403,7 @@ func (a *API) Promote(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, err)
 		return
 	}
-	answer, _, err := a.cluster.ProposeConfChange(ctx, PromoteChange(m.ID))
+	answer, _, err := a.cluster.ProposeMembershipChange(ctx, PromoteChange(m.ID))
 	if err != nil {
 		a.writeError(w, err)
 		return

@@ -61,7 +61,7 @@ func CheckIDInCluster(id uint64, cluster map[uint64]string) error {
 // starts a fixed cluster. id=URL entries ("1=http://a:2379,4=http://b:2379"),
 // etcd's --initial-cluster form, name ids that are not positions: the
 // members of a cluster that has since changed, or a joining member, which
-// lists only itself (see joinedCluster). The result maps member id to its
+// lists only itself (see join.Joined). The result maps member id to its
 // normalised peer URL; no id and no URL may appear twice.
 func ParseCluster(s string) (map[uint64]string, error) {
 	entries := strings.Split(s, ",")

@@ -95,6 +95,12 @@ func AddContextOf(cc *raftpb.ConfChange) (AddContext, error) {
 	return c, nil
 }
 
+// IsPromotion reports whether cc makes a learner a voter.
+func IsPromotion(cc *raftpb.ConfChange) bool {
+	c, err := AddContextOf(cc)
+	return err == nil && c.Promote && cc.GetType() == raftpb.ConfChangeAddNode
+}
+
 // IdempotencyOf is the idempotency key a conf change carries: an add's,
 // if it was proposed with one; else the zero Key.
 func IdempotencyOf(cc *raftpb.ConfChange) idempotency.Key {

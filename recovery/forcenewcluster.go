@@ -6,9 +6,7 @@ import (
 	"maps"
 	"slices"
 
-	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"raftkv/membership"
@@ -48,37 +46,27 @@ import (
 // ErrCannotForce is a --force-new-cluster that cannot be carried out.
 var ErrCannotForce = errors.New("cannot force a new cluster")
 
-// ForceNewCluster turns what member id read from its data dir (the
-// snapshot's ConfState and index, the hard state and the entries after
-// the snapshot) into the log of a one-member cluster: it appends the
-// removals of every other member, saves them to the WAL w with a hard
-// state committing everything, and returns the hard state and entries to
-// restart raft from.
-func ForceNewCluster(w *wal.WAL, lg *zap.Logger, id uint64, confState *raftpb.ConfState, lastIndex uint64, hardState *raftpb.HardState, entries []*raftpb.Entry) (*raftpb.HardState, []*raftpb.Entry, error) {
-	forced, removals, removed, err := forcedLog(id, confState, lastIndex, hardState, entries)
-	if err != nil {
-		return nil, nil, err
+// CommittedCount is how many of entries are at or below commit: those
+// the WAL recorded as committed, before a forced new cluster commits the
+// rest.
+func CommittedCount(entries []*raftpb.Entry, commit uint64) int {
+	n := 0
+	for _, e := range entries {
+		if e.GetIndex() <= commit {
+			n++
+		}
 	}
-	if err := w.Save(forced, removals); err != nil {
-		return nil, nil, fmt.Errorf("save the forced conf changes to the WAL: %w", err)
-	}
-	// Save fsyncs for new entries; a commit index alone it only buffers.
-	if err := w.Sync(); err != nil {
-		return nil, nil, fmt.Errorf("sync WAL: %w", err)
-	}
-	lg.Warn("forcing a new cluster of this member alone",
-		zap.Uint64s("removing", removed),
-		zap.Uint64("wal-commit-index", hardState.GetCommit()),
-		zap.Int("uncommitted-entries-kept", len(entries)-committedCount(entries, hardState.GetCommit())),
-		zap.Uint64("commit-index", forced.GetCommit()))
-	return forced, append(entries, removals...), nil
+	return n
 }
 
-// forcedLog is what ForceNewCluster appends: the entries that remove every
-// member but id from the configuration the log ends with, after the last
-// of entries (or the snapshot at lastIndex), with a hard state that
-// commits them and everything before them; and the ids they remove.
-func forcedLog(id uint64, confState *raftpb.ConfState, lastIndex uint64, hardState *raftpb.HardState, entries []*raftpb.Entry) (*raftpb.HardState, []*raftpb.Entry, []uint64, error) {
+// ForceNewCluster turns what member id read from its data dir (the
+// snapshot's ConfState and index, the hard state and the entries after
+// the snapshot) into the log of a one-member cluster: the removals of
+// every other member of the configuration the log ends with, to append
+// after the entries (or the snapshot at lastIndex), a hard state that
+// commits them and everything before them, and the ids they remove. The
+// raft node saves them to the WAL and restarts raft from them.
+func ForceNewCluster(id uint64, confState *raftpb.ConfState, lastIndex uint64, hardState *raftpb.HardState, entries []*raftpb.Entry) (*raftpb.HardState, []*raftpb.Entry, []uint64, error) {
 	ids, err := configuredIDs(confState, entries)
 	if err != nil {
 		return nil, nil, nil, err
@@ -109,17 +97,6 @@ func forcedLog(id uint64, confState *raftpb.ConfState, lastIndex uint64, hardSta
 	}
 	forced := &raftpb.HardState{Term: new(term), Vote: new(hardState.GetVote()), Commit: new(lastIndex)}
 	return forced, removals, removed, nil
-}
-
-// committedCount is how many of entries are at or below commit.
-func committedCount(entries []*raftpb.Entry, commit uint64) int {
-	n := 0
-	for _, e := range entries {
-		if e.GetIndex() <= commit {
-			n++
-		}
-	}
-	return n
 }
 
 // configuredIDs is the members, voters and learners, of the configuration

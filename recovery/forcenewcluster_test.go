@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"raftkv/codec"
@@ -70,7 +69,7 @@ func TestConfiguredIDs(t *testing.T) {
 // it would be a cluster with no voter.
 func TestForceNewClusterRefusesLearner(t *testing.T) {
 	// Refused before anything is written: no WAL is needed to find out.
-	_, _, err := ForceNewCluster(nil, zap.NewNop(), 4, &raftpb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}, 10, &raftpb.HardState{}, nil)
+	_, _, _, err := ForceNewCluster(4, &raftpb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}, 10, &raftpb.HardState{}, nil)
 	if !errors.Is(err, ErrCannotForce) || !strings.Contains(err.Error(), "learner") {
 		t.Fatalf("ForceNewCluster on a learner = %v, want ErrCannotForce naming it a learner", err)
 	}

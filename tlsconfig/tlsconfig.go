@@ -1,8 +1,10 @@
 // Package tlsconfig is TLS for the client port and the peer port: etcd's
 // flags, the checks that they go with the URLs, and the listener and dialer
-// settings made from them with etcd's transport package. main parses the
-// flags (AddFlags) and checks them (Check, CheckFiles); the listeners and
-// every client that dials a member take their TLSInfo from Listen and Dial.
+// settings made from them with etcd's transport package. config.Parse
+// defines the flags (AddFlags) and checks them against the URLs (Check);
+// startServer loads the files (CheckFiles) and warns of open ports
+// (WarnUnauthenticated); the listeners and every client that dials a
+// member take their TLSInfo from Listen and Dial.
 package tlsconfig
 
 import (

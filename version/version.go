@@ -1,6 +1,7 @@
-// Package version is what a binary was built from: raftkv --version and
-// GET /version, so that whoever runs a cluster can tell which members run
-// which build, and which raft and etcd they carry.
+// Package version is what a binary was built from: raftkv --version (main)
+// and GET /version (the client API's route), so that whoever runs a
+// cluster can tell which members run which build, and which raft and etcd
+// they carry.
 package version
 
 import (

@@ -87,9 +87,9 @@ func (s *Streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limit := 0
-	if s, ok := api.QueryValue(r.URL.RawQuery, "limit"); ok {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 {
-			http.Error(w, fmt.Sprintf("limit %q: must be a positive number of events", s), http.StatusBadRequest)
+	if v, ok := api.QueryValue(r.URL.RawQuery, "limit"); ok {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 {
+			http.Error(w, fmt.Sprintf("limit %q: must be a positive number of events", v), http.StatusBadRequest)
 			return
 		}
 	}
@@ -98,7 +98,7 @@ func (s *Streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		applied := s.applied()
 		from = &applied
 	}
-	watcher, err := s.history.add(key, prefix, *from)
+	sub, err := s.history.add(key, prefix, *from)
 	if errors.Is(err, ErrHistoryGone) {
 		http.Error(w, err.Error()+": list the keys again, then watch from the listing's X-Raft-Index", http.StatusGone)
 		return
@@ -107,7 +107,7 @@ func (s *Streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.errs.Write(w, err)
 		return
 	}
-	defer s.history.remove(watcher)
+	defer s.history.remove(sub)
 	s.metrics.WatchOpened()
 	defer s.metrics.WatchClosed()
 
@@ -130,7 +130,7 @@ func (s *Streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if limit > 0 {
 				batch = min(batch, limit-sent)
 			}
-			events, next, err := s.history.since(watcher, pos, batch)
+			events, next, err := s.history.since(sub, pos, batch)
 			if err != nil {
 				data, _ := json.Marshal(watchErrorView{Error: err.Error(), ResumeAfter: pos})
 				write(w, ctl, "event: error\ndata: "+string(data)+"\n\n")
@@ -157,7 +157,7 @@ func (s *Streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	for {
 		select {
-		case <-watcher.newC:
+		case <-sub.newC:
 			if !deliver() {
 				return
 			}
