@@ -26,6 +26,7 @@ import (
 	"raftkv/idempotency"
 	"raftkv/logging"
 	"raftkv/membership"
+	"raftkv/status"
 	"raftkv/watch"
 )
 
@@ -398,13 +399,13 @@ func clusterMustRead(t testing.TB, c *testCluster, id uint64, key, level, want s
 }
 
 // clusterStatus is member id's GET /status.
-func clusterStatus(t testing.TB, c *testCluster, id uint64) status {
+func clusterStatus(t testing.TB, c *testCluster, id uint64) status.View {
 	t.Helper()
 	r := do(t, http.MethodGet, c.url(id, "/status"), "")
 	if r.code != http.StatusOK {
 		t.Fatalf("GET /status on member %d: %d %q", id, r.code, r.body)
 	}
-	var st status
+	var st status.View
 	if err := json.Unmarshal([]byte(r.body), &st); err != nil {
 		t.Fatalf("GET /status on member %d: %v in %q", id, err, r.body)
 	}

@@ -19,9 +19,11 @@ import (
 	"raftkv/config"
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/listing"
 	"raftkv/membership"
 	"raftkv/metrics"
 	"raftkv/recovery"
+	"raftkv/status"
 	"raftkv/version"
 	"raftkv/watch"
 )
@@ -34,12 +36,6 @@ const (
 	levelStale      = "stale"      // this member's applied state, however old
 	levelDefault    = "default"    // the leader's applied state
 	levelConsistent = "consistent" // linearizable, on any member, via ReadIndex
-)
-
-// Listing pages, GET /keys/{prefix}/.
-const (
-	defaultListLimit = 1000
-	maxListLimit     = 10000
 )
 
 // httpAPI is the client API. Writes go through the kvstore into raft and
@@ -67,6 +63,7 @@ type features struct {
 	members *membership.API
 	watches *watch.Streams
 	backups *recovery.Backups
+	status  *status.Handler
 }
 
 // newHTTPAPI is the client API of the member whose kvstore, raft node and
@@ -102,7 +99,7 @@ func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop
 	h.mux.Handle("GET /members/{id}", 0, f.members.Get)
 	h.mux.Handle("DELETE /members/{id}", 0, f.members.Remove)
 	h.mux.Handle("POST /members/{id}/promote", 0, f.members.Promote)
-	h.mux.Handle("GET /status", 0, h.getStatus)
+	h.mux.Handle("GET /status", 0, f.status.ServeHTTP)
 	h.mux.Handle("GET /health", 0, f.members.Health)
 	h.mux.Handle("GET /metrics", 0, m.ServeHTTP)
 	h.mux.Handle("GET /version", 0, version.Serve)
@@ -189,8 +186,13 @@ func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
 // which ServeMux routes here too: the same status and headers, no body.
 // If-None-Match that matches is 304, If-Match that does not is 412.
 func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
+	level, err := readLevel(r.URL.RawQuery)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	if prefix := r.PathValue("key"); prefix == "" || strings.HasSuffix(prefix, "/") {
-		h.listKeys(w, r, prefix)
+		listing.Serve(w, r, prefix, func(w http.ResponseWriter, r *http.Request) bool { return h.awaitLevel(w, r, level) }, h.store.list)
 		return
 	}
 	for _, param := range []string{"limit", "after", "keys"} {
@@ -201,11 +203,6 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	}
 	key, ok := keyFrom(w, r)
 	if !ok {
-		return
-	}
-	level, err := readLevel(r.URL.RawQuery)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	cond, err := keyspace.ParseCondition(r.Header)
@@ -298,93 +295,6 @@ func redirectToLeader(w http.ResponseWriter, r *http.Request, table *membership.
 	target := strings.TrimSuffix(m.ClientURLs[0], "/") + r.URL.RequestURI()
 	w.Header().Set("Location", target)
 	http.Error(w, "not the leader; redirecting to "+target, http.StatusTemporaryRedirect)
-}
-
-// listing is the body of a listing.
-type listing struct {
-	Index   uint64          `json:"index"` // the applied index the listing reflects, as X-Raft-Index
-	Entries []keyspace.View `json:"entries"`
-	More    bool            `json:"more"` // keys follow: ask again with ?after=next
-	Next    string          `json:"next,omitempty"`
-	// NextBase64 is next when it is not valid UTF-8.
-	NextBase64 string `json:"nextBase64,omitempty"`
-}
-
-// listKeys handles GET /keys/{prefix}/ and GET /keys/: the keys under
-// prefix in key order, a page of ?limit (1000 by default, at most 10000)
-// after ?after, with names only for ?keys. The read levels are a GET's.
-func (h *httpAPI) listKeys(w http.ResponseWriter, r *http.Request, prefix string) {
-	if len(prefix) > keyspace.MaxKeyBytes {
-		http.Error(w, fmt.Sprintf("prefix must be at most %d bytes", keyspace.MaxKeyBytes), http.StatusBadRequest)
-		return
-	}
-	level, err := readLevel(r.URL.RawQuery)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	for _, header := range []string{"If-Match", "If-None-Match"} {
-		if _, ok := r.Header[header]; ok {
-			http.Error(w, header+": a listing has no entity tag", http.StatusBadRequest)
-			return
-		}
-	}
-	limit := defaultListLimit
-	if s, ok := api.QueryValue(r.URL.RawQuery, "limit"); ok {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > maxListLimit {
-			http.Error(w, fmt.Sprintf("limit %q: must be 1 to %d", s, maxListLimit), http.StatusBadRequest)
-			return
-		}
-	}
-	after, _ := api.QueryValue(r.URL.RawQuery, "after")
-	namesOnly := false
-	if s, ok := api.QueryValue(r.URL.RawQuery, "keys"); ok {
-		if s != "" && s != "true" {
-			http.Error(w, fmt.Sprintf("keys=%q: give keys alone (or keys=true) for names only", s), http.StatusBadRequest)
-			return
-		}
-		namesOnly = true
-	}
-	if !h.awaitLevel(w, r, level) {
-		return
-	}
-	page, more, index := h.store.list(prefix, after, limit)
-	body := listing{Index: index, Entries: make([]keyspace.View, 0, len(page)), More: more}
-	for _, l := range page {
-		body.Entries = append(body.Entries, keyspace.ViewOf(l.Key, l.Value, namesOnly, true))
-	}
-	if more {
-		body.Next, body.NextBase64 = keyspace.TextOrBase64(page[len(page)-1].Key)
-	}
-	api.SetRaftIndex(w, index)
-	api.WriteJSON(w, http.StatusOK, body)
-}
-
-// status is the body of GET /status.
-type status struct {
-	ID            uint64 `json:"id"`
-	ClusterID     string `json:"clusterID"` // hex, as etcd prints it
-	Leader        uint64 `json:"leader"`
-	Term          uint64 `json:"term"`
-	RaftState     string `json:"raftState"`
-	CommitIndex   uint64 `json:"commitIndex"`
-	AppliedIndex  uint64 `json:"appliedIndex"`
-	SnapshotIndex uint64 `json:"snapshotIndex"`
-}
-
-// getStatus handles GET /status: this member's view of raft.
-func (h *httpAPI) getStatus(w http.ResponseWriter, r *http.Request) {
-	st := h.raft.Status()
-	api.WriteJSON(w, http.StatusOK, status{
-		ID:            h.id,
-		ClusterID:     types.ID(h.raft.clusterID).String(),
-		Leader:        st.Lead,
-		Term:          st.GetTerm(),
-		RaftState:     st.RaftState.String(),
-		CommitIndex:   st.GetCommit(),
-		AppliedIndex:  h.store.AppliedIndex(),
-		SnapshotIndex: h.raft.SnapshotIndex(),
-	})
 }
 
 // keyFrom returns the key named by the request path, or answers 400.

@@ -25,7 +25,9 @@ import (
 
 	"raftkv/config"
 	"raftkv/keyspace"
+	"raftkv/listing"
 	"raftkv/membership"
+	"raftkv/status"
 	"raftkv/version"
 )
 
@@ -99,19 +101,19 @@ func httpTestGetJSON(t *testing.T, h http.Handler, path string) *httptest.Respon
 
 // httpTestGetStatus fetches GET /status and checks that it is JSON with
 // every documented field.
-func httpTestGetStatus(t *testing.T, h http.Handler) status {
+func httpTestGetStatus(t *testing.T, h http.Handler) status.View {
 	t.Helper()
 	rec := httpTestGetJSON(t, h, "/status")
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(rec.Body.Bytes(), &fields); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
 	}
-	for _, f := range []string{"id", "clusterID", "leader", "term", "raftState", "commitIndex", "appliedIndex", "snapshotIndex"} {
+	for _, f := range []string{"id", "clusterID", "leader", "term", "raftState", "isLearner", "commitIndex", "appliedIndex", "snapshotIndex"} {
 		if _, ok := fields[f]; !ok {
 			t.Errorf("GET /status: no %q field in %s", f, rec.Body.String())
 		}
 	}
-	var st status
+	var st status.View
 	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
 		t.Fatalf("GET /status: %v in %q", err, rec.Body.String())
 	}
@@ -586,13 +588,13 @@ func TestGetVersion(t *testing.T) {
 // Listings: GET /keys/{prefix}/.
 
 // listingGet lists target on member 1 and decodes the answer.
-func listingGet(t *testing.T, c *testCluster, target string) (listing, response) {
+func listingGet(t *testing.T, c *testCluster, target string) (listing.Page, response) {
 	t.Helper()
 	r := do(t, "GET", c.url(1, target), "")
 	if r.code != 200 {
 		t.Fatalf("GET %s: %d %q", target, r.code, r.body)
 	}
-	var v listing
+	var v listing.Page
 	if err := json.Unmarshal([]byte(r.body), &v); err != nil {
 		t.Fatalf("GET %s: %v in %q", target, err, r.body)
 	}
@@ -603,7 +605,7 @@ func listingGet(t *testing.T, c *testCluster, target string) (listing, response)
 }
 
 // listingKeys is the keys a listing shows, decoded.
-func listingKeys(t *testing.T, v listing) []string {
+func listingKeys(t *testing.T, v listing.Page) []string {
 	t.Helper()
 	var keys []string
 	for _, e := range v.Entries {
@@ -1616,7 +1618,7 @@ func (s scrape) s(name string) *dto.Metric {
 var putCreated = []string{"route", "PUT /keys/{key...}", "method", "PUT", "code", "201"}
 
 // metricsTestStatus is member id's GET /status.
-func metricsTestStatus(t *testing.T, c *testCluster, id uint64) status {
+func metricsTestStatus(t *testing.T, c *testCluster, id uint64) status.View {
 	t.Helper()
 	return httpTestGetStatus(t, c.server(id).http.Handler)
 }
@@ -1754,7 +1756,7 @@ func TestMetrics(t *testing.T) {
 
 	// The raft gauges: the applied index is /status's, when nothing moves
 	// it between the two; one member leads.
-	var st status
+	var st status.View
 	eventually(t, 5*time.Second, "the applied index to match /status appliedIndex", func() bool {
 		st = metricsTestStatus(t, c, follower)
 		s := scrapeMetrics(t, c.clientURL(follower))

@@ -38,6 +38,7 @@ import (
 	"raftkv/membership"
 	"raftkv/metrics"
 	"raftkv/recovery"
+	"raftkv/status"
 	"raftkv/tlsconfig"
 	"raftkv/version"
 	"raftkv/watch"
@@ -186,7 +187,7 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 		return nil, err
 	}
 	if cfg.Join != "" && !datadir.HasWAL(cfg.DataDir) {
-		joined, err := join.Ask(ctx, joinRequest(cfg), lg)
+		joined, err := join.Ask(ctx, join.RequestOf(cfg), lg)
 		if err != nil {
 			return nil, err
 		}
@@ -242,19 +243,15 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 		members: membership.NewAPI(cfg.ID, cfg.PeerURL(), cfg.ClientURL, r, cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered),
 		watches: watch.NewStreams(store.watch, store.AppliedIndex, store.Done(), cfg.WatchKeepAlive, m, errs),
 		backups: recovery.NewBackups(r, rn.clusterID, cfg.ID, cfg.RequestTimeout, errs),
+		status:  status.New(cfg.ID, rn.clusterID, r),
 	})
 	s := &server{cfg: cfg, lg: lg, store: store, raft: rn, http: limits.NewServer(m.Instrument(routes), cfg.ClientLimits())}
 	s.http.RegisterOnShutdown(routes.features.watches.Close)
 	go s.http.Serve(clientLn)
 	go join.Advertise(r, cfg.ID, cfg.ClientURL, cfg.RequestTimeout, lg)
-	join.Promote(r, joinRequest(cfg), cfg.StayLearner, lg)
+	join.Promote(r, join.RequestOf(cfg), cfg.StayLearner, lg)
 	lg.Info("serving clients", zap.String("client-url", cfg.ClientURL), zap.String("peer-url", cfg.PeerURL()), zap.Stringer("cluster-id", types.ID(rn.clusterID)))
 	return s, nil
-}
-
-// joinRequest is the member cfg describes, as joining sees it.
-func joinRequest(cfg config.Config) join.Request {
-	return join.Request{ID: cfg.ID, PeerURL: cfg.PeerURL(), ClientURL: cfg.ClientURL, Via: cfg.Join, ClientTLS: cfg.TLS.Client, RequestTimeout: cfg.RequestTimeout}
 }
 
 // stop shuts the member down: stop accepting requests and give those in

@@ -189,7 +189,7 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 		peerLn.Close()
 		close(rc.stopC)
 	}
-	if err := bootstrap.Check(ctx, bootstrapMember(cfg), lg); err != nil {
+	if err := bootstrap.Check(ctx, bootstrap.MemberOf(cfg), lg); err != nil {
 		stopPeers()
 		return nil, err
 	}
@@ -252,13 +252,6 @@ func startRaftNode(ctx context.Context, cfg config.Config, lg *zap.Logger, m *me
 	go rc.serveReady()
 	go rc.serveProposals()
 	return rc, nil
-}
-
-// bootstrapMember is the member cfg describes, as the bootstrap checks
-// see it.
-func bootstrapMember(cfg config.Config) bootstrap.Member {
-	return bootstrap.Member{ID: cfg.ID, PeerURL: cfg.PeerURL(), Cluster: cfg.Cluster, ClusterID: cfg.ClusterID, DataDir: cfg.DataDir,
-		Joining: cfg.Join != "", ForceNewCluster: cfg.ForceNewCluster, PeerTLS: cfg.TLS.Peer}
 }
 
 // serveProposals is the proposal goroutine: it feeds proposals into raft.

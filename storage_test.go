@@ -41,6 +41,7 @@ import (
 	"raftkv/idempotency"
 	"raftkv/keyspace"
 	"raftkv/membership"
+	"raftkv/status"
 )
 
 // Storage (storage.go): restarts from the WAL and snapshots, snapshots
@@ -268,7 +269,7 @@ func TestMetricsSnapshots(t *testing.T) {
 func clusterIDOf(t *testing.T, clientURL string) string {
 	t.Helper()
 	r := do(t, "GET", clientURL+"/status", "")
-	var st status
+	var st status.View
 	if err := json.Unmarshal([]byte(r.body), &st); r.code != http.StatusOK || err != nil {
 		t.Fatalf("GET /status: %d %q %v", r.code, r.body, err)
 	}

@@ -24,6 +24,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/zap"
 
+	"raftkv/config"
 	"raftkv/datadir"
 	"raftkv/membership"
 	"raftkv/recovery"
@@ -86,6 +87,12 @@ type Member struct {
 	Joining         bool // --join, on a first start
 	ForceNewCluster bool
 	PeerTLS         transport.TLSInfo // the peer TLS flags, to ask peers with
+}
+
+// MemberOf is the member cfg describes.
+func MemberOf(cfg config.Config) Member {
+	return Member{ID: cfg.ID, PeerURL: cfg.PeerURL(), Cluster: cfg.Cluster, ClusterID: cfg.ClusterID, DataDir: cfg.DataDir,
+		Joining: cfg.Join != "", ForceNewCluster: cfg.ForceNewCluster, PeerTLS: cfg.TLS.Peer}
 }
 
 // Check runs the checks that need neither raft nor the data dir opened:

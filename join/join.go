@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"raftkv/api"
+	"raftkv/config"
 	"raftkv/datadir"
 	"raftkv/membership"
 	"raftkv/tlsconfig"
@@ -43,6 +44,11 @@ type Request struct {
 	Via            string // --join: the client URL of a running member to ask
 	ClientTLS      transport.TLSInfo
 	RequestTimeout time.Duration // the cluster's, roughly: how long one request may take
+}
+
+// RequestOf is the member cfg describes, as it asks the cluster.
+func RequestOf(cfg config.Config) Request {
+	return Request{ID: cfg.ID, PeerURL: cfg.PeerURL(), ClientURL: cfg.ClientURL, Via: cfg.Join, ClientTLS: cfg.TLS.Client, RequestTimeout: cfg.RequestTimeout}
 }
 
 // Joined is what a joining member learns from the cluster it joins,
