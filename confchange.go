@@ -5,7 +5,6 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"raftkv/api"
@@ -86,19 +85,4 @@ func (rc *raftNode) confChangeToRaft(b *applyBatch) (removedSelf bool, err error
 		rc.transport.RemovePeer(types.ID(id))
 	}
 	return false, nil
-}
-
-// logConfChange logs a change the member table took, as it now is.
-func logConfChange(lg *zap.Logger, cc *raftpb.ConfChange, table *membership.Table) {
-	id := cc.GetNodeId()
-	switch m, _ := table.Lookup(id); cc.GetType() {
-	case raftpb.ConfChangeRemoveNode:
-		lg.Info("member removed from the cluster", zap.Uint64("member-id", id))
-	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
-		if membership.IsPromotion(cc) {
-			lg.Info("member promoted from learner to voter", zap.Uint64("member-id", id))
-			return
-		}
-		lg.Info("member added to the cluster", zap.Uint64("member-id", id), zap.Strings("peer-urls", m.PeerURLs), zap.Bool("learner", m.IsLearner))
-	}
 }

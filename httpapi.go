@@ -19,6 +19,7 @@ import (
 	"raftkv/config"
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/lease"
 	"raftkv/listing"
 	"raftkv/membership"
 	"raftkv/metrics"
@@ -64,6 +65,7 @@ type features struct {
 	watches *watch.Streams
 	backups *recovery.Backups
 	status  *status.Handler
+	leases  *lease.API
 }
 
 // newHTTPAPI is the client API of the member whose kvstore, raft node and
@@ -89,7 +91,7 @@ func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop
 	// Every route, with the query parameters and headers it takes.
 	// GET (and so HEAD) /keys/{key} reads a key, or lists a prefix when the
 	// path ends in '/' (GET /keys/ lists every key).
-	h.mux.Handle("PUT /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.writeKey)
+	h.mux.Handle("PUT /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey|api.TakesLease, h.writeKey)
 	h.mux.Handle("GET /keys/{key...}", api.TakesConditions, h.getKey, "level", "limit", "after", "keys")
 	h.mux.Handle("DELETE /keys/{key...}", api.TakesConditions|api.TakesIdempotencyKey, h.writeKey)
 	h.mux.Refuse("/keys", ErrNoKey)
@@ -104,6 +106,11 @@ func newHTTPAPI(cfg config.Config, store *kvstore, rn *raftNode, reads *readLoop
 	h.mux.Handle("GET /metrics", 0, m.ServeHTTP)
 	h.mux.Handle("GET /version", 0, version.Serve)
 	h.mux.Handle("GET /snapshot", 0, f.backups.ServeHTTP, "level")
+	h.mux.Handle("POST /leases", api.TakesIdempotencyKey, f.leases.Grant)
+	h.mux.Handle("GET /leases", 0, f.leases.List)
+	h.mux.Handle("GET /leases/{id}", 0, f.leases.Get)
+	h.mux.Handle("DELETE /leases/{id}", 0, f.leases.Revoke)
+	h.mux.Handle("POST /leases/{id}/keepalive", 0, f.leases.KeepAlive)
 	if cfg.EnablePprof {
 		// As etcd's --enable-pprof: CPU and heap profiles of a running member.
 		h.mux.Handle("GET /debug/pprof/", 0, pprof.Index, "debug", "gc", "seconds")
@@ -140,6 +147,11 @@ func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	leaseID, err := lease.FromHeader(r.Header)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	var value []byte
 	if put {
 		if value, ok = api.ReadValue(w, r, h.maxValueBytes); !ok {
@@ -147,8 +159,12 @@ func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// The key's fingerprint covers what decides the write: method, key,
-	// value and conditions, however they were written.
-	idem, err := idempotency.KeyOf(r.Header, h.idemWindow, []byte(r.Method), []byte(key), value, []byte(cond.IfMatch.String()), []byte(cond.IfNoneMatch.String()))
+	// value, conditions (however they were written) and lease, if any.
+	parts := [][]byte{[]byte(r.Method), []byte(key), value, []byte(cond.IfMatch.String()), []byte(cond.IfNoneMatch.String())}
+	if leaseID != 0 {
+		parts = append(parts, strconv.AppendUint(nil, leaseID, 10))
+	}
+	idem, err := idempotency.KeyOf(r.Header, h.idemWindow, parts...)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -156,7 +172,7 @@ func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
 	id := h.store.requestIDs.Next()
-	o, err := proposeAndWait(ctx, h.store, id, h.store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem), key: key})
+	o, err := proposeAndWait(ctx, h.store, id, h.store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem, leaseID), key: key})
 
 	if o.Index != 0 {
 		api.SetRaftIndex(w, o.Index)
@@ -173,7 +189,7 @@ func (h *httpAPI) writeKey(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)
-	case errors.Is(err, keyspace.ErrKeyNotFound):
+	case errors.Is(err, keyspace.ErrKeyNotFound), errors.Is(err, lease.ErrNotFound):
 		http.Error(w, api.OneLine(err), http.StatusNotFound)
 	case errors.Is(err, keyspace.ErrPreconditionFailed):
 		http.Error(w, api.OneLine(err), http.StatusPreconditionFailed)
@@ -217,6 +233,9 @@ func (h *httpAPI) getKey(w http.ResponseWriter, r *http.Request) {
 	api.SetRaftIndex(w, applied)
 	if ok {
 		setVersion(w, v.Version)
+		if v.Lease != 0 {
+			w.Header().Set("Lease", strconv.FormatUint(v.Lease, 10))
+		}
 	}
 	switch {
 	case cond.IfMatch.Given() && !(ok && cond.IfMatch.Matches(v.ModIndex, true)):

@@ -873,7 +873,7 @@ func TestHTTPPreconditions(t *testing.T) {
 		{method: "GET", target: "/keys/a", header: map[string]string{"If-None-Match": `"1"`}, code: 200},
 		{method: "GET", target: "/keys/a", header: map[string]string{"If-Modified-Since": date}, code: 200},
 		{method: "GET", target: "/keys/a", header: map[string]string{"Range": "bytes=0-0", "If-Range": `"1"`}, code: 200},
-		{method: "GET", target: "/keys/a", header: map[string]string{"Idempotency-Key": "k"}, code: 400, reason: "Idempotency-Key: only PUT and DELETE /keys/{key} and POST /members take one"},
+		{method: "GET", target: "/keys/a", header: map[string]string{"Idempotency-Key": "k"}, code: 400, reason: "Idempotency-Key: only PUT and DELETE /keys/{key}, POST /members and POST /leases take one"},
 		{method: "DELETE", target: "/members/1", header: map[string]string{"Idempotency-Key": "k"}, code: 400, reason: "Idempotency-Key"},
 		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"Idempotency-Key": strings.Repeat("k", 129)}, code: 400, reason: "bad Idempotency-Key: must be 1 to 128 characters"},
 		{method: "PUT", target: "/keys/a", body: "x", header: map[string]string{"Idempotency-Key": "a b"}, code: 400, reason: "bad Idempotency-Key: only visible ASCII"},
@@ -1796,5 +1796,204 @@ func TestMetrics(t *testing.T) {
 	}
 	if got := dropped.get(t, "raftkv_http_requests_total", "route", "PUT /keys/{key...}", "method", "PUT", "code", "503"); got != 1 {
 		t.Errorf("requests PUT 503: %v, want 1", got)
+	}
+}
+
+// Leases: /leases, served by package lease, and the Lease header of PUT
+// and GET /keys/{key}.
+
+// leaseDo sends one request with header lines, not following redirects.
+func leaseDo(t *testing.T, method, url, body string, header ...string) response {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{code: resp.StatusCode, body: string(b), header: resp.Header}
+}
+
+// leaseView is a lease as /leases shows it.
+type leaseView struct {
+	ID        uint64   `json:"id"`
+	TTL       int64    `json:"ttl"`
+	Remaining *int64   `json:"remaining"`
+	Keys      []string `json:"keys"`
+}
+
+// leaseGrant grants a lease of ttl seconds on member id and returns it.
+func leaseGrant(t *testing.T, c *testCluster, id uint64, ttl int) uint64 {
+	t.Helper()
+	r := leaseDo(t, "POST", c.url(id, "/leases"), fmt.Sprintf(`{"ttl": %d}`, ttl))
+	var v leaseView
+	if r.code != http.StatusCreated || json.Unmarshal([]byte(r.body), &v) != nil || v.ID == 0 || v.TTL != int64(ttl) ||
+		r.header.Get("Location") != fmt.Sprintf("/leases/%d", v.ID) {
+		t.Fatalf("POST /leases ttl %d on member %d: %d %q Location %q", ttl, id, r.code, r.body, r.header.Get("Location"))
+	}
+	return v.ID
+}
+
+// TestLeases follows leases through the API as the README's recipes use
+// them: granted on any member (once per Idempotency-Key), keys attached
+// with the Lease header and shown with it, renewed on the leader (a
+// follower redirects), read, revoked with their keys in one entry that
+// watchers see as deletes naming the lease and why; and every bad request
+// refused with a 4xx that changes nothing.
+func TestLeases(t *testing.T) {
+	c := newTestCluster(t, 3, nil) // testTick: the shortest TTL is 1 s
+	leader := c.waitLeader()
+	follower := c.follower()
+	for _, tc := range []struct{ body, want string }{
+		{`{"ttl": 0}`, "ttl 0: must be 1 to"},
+		{`{"ttl": -5}`, "ttl -5: must be 1 to"},
+		{`{"ttl": 2000000000}`, "ttl 2000000000: must be 1 to 1000000000 seconds"},
+		{`{"ttl": "5"}`, `field "ttl": want a whole number, not a string`},
+		{`{}`, `give {"ttl": N}`},
+		{`{"ttl": 5, "keys": []}`, `unknown field "keys"`},
+		{`[5]`, "want a JSON object, not an array"},
+	} {
+		if r := leaseDo(t, "POST", c.url(follower, "/leases"), tc.body); r.code != http.StatusBadRequest || !strings.Contains(r.body, tc.want) {
+			t.Errorf("POST /leases %s: %d %q, want 400 naming %q", tc.body, r.code, r.body, tc.want)
+		}
+	}
+	id := leaseGrant(t, c, follower, 30)
+
+	// Once per Idempotency-Key, whichever member is asked.
+	first := leaseDo(t, "POST", c.url(follower, "/leases"), `{"ttl": 7}`, "Idempotency-Key", "grant-1")
+	again := leaseDo(t, "POST", c.url(leader, "/leases"), `{"ttl": 7}`, "Idempotency-Key", "grant-1")
+	if first.code != 201 || again.code != 201 || first.body != again.body || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("a grant retried with its Idempotency-Key: %d %q, then %d %q (replayed %q); want the same lease twice",
+			first.code, first.body, again.code, again.body, again.header.Get("Idempotent-Replayed"))
+	}
+	if r := leaseDo(t, "POST", c.url(leader, "/leases"), `{"ttl": 8}`, "Idempotency-Key", "grant-1"); r.code != http.StatusUnprocessableEntity {
+		t.Errorf("the key reused for another TTL: %d %q, want 422", r.code, r.body)
+	}
+
+	// Keys attached, and shown with their lease.
+	lease := strconv.FormatUint(id, 10)
+	if r := leaseDo(t, "PUT", c.url(follower, "/keys/svc/a"), "10.0.0.1:80", "Lease", lease); r.code != http.StatusCreated {
+		t.Fatalf("PUT with Lease %s: %d %q", lease, r.code, r.body)
+	}
+	if r := leaseDo(t, "GET", c.url(leader, "/keys/svc/a"), ""); r.code != 200 || r.header.Get("Lease") != lease {
+		t.Errorf("GET of a leased key: %d, Lease %q, want %s", r.code, r.header.Get("Lease"), lease)
+	}
+	if v, _ := listingGet(t, c, "/keys/svc/?level=consistent"); len(v.Entries) != 1 || v.Entries[0].Lease != id {
+		t.Errorf("listing of a leased key: %+v, want lease %d", v.Entries, id)
+	}
+	if r := leaseDo(t, "PUT", c.url(follower, "/keys/svc/a"), "again", "Lease", lease, "If-None-Match", "*"); r.code != http.StatusPreconditionFailed {
+		t.Errorf("PUT with Lease and If-None-Match: * of a key that exists: %d %q, want 412", r.code, r.body)
+	}
+	if r := leaseDo(t, "PUT", c.url(follower, "/keys/svc/b"), "x", "Lease", "999999"); r.code != http.StatusNotFound || !strings.Contains(r.body, "lease 999999") {
+		t.Errorf("PUT with an unknown lease: %d %q, want 404 naming it", r.code, r.body)
+	}
+	if r := leaseDo(t, "GET", c.url(leader, "/keys/svc/b?level=consistent"), ""); r.code != http.StatusNotFound {
+		t.Errorf("the key of a PUT refused for its lease: %d %q, want 404", r.code, r.body)
+	}
+	for _, tc := range []struct{ method, path, lease string }{
+		{"PUT", "/keys/svc/c", "x"}, {"PUT", "/keys/svc/c", "0"}, {"GET", "/keys/svc/a", lease},
+		{"DELETE", "/keys/svc/a", lease}, {"POST", "/members", lease},
+	} {
+		if r := leaseDo(t, tc.method, c.url(leader, tc.path), "", "Lease", tc.lease); r.code != http.StatusBadRequest || !strings.Contains(r.body, "Lease") {
+			t.Errorf("%s %s with Lease %q: %d %q, want 400 naming the header", tc.method, tc.path, tc.lease, r.code, r.body)
+		}
+	}
+	if r := leaseDo(t, "GET", c.url(leader, "/keys/svc/a"), ""); r.header.Get("Lease") != lease {
+		t.Fatalf("a refused request changed svc/a's lease: %q", r.header.Get("Lease"))
+	}
+
+	// Renewed and read on the leader; a follower redirects.
+	if r := leaseDo(t, "POST", c.url(follower, "/leases/"+lease+"/keepalive"), ""); r.code != http.StatusTemporaryRedirect ||
+		r.header.Get("Location") != c.url(leader, "/leases/"+lease+"/keepalive") {
+		t.Errorf("keepalive on a follower: %d, Location %q; want 307 to the leader", r.code, r.header.Get("Location"))
+	}
+	if r := leaseDo(t, "POST", c.url(leader, "/leases/"+lease+"/keepalive"), ""); r.code != 200 || r.body != fmt.Sprintf(`{"id":%d,"ttl":30}`+"\n", id) {
+		t.Errorf("keepalive on the leader: %d %q", r.code, r.body)
+	}
+	var v leaseView
+	if r := leaseDo(t, "GET", c.url(leader, "/leases/"+lease), ""); r.code != 200 || json.Unmarshal([]byte(r.body), &v) != nil ||
+		v.Remaining == nil || *v.Remaining < 29 || *v.Remaining > 31 || !slices.Equal(v.Keys, []string{"svc/a"}) {
+		t.Errorf("GET /leases/%s: %d %q, want 30 s remaining and the key", lease, r.code, r.body)
+	}
+	var all []leaseView
+	if r := leaseDo(t, "GET", c.url(leader, "/leases"), ""); r.code != 200 || json.Unmarshal([]byte(r.body), &all) != nil || len(all) != 2 || all[0].ID != id {
+		t.Errorf("GET /leases: %d %q, want both leases, %s first", r.code, r.body, lease)
+	}
+	if r := leaseDo(t, "GET", c.url(follower, "/leases"), ""); r.code != http.StatusTemporaryRedirect {
+		t.Errorf("GET /leases on a follower: %d, want 307", r.code)
+	}
+
+	// Revoked: its keys deleted in one entry, seen by watchers.
+	put := leaseDo(t, "PUT", c.url(leader, "/keys/svc/c"), "x", "Lease", lease)
+	if put.code != http.StatusCreated {
+		t.Fatalf("PUT svc/c: %d %q", put.code, put.body)
+	}
+	w := openWatch(t, c.url(follower, "/watch/svc/?from="+put.header.Get("X-Raft-Index")))
+	r := leaseDo(t, "DELETE", c.url(follower, "/leases/"+lease), "")
+	if r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /leases/%s: %d %q", lease, r.code, r.body)
+	}
+	var ids []string
+	for _, key := range []string{"svc/a", "svc/c"} {
+		e, ok := w.next(5 * time.Second)
+		want := fmt.Sprintf(`"key":"%s"`, key)
+		if !ok || e.kind != "delete" || !strings.Contains(e.data, want) || !strings.Contains(e.data, `"lease":`+lease) || !strings.Contains(e.data, `"reason":"revoked"`) {
+			t.Fatalf("event %+v, want the delete of %s naming lease %s, revoked", e, key, lease)
+		}
+		ids = append(ids, e.id)
+	}
+	if ids[1] != r.header.Get("X-Raft-Index") {
+		t.Errorf("the keys' deletes end at index %q, want the revoke's, %s (one entry)", ids[1], r.header.Get("X-Raft-Index"))
+	}
+	for _, key := range []string{"svc/a", "svc/c"} {
+		if r := leaseDo(t, "GET", c.url(leader, "/keys/"+key+"?level=consistent"), ""); r.code != http.StatusNotFound {
+			t.Errorf("GET %s after its lease was revoked: %d", key, r.code)
+		}
+	}
+	for _, tc := range []struct{ method, path string }{{"DELETE", "/leases/" + lease}, {"POST", "/leases/" + lease + "/keepalive"}, {"GET", "/leases/" + lease}} {
+		if r := leaseDo(t, tc.method, c.url(leader, tc.path), ""); r.code != http.StatusNotFound || !strings.Contains(r.body, "lease "+lease) {
+			t.Errorf("%s %s once revoked: %d %q, want 404 naming it", tc.method, tc.path, r.code, r.body)
+		}
+	}
+	if r := leaseDo(t, "GET", c.url(leader, "/leases/x"), ""); r.code != http.StatusBadRequest {
+		t.Errorf("GET /leases/x: %d, want 400", r.code)
+	}
+}
+
+// TestLeaseExpires proves a lease renewed every third of its TTL lives on,
+// and that once its holder stops, the leader ends it no sooner than its
+// TTL after the last keepalive answered, and within a second more, its
+// keys deleted as watchers see, naming it expired.
+func TestLeaseExpires(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	id := leaseGrant(t, c, leader, 1)
+	lease := strconv.FormatUint(id, 10)
+	put := leaseDo(t, "PUT", c.url(leader, "/keys/lock"), "me", "Lease", lease)
+	if put.code != http.StatusCreated {
+		t.Fatalf("PUT lock: %d %q", put.code, put.body)
+	}
+	w := openWatch(t, c.url(c.follower(), "/watch/lock?from="+put.header.Get("X-Raft-Index")))
+	var last time.Time
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(300 * time.Millisecond) {
+		if r := leaseDo(t, "POST", c.url(leader, "/leases/"+lease+"/keepalive"), ""); r.code != 200 {
+			t.Fatalf("keepalive: %d %q", r.code, r.body)
+		}
+		last = time.Now()
+	}
+	e, ok := w.next(5 * time.Second)
+	gone := time.Now()
+	if !ok || e.kind != "delete" || !strings.Contains(e.data, `"reason":"expired"`) || !strings.Contains(e.data, `"lease":`+lease) {
+		t.Fatalf("event %+v, want the lock's delete, expired", e)
+	}
+	if since := gone.Sub(last); since < time.Second || since > 2*time.Second {
+		t.Errorf("the lease ended %v after its last keepalive; its TTL is 1s", since)
+	}
+	if r := leaseDo(t, "POST", c.url(leader, "/leases/"+lease+"/keepalive"), ""); r.code != http.StatusNotFound {
+		t.Errorf("keepalive of an expired lease: %d, want 404", r.code)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"raftkv/codec"
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/lease"
 	"raftkv/membership"
 	"raftkv/metrics"
 	"raftkv/watch"
@@ -82,7 +83,8 @@ type kvstore struct {
 	keys        *keyspace.Space
 	members     *membership.Table
 	dedup       *idempotency.Records // recent Idempotency-Keys and their answers
-	appliedTerm uint64               // the term of the entry at appliedIndex, which a backup records
+	leases      *lease.Table
+	appliedTerm uint64 // the term of the entry at appliedIndex, which a backup records
 
 	watch   *watch.History // the changes applied, for watchers
 	changes []watch.Event  // the changes of the entry being applied
@@ -90,9 +92,9 @@ type kvstore struct {
 	metrics *metrics.Metrics // nil keeps none
 }
 
-// newKVStore returns an empty store for member id; the raft node fills it
-// through applyC.
-func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, m *metrics.Metrics, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
+// newKVStore returns an empty store for member id, whose process proposes
+// lease windows as origin; the raft node fills it through applyC.
+func newKVStore(lg *zap.Logger, id uint64, origin lease.Origin, watchHistoryBytes int, m *metrics.Metrics, proposeC chan<- proposal, confChangeC chan<- *raftpb.ConfChange) *kvstore {
 	return &kvstore{
 		lg:          lg,
 		proposeC:    proposeC,
@@ -104,6 +106,7 @@ func newKVStore(lg *zap.Logger, id uint64, watchHistoryBytes int, m *metrics.Met
 		keys:        keyspace.New(),
 		members:     membership.NewTable(nil, nil),
 		dedup:       idempotency.NewRecords(),
+		leases:      lease.NewTable(origin, time.Now),
 		watch:       watch.NewHistory(watchHistoryBytes, 0),
 		metrics:     m,
 	}
@@ -124,6 +127,17 @@ func (s *kvstore) ProposeAdvertise(ctx context.Context, id uint64, clientURL str
 	requestID := s.requestIDs.Next()
 	_, err := proposeAndWait(ctx, s, requestID, s.proposeC, proposal{requestID: requestID, data: codec.EncodeAdvertise(requestID, id, clientURL)})
 	return err
+}
+
+// ProposeLease proposes a lease command (package lease makes it) on
+// proposeC and returns once this member has applied it. A grant's lease id
+// is its entry's index, so an entry carries one grant at most: grants are
+// batched as writes of one key are (codec.EncodeLease gives them one).
+func (s *kvstore) ProposeLease(ctx context.Context, cmd lease.Command) (idempotency.Answer, bool, error) {
+	id := s.requestIDs.Next()
+	data, key := codec.EncodeLease(id, cmd)
+	o, err := proposeAndWait(ctx, s, id, s.proposeC, proposal{requestID: id, data: data, key: key})
+	return o.Answer, o.replayed, err
 }
 
 // proposeAndWait registers a waiter for requestID (etcd's pkg/wait: a
@@ -237,6 +251,20 @@ func (s *kvstore) isIDRemoved(id uint64) bool {
 	return s.members.IsRemoved(id)
 }
 
+// Lease returns lease id from the applied lease table.
+func (s *kvstore) Lease(id uint64) (lease.Info, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.leases.Get(id)
+}
+
+// Leases returns the applied lease table, ordered by id.
+func (s *kvstore) Leases() []lease.Info {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.leases.List()
+}
+
 // Recorded is the answer recorded for idempotency key k, if any, as an
 // entry carrying k would be answered now, and whether it is a replay.
 func (s *kvstore) Recorded(k idempotency.Key) (a idempotency.Answer, replayed, ok bool) {
@@ -306,38 +334,80 @@ func (s *kvstore) applyCommand(index uint64, data []byte) {
 		s.lg.Error("skipping undecodable command", zap.Uint64("index", index), zap.Error(err))
 		return
 	}
-	if cmd.Op == codec.OpAdvertise {
-		s.waiters.Trigger(cmd.RequestID, outcome{Answer: idempotency.Answer{Index: index, Err: s.members.SetClientURL(cmd.MemberID, cmd.ClientURL)}})
-		return
-	}
 	if replay, ok := s.dedup.Replay(cmd.Idem); ok {
 		s.waiters.Trigger(cmd.RequestID, replayOf(replay))
 		return
 	}
 	a := idempotency.Answer{Index: index}
-	key, put := string(cmd.Key), cmd.Op == codec.OpPut || cmd.Op == codec.OpPutWith
-	var v keyspace.Value
-	var existed bool
-	if put {
-		// A string copies the value out of the entry, so that the tree does
-		// not pin the whole entry after raft compacts its log.
-		v, existed, a.Err = s.keys.Put(index, key, string(cmd.Value), cmd.Cond)
-		a.Created = a.Err == nil && !existed
-	} else {
-		v, existed, a.Err = s.keys.Delete(index, key, cmd.Cond)
-	}
-	// The answer names the key's version after a PUT, or the version that
-	// failed a condition.
-	if (put && a.Err == nil) || (existed && errors.Is(a.Err, keyspace.ErrPreconditionFailed)) {
-		a.Version, a.HasVersion = v.Version, true
-	}
-	if a.Err == nil {
-		s.changes = append(s.changes, watch.Event{Index: index, Delete: !put, Key: key, Value: v})
+	switch cmd.Op {
+	case codec.OpAdvertise:
+		a.Err = s.members.SetClientURL(cmd.MemberID, cmd.ClientURL)
+	case codec.OpGrant, codec.OpRevoke, codec.OpWindow:
+		a.Err = s.applyLease(index, cmd)
+	case codec.OpPut, codec.OpPutWith, codec.OpDelete, codec.OpDeleteWith:
+		key, put := string(cmd.Key), cmd.Op == codec.OpPut || cmd.Op == codec.OpPutWith
+		var old, v keyspace.Value // old's lease, if any, a write detaches the key from
+		if s.leases.Len() > 0 {
+			old, _ = s.keys.Get(key)
+		}
+		var existed bool
+		switch {
+		case cmd.Lease != 0 && !s.leases.Exists(cmd.Lease):
+			a.Err = fmt.Errorf("lease %d: %w", cmd.Lease, lease.ErrNotFound)
+		case put:
+			// A string copies the value out of the entry, so that the tree
+			// does not pin the whole entry after raft compacts its log.
+			v, existed, a.Err = s.keys.Put(index, key, string(cmd.Value), cmd.Cond, cmd.Lease)
+			a.Created = a.Err == nil && !existed
+		default:
+			v, existed, a.Err = s.keys.Delete(index, key, cmd.Cond)
+		}
+		// The answer names the key's version after a PUT, or the version
+		// that failed a condition.
+		if (put && a.Err == nil) || (existed && errors.Is(a.Err, keyspace.ErrPreconditionFailed)) {
+			a.Version, a.HasVersion = v.Version, true
+		}
+		if a.Err == nil {
+			s.leases.Detach(old.Lease, key)
+			if put {
+				s.leases.Attach(cmd.Lease, key)
+			}
+			s.changes = append(s.changes, watch.Event{Index: index, Delete: !put, Key: key, Value: v})
+		}
 	}
 	if cmd.Idem.Name != "" {
 		s.dedup.Remember(cmd.Idem, a)
 	}
 	s.waiters.Trigger(cmd.RequestID, outcome{Answer: a})
+}
+
+// applyLease applies a lease command from the entry at index: a grant
+// (the lease's id is the index), a window, or the end of a lease, which
+// deletes all its keys in this one entry.
+func (s *kvstore) applyLease(index uint64, cmd codec.Command) error {
+	switch cmd.Op {
+	case codec.OpGrant:
+		s.leases.Grant(index, time.Duration(cmd.TTL)*time.Second)
+		s.metrics.LeaseGranted()
+	case codec.OpWindow:
+		s.leases.Window(lease.Origin{Member: cmd.Origin[0], Nonce: cmd.Origin[1]}, cmd.Leases)
+	case codec.OpRevoke:
+		keys, err := s.leases.Revoke(cmd.Lease)
+		if err != nil {
+			return fmt.Errorf("lease %d: %w", cmd.Lease, err)
+		}
+		reason := lease.Revoked
+		if cmd.Reason == codec.ReasonExpired {
+			reason = lease.Expired
+		}
+		for _, key := range keys {
+			if v, _, err := s.keys.Delete(index, key, keyspace.Condition{}); err == nil {
+				s.changes = append(s.changes, watch.Event{Index: index, Delete: true, Key: key, Value: v, Reason: reason})
+			}
+		}
+		s.metrics.LeaseEnded(cmd.Reason == codec.ReasonExpired)
+	}
+	return nil
 }
 
 // applyConfChange records a membership change in the member table, or
@@ -357,7 +427,7 @@ func (s *kvstore) applyConfChange(e *raftpb.Entry) bool {
 	}
 	a := idempotency.Answer{Index: e.GetIndex(), Err: s.members.Apply(&cc)}
 	if a.Err == nil {
-		logConfChange(s.lg, &cc, s.members)
+		s.lg.Info(membership.Describe(&cc, s.members), zap.Uint64("member-id", cc.GetNodeId()))
 	}
 	if idem.Name != "" {
 		s.dedup.Remember(idem, a)
@@ -384,7 +454,7 @@ func (s *kvstore) snapshot() []byte {
 func (s *kvstore) PointInTime() (st codec.State, index, term uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st = codec.State{Members: s.members.Clone(), Keys: s.keys.Copy(), Records: append([]*idempotency.Record(nil), s.dedup.List()...)}
+	st = codec.State{Members: s.members.Clone(), Keys: s.keys.Copy(), Records: append([]*idempotency.Record(nil), s.dedup.List()...), Leases: s.leases.Save()}
 	return st, s.appliedIndex.Load(), s.appliedTerm
 }
 
@@ -397,6 +467,13 @@ func (s *kvstore) loadSnapshot(snap *raftpb.Snapshot) error {
 		return fmt.Errorf("load snapshot at index %d: %w", index, err)
 	}
 	s.keys, s.members, s.dedup = st.Keys, st.Members, idempotency.NewRecords(st.Records...)
+	s.leases.Load(st.Leases)
+	if len(st.Leases) > 0 {
+		st.Keys.Scan(func(key string, v keyspace.Value) bool {
+			s.leases.Attach(v.Lease, key)
+			return true
+		})
+	}
 	s.appliedIndex.Store(index)
 	s.appliedTerm = snap.GetMetadata().GetTerm()
 	s.watch.Reset(index, fmt.Sprintf("this member loaded a snapshot at index %d, and the changes before it are not known here", index))

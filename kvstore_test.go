@@ -22,6 +22,7 @@ import (
 	"raftkv/config"
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/lease"
 	"raftkv/membership"
 	"raftkv/metrics"
 	"raftkv/watch"
@@ -57,7 +58,7 @@ func newKVTest(t *testing.T) *kvTest {
 		confChangeC: make(chan *raftpb.ConfChange),
 		applyC:      make(chan *applyBatch),
 	}
-	h.s = newKVStore(zap.NewNop(), 1, watch.DefaultHistoryBytes, nil, h.proposeC, h.confChangeC)
+	h.s = newKVStore(zap.NewNop(), 1, lease.Origin{Member: 1}, watch.DefaultHistoryBytes, nil, h.proposeC, h.confChangeC)
 	go h.s.serveApply(h.applyC)
 	t.Cleanup(h.stop)
 	return h
@@ -194,7 +195,7 @@ func (h *kvTest) del(key string) func(context.Context) (uint64, error) {
 // as writeKey does, and waits for store to apply it.
 func writeTest(ctx context.Context, store *kvstore, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) (outcome, error) {
 	id := store.requestIDs.Next()
-	return proposeAndWait(ctx, store, id, store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem), key: key})
+	return proposeAndWait(ctx, store, id, store.proposeC, proposal{requestID: id, data: codec.EncodeWrite(id, put, key, value, cond, idem, 0), key: key})
 }
 
 // confChange is a proposing call for ProposeMembershipChange, as the /members
@@ -255,11 +256,11 @@ func memberEqual(a, b membership.Member) bool {
 
 // encodePut and encodeDelete are the entries of a plain PUT and DELETE.
 func encodePut(requestID uint64, key string, value []byte) []byte {
-	return codec.EncodeWrite(requestID, true, key, value, keyspace.Condition{}, idempotency.Key{})
+	return codec.EncodeWrite(requestID, true, key, value, keyspace.Condition{}, idempotency.Key{}, 0)
 }
 
 func encodeDelete(requestID uint64, key string) []byte {
-	return codec.EncodeWrite(requestID, false, key, nil, keyspace.Condition{}, idempotency.Key{})
+	return codec.EncodeWrite(requestID, false, key, nil, keyspace.Condition{}, idempotency.Key{}, 0)
 }
 
 // kvEntry is a normal entry carrying data, committed at index.
@@ -759,7 +760,7 @@ func TestPointInTimeIsolated(t *testing.T) {
 	var index uint64 = 1
 	for i := range 10 {
 		index++
-		h.commit(nil, kvEntry(index, codec.EncodeWrite(index, true, fmt.Sprintf("k%d", i), []byte("v"), keyspace.Condition{}, keyed(i))))
+		h.commit(nil, kvEntry(index, codec.EncodeWrite(index, true, fmt.Sprintf("k%d", i), []byte("v"), keyspace.Condition{}, keyed(i), 0)))
 	}
 	wantState, err := codec.DecodeState(h.s.snapshot())
 	if err != nil {
@@ -773,7 +774,7 @@ func TestPointInTimeIsolated(t *testing.T) {
 	// After the copy: replace, delete, add, advertise, and evict records.
 	for i := range 10 {
 		index++
-		h.commit(nil, kvEntry(index, codec.EncodeWrite(index, i%2 == 0, fmt.Sprintf("k%d", i+5), []byte("w"), keyspace.Condition{}, keyed(100+i))))
+		h.commit(nil, kvEntry(index, codec.EncodeWrite(index, i%2 == 0, fmt.Sprintf("k%d", i+5), []byte("w"), keyspace.Condition{}, keyed(100+i), 0)))
 	}
 	index++
 	h.commit(nil, kvEntry(index, codec.EncodeAdvertise(index, 1, "http://127.0.0.1:2379")))

@@ -245,7 +245,7 @@ func TestTLSHandshakeFailureLogged(t *testing.T) {
 	pki := testpki.New(t)
 	core, logs := observer.New(zapcore.WarnLevel)
 	client, _ := pki.MemberTLS(pki.Server)
-	ln, err := listenClients("127.0.0.1:0", tlsconfig.Listen(client, zap.New(core), "client"))
+	ln, err := limits.ListenClients("127.0.0.1:0", tlsconfig.Listen(client, zap.New(core), "client"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"runtime/debug"
 	"syscall"
 	"time"
+
+	"raftkv/lease"
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/raft/v3"
@@ -134,11 +137,48 @@ var (
 	_ membership.Cluster = running{}
 	_ join.Server        = running{}
 	_ recovery.Source    = running{}
+	_ lease.Cluster      = running{}
 )
 
 // RedirectToLeader answers 307 with the same request on the leader.
 func (r running) RedirectToLeader(w http.ResponseWriter, req *http.Request, leader uint64) {
 	redirectToLeader(w, req, r.Table(), leader)
+}
+
+// Leading is the term in which this member leads, if it does and has
+// applied its first entry of the term, so every entry of earlier terms.
+func (r running) Leading() (term uint64, ok bool) {
+	start := r.termStartIndex()
+	if r.Leader() != r.id || start == 0 || r.AppliedIndex() < start {
+		return 0, false
+	}
+	return r.Term(), true
+}
+
+// LeaderReady waits until Leading holds, or this member does not lead.
+func (r running) LeaderReady(ctx context.Context) (uint64, error) {
+	if r.Leader() != r.id {
+		return 0, fmt.Errorf("%w: member %d does not lead", api.ErrNoLeader, r.id)
+	}
+	if err := r.WaitApplied(ctx, r.termStartIndex()); err != nil {
+		return 0, err
+	}
+	if term, ok := r.Leading(); ok {
+		return term, nil
+	}
+	return 0, fmt.Errorf("%w: member %d stopped leading", api.ErrNoLeader, r.id)
+}
+
+// ConfirmLeadership returns once a ReadIndex round has shown that this
+// member still leads.
+func (r running) ConfirmLeadership(ctx context.Context) error {
+	if err := r.WaitLinearizable(ctx); err != nil {
+		return err
+	}
+	if r.Leader() != r.id {
+		return fmt.Errorf("%w: member %d stopped leading", api.ErrNoLeader, r.id)
+	}
+	return nil
 }
 
 // TransferLeadership makes another member lead in place of leader, and
@@ -166,7 +206,7 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 	}
 	cfg.TLS.WarnUnauthenticated(cfg.URLs(), lg)
 	u, _ := url.Parse(cfg.ClientURL)
-	clientLn, err := listenClients(u.Host, tlsconfig.Listen(cfg.TLS.Client, lg, "client"))
+	clientLn, err := limits.ListenClients(u.Host, tlsconfig.Listen(cfg.TLS.Client, lg, "client"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for clients: %w", err)
 	}
@@ -200,7 +240,8 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 	confChangeC := make(chan *raftpb.ConfChange)
 	applyC := make(chan *applyBatch)
 	m := metrics.New(lg)
-	store = newKVStore(lg, cfg.ID, cfg.WatchHistoryBytes, m, proposeC, confChangeC)
+	origin := lease.Origin{Member: cfg.ID, Nonce: rand.Uint64()} // this process, as it proposes lease windows
+	store = newKVStore(lg, cfg.ID, origin, cfg.WatchHistoryBytes, m, proposeC, confChangeC)
 	go store.serveApply(applyC)
 	if rn, err = startRaftNode(ctx, cfg, lg, m, store, store.waiters, proposeC, confChangeC, applyC); err != nil {
 		close(applyC)
@@ -231,6 +272,7 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 	m.WatchRaft(metrics.RaftGauges{
 		Term: rn.Term, CommitIndex: rn.CommitIndex, AppliedIndex: store.AppliedIndex, SnapshotIndex: rn.SnapshotIndex,
 		HasLeader: func() bool { return rn.Leader() != raft.None }, IsLeader: func() bool { return rn.Leader() == cfg.ID },
+		Leases: func() int { return len(store.Leases()) },
 	})
 
 	// The client API, with the features' routes, and the features that run
@@ -238,12 +280,15 @@ func startServer(ctx context.Context, cfg config.Config, lg *zap.Logger) (_ *ser
 	reads := newReadLoop(lg, rn, store, cfg.RequestTimeout, m)
 	go reads.run()
 	r := running{kvstore: store, raftNode: rn, readLoop: reads, requestTimeout: cfg.RequestTimeout}
+	lessor := lease.NewLessor(r, origin, time.Now, cfg.TickInterval, lg, m)
+	go lessor.Run()
 	errs := api.NewErrors(logging.NewAnswerLogger(lg), cfg.RequestTimeout)
 	routes := newHTTPAPI(cfg, store, rn, reads, m, errs, features{
 		members: membership.NewAPI(cfg.ID, cfg.PeerURL(), cfg.ClientURL, r, cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered),
 		watches: watch.NewStreams(store.watch, store.AppliedIndex, store.Done(), cfg.WatchKeepAlive, m, errs),
 		backups: recovery.NewBackups(r, rn.clusterID, cfg.ID, cfg.RequestTimeout, errs),
 		status:  status.New(cfg.ID, rn.clusterID, r),
+		leases:  lease.NewAPI(cfg.ID, r, lessor, lease.MinTTL(electionTicks*cfg.TickInterval), cfg.RequestTimeout, cfg.IdempotencyWindow, errs, m.ReplayAnswered),
 	})
 	s := &server{cfg: cfg, lg: lg, store: store, raft: rn, http: limits.NewServer(m.Instrument(routes), cfg.ClientLimits())}
 	s.http.RegisterOnShutdown(routes.features.watches.Close)

@@ -1542,3 +1542,54 @@ func TestHTTPSnapshotUnderWrites(t *testing.T) {
 		t.Errorf("GET /snapshot?level=stale: %d, %v", r.code, err)
 	}
 }
+
+// TestLeasesSurviveRestartAndSnapshots proves leases are replicated state:
+// a lease and its keys come back after every member is stopped and
+// started again (from snapshots and the WAL after them), reach a member
+// added after the leader compacted its log, through the snapshot it is
+// sent, and a revoke then deletes its keys on every member.
+func TestLeasesSurviveRestartAndSnapshots(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config.Config) { cfg.SnapshotCount = 5 })
+	leader := c.waitLeader()
+	id := leaseGrant(t, c, leader, 60)
+	lease := strconv.FormatUint(id, 10)
+	if r := leaseDo(t, "PUT", c.url(leader, "/keys/svc/a"), "1", "Lease", lease); r.code != http.StatusCreated {
+		t.Fatalf("PUT svc/a: %d %q", r.code, r.body)
+	}
+	for i := range 20 { // snapshots, and compaction past the lease's entries
+		clusterPut(t, c, leader, fmt.Sprintf("pad/%02d", i), "x")
+	}
+	for _, m := range c.runningIDs() {
+		if err := c.stop(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for m := uint64(1); m <= 3; m++ {
+		c.start(m)
+	}
+	leader = c.waitLeader()
+	var v leaseView
+	eventually(t, 5*time.Second, "the restarted leader to serve the lease", func() bool {
+		r := leaseDo(t, "GET", c.url(c.waitLeader(), "/leases/"+lease), "")
+		return r.code == 200 && json.Unmarshal([]byte(r.body), &v) == nil
+	})
+	if !slices.Equal(v.Keys, []string{"svc/a"}) || v.TTL != 60 || *v.Remaining < 55 {
+		t.Fatalf("after a restart of every member: lease %+v (remaining %d), want svc/a, TTL 60, held a full TTL again", v, *v.Remaining)
+	}
+	added := c.addMember(c.waitLeader())
+	eventually(t, 10*time.Second, fmt.Sprintf("member %d to have svc/a with its lease", added), func() bool {
+		r := leaseDo(t, "GET", c.url(added, "/keys/svc/a?level=consistent"), "")
+		return r.code == 200 && r.header.Get("Lease") == lease
+	})
+	if st := clusterStatus(t, c, added); st.SnapshotIndex == 0 {
+		t.Fatalf("member %d caught up without a snapshot: %+v", added, st)
+	}
+	if r := leaseDo(t, "DELETE", c.url(added, "/leases/"+lease), ""); r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /leases/%s on member %d: %d %q", lease, added, r.code, r.body)
+	}
+	for _, m := range c.runningIDs() {
+		if r := leaseDo(t, "GET", c.url(m, "/keys/svc/a?level=consistent"), ""); r.code != http.StatusNotFound {
+			t.Errorf("svc/a on member %d after its lease was revoked: %d", m, r.code)
+		}
+	}
+}

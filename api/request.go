@@ -27,8 +27,11 @@ var (
 // the like) that its route cannot evaluate.
 var ErrConditionalRequest = errors.New("this route evaluates no such condition")
 
+// ErrNoLease is a Lease header on a request that attaches no key to one.
+var ErrNoLease = errors.New("only PUT /keys/{key} attaches a key to a lease")
+
 // ErrNotIdempotent is an Idempotency-Key on a route that takes none.
-var ErrNotIdempotent = errors.New("only PUT and DELETE /keys/{key} and POST /members take one")
+var ErrNotIdempotent = errors.New("only PUT and DELETE /keys/{key}, POST /members and POST /leases take one")
 
 // Takes says which request headers a route evaluates, beyond the ones
 // every route does.
@@ -37,6 +40,7 @@ type Takes uint8
 const (
 	TakesConditions     Takes = 1 << iota // If-Match and If-None-Match (package keyspace)
 	TakesIdempotencyKey                   // Idempotency-Key (package idempotency)
+	TakesLease                            // Lease (package lease)
 )
 
 // CheckQuery refuses a query that does not parse, names a parameter not in
@@ -140,6 +144,9 @@ func CheckPreconditions(r *http.Request, t Takes) error {
 	}
 	if _, ok := r.Header["Idempotency-Key"]; ok && t&TakesIdempotencyKey == 0 {
 		return fmt.Errorf("Idempotency-Key: %w", ErrNotIdempotent)
+	}
+	if _, ok := r.Header["Lease"]; ok && (t&TakesLease == 0 || r.Method != http.MethodPut) {
+		return fmt.Errorf("Lease: %w", ErrNoLease)
 	}
 	return nil
 }

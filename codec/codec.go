@@ -17,6 +17,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
+
+	"raftkv/lease"
 
 	"raftkv/idempotency"
 	"raftkv/keyspace"
@@ -45,11 +48,12 @@ import (
 //	OpWindow:     origin member id (uvarint) | origin nonce (uvarint) | count (uvarint) | lease ids (uvarint each)
 //
 // OpPutWith and OpDeleteWith are a put and a delete that carry options: a
-// condition (If-Match, If-None-Match), an idempotency key, or both,
-// evaluated when the entry applies:
+// condition (If-Match, If-None-Match), an idempotency key, a lease to
+// attach the key to (a put only), evaluated when the entry applies:
 //
 //	options: flags (1 byte) | If-Match tags, if listed | If-None-Match tags, if listed |
-//	         idempotency key (length-prefixed) | fingerprint (8 bytes) | window (uvarint), if keyed
+//	         idempotency key (length-prefixed) | fingerprint (8 bytes) | window (uvarint), if keyed |
+//	         lease id (uvarint), if leased
 //	tags:    count (uvarint) | per tag: modIndex<<1 | weak (uvarint)
 //
 // The request id names the handler waiting for the
@@ -90,6 +94,7 @@ const (
 	optIfNoneMatch                // If-None-Match given
 	optIfNoneMatchAny             // If-None-Match: *
 	optIdempotencyKey             // an idempotency key follows the tags
+	optLease                      // a lease id follows
 )
 
 // ErrCorrupt reports a log entry or a snapshot that cannot be decoded.
@@ -107,7 +112,7 @@ type Command struct {
 	Cond      keyspace.Condition // OpPutWith, OpDeleteWith
 	Idem      idempotency.Key    // OpPutWith, OpDeleteWith, OpGrant
 	TTL       uint64             // OpGrant: seconds
-	Lease     uint64             // OpRevoke: the lease
+	Lease     uint64             // OpPutWith: the lease to attach the key to (0: none); OpRevoke: the lease
 	Reason    byte               // OpRevoke: ReasonRevoked or ReasonExpired
 	Origin    [2]uint64          // OpWindow: the proposing member and its process's nonce
 	Leases    []uint64           // OpWindow
@@ -115,9 +120,9 @@ type Command struct {
 
 // EncodeWrite returns the command for a PUT (put true) or a DELETE of key:
 // OpPut or OpDelete, or OpPutWith or OpDeleteWith when it carries a
-// condition or an idempotency key.
-func EncodeWrite(requestID uint64, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key) []byte {
-	if !cond.Given() && idem.Name == "" {
+// condition, an idempotency key or a lease (non-zero; a PUT only).
+func EncodeWrite(requestID uint64, put bool, key string, value []byte, cond keyspace.Condition, idem idempotency.Key, lease uint64) []byte {
+	if !cond.Given() && idem.Name == "" && lease == 0 {
 		if put {
 			return encodePut(requestID, key, value)
 		}
@@ -130,7 +135,7 @@ func EncodeWrite(requestID uint64, put bool, key string, value []byte, cond keys
 		b = append(b, byte(OpDeleteWith))
 	}
 	b = binary.AppendUvarint(b, requestID)
-	b = appendOptions(b, cond, idem)
+	b = appendOptions(b, cond, idem, lease)
 	if put {
 		b = appendString(b, key)
 		return append(b, value...)
@@ -204,8 +209,27 @@ func EncodeWindow(requestID, member, nonce uint64, ids []uint64) []byte {
 	return b
 }
 
-// appendOptions appends a write's condition and idempotency key.
-func appendOptions(b []byte, cond keyspace.Condition, idem idempotency.Key) []byte {
+// EncodeLease returns the command for a lease command (package lease
+// makes it), and the key it counts as writing: a grant's lease id is its
+// entry's index, so one entry carries one grant at most, as it carries one
+// write of a key (raftNode.serveProposals).
+func EncodeLease(requestID uint64, cmd lease.Command) (data []byte, key string) {
+	switch cmd.Kind {
+	case lease.Grant:
+		return EncodeGrant(requestID, uint64(cmd.TTL/time.Second), cmd.Idem), "\x00grant"
+	case lease.Revoke:
+		reason := byte(ReasonRevoked)
+		if cmd.Expired {
+			reason = ReasonExpired
+		}
+		return EncodeRevoke(requestID, cmd.ID, reason), ""
+	default:
+		return EncodeWindow(requestID, cmd.Origin.Member, cmd.Origin.Nonce, cmd.IDs), ""
+	}
+}
+
+// appendOptions appends a write's condition, idempotency key and lease.
+func appendOptions(b []byte, cond keyspace.Condition, idem idempotency.Key, lease uint64) []byte {
 	var flags byte
 	if cond.IfMatch.Given() {
 		flags |= optIfMatch
@@ -221,6 +245,9 @@ func appendOptions(b []byte, cond keyspace.Condition, idem idempotency.Key) []by
 	}
 	if idem.Name != "" {
 		flags |= optIdempotencyKey
+	}
+	if lease != 0 {
+		flags |= optLease
 	}
 	b = append(b, flags)
 	for _, l := range []*keyspace.TagList{cond.IfMatch, cond.IfNoneMatch} {
@@ -240,22 +267,23 @@ func appendOptions(b []byte, cond keyspace.Condition, idem idempotency.Key) []by
 		b = binary.BigEndian.AppendUint64(b, idem.Fingerprint)
 		b = binary.AppendUvarint(b, idem.Window)
 	}
+	if lease != 0 {
+		b = binary.AppendUvarint(b, lease)
+	}
 	return b
 }
 
 // options reads what appendOptions wrote.
-func (d *decoder) options() (keyspace.Condition, idempotency.Key) {
-	var cond keyspace.Condition
-	var idem idempotency.Key
+func (d *decoder) options() (cond keyspace.Condition, idem idempotency.Key, lease uint64) {
 	if len(d.buf) == 0 {
 		d.fail("missing options")
-		return cond, idem
+		return cond, idem, 0
 	}
 	flags := d.buf[0]
 	d.buf = d.buf[1:]
-	if flags&^(optIfMatch|optIfMatchAny|optIfNoneMatch|optIfNoneMatchAny|optIdempotencyKey) != 0 {
+	if flags&^(optIfMatch|optIfMatchAny|optIfNoneMatch|optIfNoneMatchAny|optIdempotencyKey|optLease) != 0 {
 		d.fail("unknown option flags %#x", flags)
-		return cond, idem
+		return cond, idem, 0
 	}
 	tags := func(given, any byte) *keyspace.TagList {
 		if flags&given == 0 {
@@ -281,7 +309,7 @@ func (d *decoder) options() (keyspace.Condition, idempotency.Key) {
 		idem.Name = string(d.bytes())
 		if len(d.buf) < 8 {
 			d.fail("truncated fingerprint")
-			return cond, idem
+			return cond, idem, 0
 		}
 		idem.Fingerprint = binary.BigEndian.Uint64(d.buf)
 		d.buf = d.buf[8:]
@@ -290,7 +318,12 @@ func (d *decoder) options() (keyspace.Condition, idempotency.Key) {
 			d.fail("empty idempotency key")
 		}
 	}
-	return cond, idem
+	if flags&optLease != 0 {
+		if lease = d.uvarint(); d.err == nil && lease == 0 {
+			d.fail("lease 0")
+		}
+	}
+	return cond, idem, lease
 }
 
 // EncodeBatch returns one entry carrying commands, each made by one of the
@@ -348,12 +381,15 @@ func DecodeCommand(data []byte) (Command, error) {
 		c.MemberID = d.uvarint()
 		c.ClientURL = string(d.rest())
 	case OpPutWith:
-		c.Cond, c.Idem = d.options()
+		c.Cond, c.Idem, c.Lease = d.options()
 		c.Key = d.bytes()
 		c.Value = d.rest()
 	case OpDeleteWith:
-		c.Cond, c.Idem = d.options()
+		c.Cond, c.Idem, c.Lease = d.options()
 		c.Key = d.rest()
+		if d.err == nil && c.Lease != 0 {
+			d.fail("a delete with a lease")
+		}
 	case OpGrant:
 		c.TTL = d.uvarint()
 		if d.err == nil && len(d.buf) > 0 {

@@ -46,9 +46,9 @@ func TestEncodeDecodeCommandRoundTrip(t *testing.T) {
 			Command{Op: OpAdvertise, RequestID: 9, MemberID: 3, ClientURL: "http://127.0.0.1:2379"}},
 		{"advertise empty URL, max ids", EncodeAdvertise(math.MaxUint64, math.MaxUint64, ""),
 			Command{Op: OpAdvertise, RequestID: math.MaxUint64, MemberID: math.MaxUint64}},
-		{"EncodeWrite put without options is a plain put", EncodeWrite(10, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{}),
+		{"EncodeWrite put without options is a plain put", EncodeWrite(10, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{}, 0),
 			Command{Op: OpPut, RequestID: 10, Key: []byte("k"), Value: []byte("v")}},
-		{"EncodeWrite delete without options is a plain delete", EncodeWrite(11, false, "k", nil, keyspace.Condition{}, idempotency.Key{}),
+		{"EncodeWrite delete without options is a plain delete", EncodeWrite(11, false, "k", nil, keyspace.Condition{}, idempotency.Key{}, 0),
 			Command{Op: OpDelete, RequestID: 11, Key: []byte("k")}},
 	}
 	for _, tt := range tests {
@@ -92,7 +92,7 @@ func TestEncodeWriteOptionsRoundTrip(t *testing.T) {
 		{"delete with a condition and a key", false, "k", nil, keyspace.Condition{IfNoneMatch: tags}, idem},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			data := EncodeWrite(42, tc.put, tc.key, tc.value, tc.cond, tc.idem)
+			data := EncodeWrite(42, tc.put, tc.key, tc.value, tc.cond, tc.idem, 0)
 			want := Command{Op: OpDeleteWith, RequestID: 42, Key: []byte(tc.key), Cond: tc.cond, Idem: tc.idem}
 			if tc.put {
 				want.Op, want.Value = OpPutWith, tc.value
@@ -114,7 +114,7 @@ func TestEncodeWriteOptionsRoundTrip(t *testing.T) {
 func TestDecodeCommandCorrupt(t *testing.T) {
 	maxVarint := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}
 	overflowVarint := bytes.Repeat([]byte{0xff}, 11)
-	keyed := EncodeWrite(1, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{Name: "n", Fingerprint: 1, Window: 1})
+	keyed := EncodeWrite(1, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{Name: "n", Fingerprint: 1, Window: 1}, 0)
 	tests := []struct {
 		name string
 		data []byte
@@ -169,7 +169,10 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte{byte(OpBatch), 2, 1})
 	f.Add(EncodeWrite(6, true, "k", []byte("v"),
 		keyspace.Condition{IfMatch: &keyspace.TagList{Indexes: []uint64{3}, Weak: []bool{true}}, IfNoneMatch: &keyspace.TagList{Any: true}},
-		idempotency.Key{Name: "n", Fingerprint: 9, Window: 10}))
+		idempotency.Key{Name: "n", Fingerprint: 9, Window: 10}, 4))
+	f.Add(EncodeGrant(7, 10, idempotency.Key{Name: "g", Fingerprint: 1, Window: 2}))
+	f.Add(EncodeRevoke(8, 7, ReasonExpired))
+	f.Add(EncodeWindow(9, 1, 2, []uint64{7, 8}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if _, err := DecodeCommand(data); err != nil && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("DecodeCommand(%x) error %v does not wrap ErrCorrupt", data, err)
@@ -248,7 +251,61 @@ func commandDiff(got, want Command) string {
 	if got.Idem != want.Idem {
 		diffs = append(diffs, fmt.Sprintf("idempotency key = %+v, want %+v", got.Idem, want.Idem))
 	}
+	if got.TTL != want.TTL || got.Lease != want.Lease || got.Reason != want.Reason || got.Origin != want.Origin || !slices.Equal(got.Leases, want.Leases) {
+		diffs = append(diffs, fmt.Sprintf("ttl/lease/reason/origin/leases = %d/%d/%d/%v/%v, want %d/%d/%d/%v/%v",
+			got.TTL, got.Lease, got.Reason, got.Origin, got.Leases, want.TTL, want.Lease, want.Reason, want.Origin, want.Leases))
+	}
 	return strings.Join(diffs, "; ")
+}
+
+// TestLeaseCommandsRoundTrip proves the lease commands, and a put that
+// attaches its key to a lease, decode to what was encoded; and that a
+// damaged one is refused, not misread.
+func TestLeaseCommandsRoundTrip(t *testing.T) {
+	idem := idempotency.Key{Name: "g-1", Fingerprint: 7, Window: 100}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want Command
+	}{
+		{"grant", EncodeGrant(1, 30, idempotency.Key{}), Command{Op: OpGrant, RequestID: 1, TTL: 30}},
+		{"grant with a key", EncodeGrant(2, math.MaxInt32, idem), Command{Op: OpGrant, RequestID: 2, TTL: math.MaxInt32, Idem: idem}},
+		{"revoke", EncodeRevoke(3, 41, ReasonRevoked), Command{Op: OpRevoke, RequestID: 3, Lease: 41, Reason: ReasonRevoked}},
+		{"expire", EncodeRevoke(4, math.MaxUint64, ReasonExpired), Command{Op: OpRevoke, RequestID: 4, Lease: math.MaxUint64, Reason: ReasonExpired}},
+		{"window", EncodeWindow(5, 2, 99, []uint64{7, 1 << 40}), Command{Op: OpWindow, RequestID: 5, Origin: [2]uint64{2, 99}, Leases: []uint64{7, 1 << 40}}},
+		{"empty window", EncodeWindow(6, 1, 0, nil), Command{Op: OpWindow, RequestID: 6, Origin: [2]uint64{1, 0}}},
+		{"put with a lease", EncodeWrite(7, true, "svc/a", []byte("v"), keyspace.Condition{}, idempotency.Key{}, 41),
+			Command{Op: OpPutWith, RequestID: 7, Key: []byte("svc/a"), Value: []byte("v"), Lease: 41}},
+		{"put with everything", EncodeWrite(8, true, "k", nil, keyspace.Condition{IfNoneMatch: &keyspace.TagList{Any: true}}, idem, 9),
+			Command{Op: OpPutWith, RequestID: 8, Key: []byte("k"), Cond: keyspace.Condition{IfNoneMatch: &keyspace.TagList{Any: true}}, Idem: idem, Lease: 9}},
+	} {
+		got, err := DecodeCommand(tc.data)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if diff := commandDiff(got, tc.want); diff != "" {
+			t.Errorf("%s: %s", tc.name, diff)
+		}
+	}
+	grant := EncodeGrant(2, 30, idem)
+	for _, bad := range [][]byte{
+		grant[:len(grant)-1],                          // the window cut short
+		append(slices.Clone(grant), 0),                // a byte after it
+		grant[:len(grant)-10],                         // the fingerprint cut short
+		EncodeRevoke(3, 41, 3),                        // no such reason
+		EncodeRevoke(3, 41, 1)[:3],                    // no reason
+		append(EncodeRevoke(3, 41, 1), 1),             // two
+		append(EncodeWindow(5, 2, 9, []uint64{7}), 1), // a byte after the ids
+		EncodeWindow(5, 2, 9, []uint64{7, 300})[:6],   // an id cut short
+		{byte(OpPutWith), 1, optLease, 0, 'k'},        // lease 0
+		{byte(OpDeleteWith), 1, optLease, 5, 'k'},     // a delete with a lease
+		{byte(OpPutWith), 1, optLease},                // no lease id
+	} {
+		if _, err := DecodeCommand(bad); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("DecodeCommand(%x) = %v, want ErrCorrupt", bad, err)
+		}
+	}
 }
 
 // tagListEqual reports whether two tag lists are the same header: both

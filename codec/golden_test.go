@@ -39,12 +39,12 @@ func TestEntryFormatGolden(t *testing.T) {
 		{"delete", "0202612f62", del, Command{Op: OpDelete, RequestID: 2, Key: []byte("a/b")}},
 		{"advertise", "030307687474703a2f2f3132372e302e302e313a32333739", EncodeAdvertise(3, 7, "http://127.0.0.1:2379"),
 			Command{Op: OpAdvertise, RequestID: 3, MemberID: 7, ClientURL: "http://127.0.0.1:2379"}},
-		{"put with conditions and a key", "05041d020a0d057265747279010203040506070864016b76", EncodeWrite(4, true, "k", []byte("v"), cond, idem),
+		{"put with conditions and a key", "05041d020a0d057265747279010203040506070864016b76", EncodeWrite(4, true, "k", []byte("v"), cond, idem, 0),
 			Command{Op: OpPutWith, RequestID: 4, Key: []byte("k"), Value: []byte("v"), Cond: cond, Idem: idem}},
 		{"delete with If-None-Match", "06050401126b",
-			EncodeWrite(5, false, "k", nil, keyspace.Condition{IfNoneMatch: &keyspace.TagList{Indexes: []uint64{9}, Weak: []bool{false}}}, idempotency.Key{}),
+			EncodeWrite(5, false, "k", nil, keyspace.Condition{IfNoneMatch: &keyspace.TagList{Indexes: []uint64{9}, Weak: []bool{false}}}, idempotency.Key{}, 0),
 			Command{Op: OpDeleteWith, RequestID: 5, Key: []byte("k"), Cond: keyspace.Condition{IfNoneMatch: &keyspace.TagList{Indexes: []uint64{9}, Weak: []bool{false}}}}},
-		{"delete with a key", "06061001640000000000000001016b", EncodeWrite(6, false, "k", nil, keyspace.Condition{}, idempotency.Key{Name: "d", Fingerprint: 1, Window: 1}),
+		{"delete with a key", "06061001640000000000000001016b", EncodeWrite(6, false, "k", nil, keyspace.Condition{}, idempotency.Key{Name: "d", Fingerprint: 1, Window: 1}, 0),
 			Command{Op: OpDeleteWith, RequestID: 6, Key: []byte("k"), Idem: idempotency.Key{Name: "d", Fingerprint: 1, Window: 1}}},
 	} {
 		golden := goldenHex(t, tc.golden)
@@ -69,15 +69,21 @@ func TestEntryFormatGolden(t *testing.T) {
 	}
 }
 
-// TestSnapshotFormatGolden proves a snapshot (version 3) is written byte
-// for byte as before, and that one written before decodes to the state it
-// was taken from, every recorded answer's error included: its code is its
-// position in answerErrors, which may grow but never be reordered. (The
-// bytes are what raftkv wrote before its code was split into packages,
-// when the last error was ErrCorruptEntry: a conf change it could not
-// read, now membership.ErrBadChange.)
+// TestSnapshotFormatGolden proves a snapshot is written byte for byte as
+// the format says (version 4: version 3's, with a lease per key and a last
+// section of leases), and that one written by an older raftkv (version 3)
+// decodes to the state it was taken from, every recorded answer's error
+// included: its code is its position in answerErrors, which may grow but
+// never be reordered. (The version 3 bytes are what raftkv wrote before
+// its code was split into packages, when the last error was
+// ErrCorruptEntry: a conf change it could not read, now
+// membership.ErrBadChange.)
 func TestSnapshotFormatGolden(t *testing.T) {
-	const golden = "0302010114687474703a2f2f31302e302e302e313a323338300114687474703a2f2f31302e302e302e313a3233373900" +
+	const golden = "0402010114687474703a2f2f31302e302e302e313a323338300114687474703a2f2f31302e302e302e313a3233373900" +
+		"040114687474703a2f2f31302e302e302e343a3233383000010103020161013104090001620005050006026f6b00000000000000010009030409026e66" +
+		"0000000000000002010a0000000270660000000000000003020b020409026d650000000000000004030c000000026d6e0000000000000005040d00000002" +
+		"62630000000000000006050e00000000"
+	const goldenV3 = "0302010114687474703a2f2f31302e302e302e313a323338300114687474703a2f2f31302e302e302e313a3233373900" +
 		"040114687474703a2f2f31302e302e302e343a3233383000010103020161013104090162000505" +
 		"06026f6b00000000000000010009030409026e660000000000000002010a0000000270660000000000000003020b020409" +
 		"026d650000000000000004030c000000026d6e0000000000000005040d0000000262630000000000000006050e000000"
@@ -103,11 +109,13 @@ func TestSnapshotFormatGolden(t *testing.T) {
 	if got := want.state().Encode(); !bytes.Equal(got, goldenHex(t, golden)) {
 		t.Errorf("encoded as\n%x\nwant\n%s", got, golden)
 	}
-	got, err := decodeWholeSnapshot(goldenHex(t, golden))
-	if err != nil {
-		t.Fatalf("decoding the golden snapshot: %v", err)
-	}
-	if !got.equal(want) { // errors compared with errors.Is
-		t.Errorf("the golden snapshot decodes to %v, want %v", got, want)
+	for _, g := range []string{golden, goldenV3} {
+		got, err := decodeWholeSnapshot(goldenHex(t, g))
+		if err != nil {
+			t.Fatalf("decoding the golden snapshot version %s: %v", g[:2], err)
+		}
+		if !got.equal(want) { // errors compared with errors.Is
+			t.Errorf("the golden snapshot version %s decodes to %v, want %v", g[:2], got, want)
+		}
 	}
 }

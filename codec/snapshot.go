@@ -4,10 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
+	"time"
 
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/lease"
 	"raftkv/membership"
 )
 
@@ -17,18 +20,22 @@ import (
 //	version (1 byte)
 //	member count (uvarint), then per member: id, peer URLs, client URLs, flags (1 byte)
 //	removed id count (uvarint), then the ids
-//	key count (uvarint), then per key: key, value, createIndex, modIndex
+//	key count (uvarint), then per key: key, value, createIndex, modIndex, lease id (0: none)
 //	record count (uvarint), then per idempotency record, oldest first:
 //	  key, fingerprint (8 bytes), result code, index, flags (1 byte), createIndex, modIndex
+//	lease count (uvarint), then per lease: id, TTL (seconds), hold (milliseconds)
 //
 // Ids and indexes are uvarints; strings, URL lists and values are
 // length-prefixed. Older versions still load, so that a member restarts
-// from a snapshot written before an upgrade: version 2, written before
-// learners existed, has no member flags (every member votes); version 1,
-// written before versions existed, has no member flags, no indexes per key
-// and no records, and its keys load at version 0.
+// from a snapshot written before an upgrade: version 3, written before
+// leases existed, has no lease per key and no leases; version 2, written
+// before learners existed, has no member flags either (every member
+// votes); version 1, written before versions existed, has no member
+// flags, no indexes per key and no records, and its keys load at version
+// 0.
 const (
-	snapshotVersion   = 3
+	snapshotVersion   = 4
+	snapshotVersionV3 = 3
 	snapshotVersionV2 = 2
 	snapshotVersionV1 = 1
 )
@@ -45,11 +52,12 @@ const (
 )
 
 // State is all replicated state, as a snapshot holds it: the member table,
-// the keys, and the idempotency records, oldest first.
+// the keys, the idempotency records, oldest first, and the leases.
 type State struct {
 	Members *membership.Table
 	Keys    *keyspace.Space
 	Records []*idempotency.Record
+	Leases  []lease.Saved
 }
 
 // Encode serialises the state, as a raft snapshot's data.
@@ -84,9 +92,17 @@ func (st State) Encode() []byte {
 		b = appendString(b, v.Data)
 		b = binary.AppendUvarint(b, v.CreateIndex)
 		b = binary.AppendUvarint(b, v.ModIndex)
+		b = binary.AppendUvarint(b, v.Lease)
 		return true
 	})
-	return AppendRecords(b, st.Records)
+	b = AppendRecords(b, st.Records)
+	b = binary.AppendUvarint(b, uint64(len(st.Leases)))
+	for _, l := range st.Leases { // hold in whole milliseconds, rounded up
+		b = binary.AppendUvarint(b, l.ID)
+		b = binary.AppendUvarint(b, uint64(l.TTL/time.Second))
+		b = binary.AppendUvarint(b, uint64((l.Hold+time.Millisecond-1)/time.Millisecond))
+	}
+	return b
 }
 
 // AppendRecords appends the idempotency records, oldest first: the last
@@ -114,7 +130,7 @@ func AppendRecords(b []byte, records []*idempotency.Record) []byte {
 
 // answerErrors are the errors a recorded answer can hold, by their code in
 // the snapshot: the position in this list. Code 0 is success.
-var answerErrors = []error{nil, keyspace.ErrKeyNotFound, keyspace.ErrPreconditionFailed, membership.ErrMemberExists, membership.ErrMemberNotFound, membership.ErrBadChange}
+var answerErrors = []error{nil, keyspace.ErrKeyNotFound, keyspace.ErrPreconditionFailed, membership.ErrMemberExists, membership.ErrMemberNotFound, membership.ErrBadChange, lease.ErrNotFound}
 
 // answerCode is err's code in answerErrors.
 func answerCode(err error) uint64 {
@@ -142,6 +158,9 @@ func DecodeState(data []byte) (State, error) {
 	if st.Records, err = d.records(); err != nil {
 		return State{}, err
 	}
+	if st.Leases, err = d.leases(); err != nil {
+		return State{}, err
+	}
 	return st, nil
 }
 
@@ -159,12 +178,13 @@ func DecodeMembers(data []byte) (*membership.Table, error) {
 // keys, records.
 type snapshotDecoder struct {
 	decoder
-	version byte
+	version   byte
+	keyLeases []uint64 // the leases keys have, to check each exists
 }
 
 // newSnapshotDecoder checks the version byte.
 func newSnapshotDecoder(data []byte) (*snapshotDecoder, error) {
-	if len(data) == 0 || (data[0] != snapshotVersion && data[0] != snapshotVersionV2 && data[0] != snapshotVersionV1) {
+	if len(data) == 0 || data[0] < snapshotVersionV1 || data[0] > snapshotVersion {
 		return nil, fmt.Errorf("%w: unknown snapshot version", ErrCorrupt)
 	}
 	return &snapshotDecoder{decoder: decoder{buf: data[1:]}, version: data[0]}, nil
@@ -177,7 +197,7 @@ func (d *snapshotDecoder) members() (*membership.Table, error) {
 		m := membership.Member{ID: d.uvarint()}
 		m.PeerURLs = d.strings()
 		m.ClientURLs = d.strings()
-		if d.version == snapshotVersion {
+		if d.version >= snapshotVersionV3 {
 			m.IsLearner = d.memberFlags()&memberLearner != 0
 		}
 		members = append(members, m)
@@ -222,6 +242,11 @@ func (d *snapshotDecoder) keys() (*keyspace.Space, error) {
 		}
 		v.CreateIndex = d.uvarint()
 		v.ModIndex = d.uvarint()
+		if d.version >= snapshotVersion {
+			if v.Lease = d.uvarint(); v.Lease != 0 {
+				d.keyLeases = append(d.keyLeases, v.Lease)
+			}
+		}
 		if i > 0 && k <= prev && d.err == nil {
 			d.fail("key %.60q out of order", k)
 		}
@@ -231,8 +256,7 @@ func (d *snapshotDecoder) keys() (*keyspace.Space, error) {
 	return keys, d.err
 }
 
-// records reads the idempotency records, oldest first, and checks that
-// nothing follows them.
+// records reads the idempotency records, oldest first.
 func (d *snapshotDecoder) records() ([]*idempotency.Record, error) {
 	var records []*idempotency.Record
 	seen := make(map[string]bool)
@@ -269,10 +293,36 @@ func (d *snapshotDecoder) records() ([]*idempotency.Record, error) {
 			records = append(records, r)
 		}
 	}
+	return records, d.err
+}
+
+// leases reads the leases, the last section, and checks that nothing
+// follows them: that every key's lease is one of them, and every lease is
+// listed once.
+func (d *snapshotDecoder) leases() ([]lease.Saved, error) {
+	var leases []lease.Saved
+	if d.version >= snapshotVersion {
+		seen := make(map[uint64]bool)
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			l := lease.Saved{ID: d.uvarint()}
+			ttl, hold := d.uvarint(), d.uvarint()
+			if d.err == nil && (l.ID == 0 || seen[l.ID] || ttl == 0 || ttl > uint64(math.MaxInt64/time.Second)/2 || hold > uint64(math.MaxInt64/time.Millisecond)/2) {
+				d.fail("bad lease %d", l.ID)
+			}
+			seen[l.ID] = true
+			l.TTL, l.Hold = time.Duration(ttl)*time.Second, time.Duration(hold)*time.Millisecond
+			leases = append(leases, l)
+		}
+		for _, id := range d.keyLeases {
+			if !seen[id] && d.err == nil {
+				d.fail("a key has lease %d, which the snapshot does not hold", id)
+			}
+		}
+	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.fail("%d trailing bytes", len(d.buf))
 	}
-	return records, d.err
+	return leases, d.err
 }
 
 // releaseMemoryAbove is the size from which encoding or decoding a

@@ -10,9 +10,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"raftkv/idempotency"
 	"raftkv/keyspace"
+	"raftkv/lease"
 	"raftkv/membership"
 )
 
@@ -332,4 +334,46 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			t.Fatalf("decode %.64x: re-encoding changed the content: %v; then %v", data, got, again)
 		}
 	})
+}
+
+// TestSnapshotLeases proves a snapshot holds the leases and which lease
+// each key lives by, and refuses one whose keys name a lease it does not
+// hold, or that holds a lease twice or a lease 0.
+func TestSnapshotLeases(t *testing.T) {
+	keys := keyspace.New()
+	keys.Set("svc/a", keyspace.Value{Data: "1", Version: keyspace.Version{CreateIndex: 5, ModIndex: 5}, Lease: 4})
+	keys.Set("svc/b", keyspace.Value{Data: "2", Version: keyspace.Version{CreateIndex: 6, ModIndex: 6}})
+	st := State{
+		Members: membership.NewTable(nil, nil),
+		Keys:    keys,
+		Leases: []lease.Saved{
+			{ID: 4, TTL: 10 * time.Second, Hold: 2500*time.Millisecond + 1}, // rounded up to 2501 ms
+			{ID: 9, TTL: 3 * time.Second},
+		},
+	}
+	got, err := DecodeState(st.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []lease.Saved{{ID: 4, TTL: 10 * time.Second, Hold: 2501 * time.Millisecond}, {ID: 9, TTL: 3 * time.Second}}
+	if !slices.Equal(got.Leases, want) {
+		t.Errorf("leases %+v, want %+v", got.Leases, want)
+	}
+	if v, _ := got.Keys.Get("svc/a"); v.Lease != 4 {
+		t.Errorf("svc/a's lease %d, want 4", v.Lease)
+	}
+	if v, _ := got.Keys.Get("svc/b"); v.Lease != 0 {
+		t.Errorf("svc/b's lease %d, want none", v.Lease)
+	}
+	for name, bad := range map[string][]lease.Saved{
+		"a key's lease missing": {{ID: 9, TTL: time.Second}},
+		"a lease twice":         {{ID: 4, TTL: time.Second}, {ID: 4, TTL: time.Second}},
+		"lease 0":               {{ID: 4, TTL: time.Second}, {ID: 0, TTL: time.Second}},
+		"a TTL of 0":            {{ID: 4}},
+	} {
+		st.Leases = bad
+		if _, err := DecodeState(st.Encode()); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: %v, want ErrCorrupt", name, err)
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"raftkv/limits"
 )
 
 // A member under a low file descriptor limit (listener.go): clients beyond
@@ -19,9 +21,8 @@ import (
 // keep being written, and a limit too low to leave any is refused.
 
 // reservedFDs is how many file descriptors a member keeps from its
-// clients (listener.go's reservedFDs, which the root package does not
-// export): a limit at or below it leaves clients none, and is refused.
-const reservedFDs = 150
+// clients: a limit at or below it leaves clients none, and is refused.
+const reservedFDs = limits.ReservedFDs
 
 // floodFDLimit is the file descriptor limit TestClientConnectionFlood
 // runs a member under: room for floodFDLimit-reservedFDs clients.

@@ -39,10 +39,11 @@ type Version struct {
 	ModIndex    uint64 // the entry that last wrote it
 }
 
-// Value is one key's value and version.
+// Value is one key's value and version, and the lease it is attached to.
 type Value struct {
 	Data string // a string, not a []byte: 8 bytes less per key, and immutable
 	Version
+	Lease uint64 // the lease the key lives by (package lease); 0: none
 }
 
 // Space is every key in order, so that a prefix can be listed a page at a
@@ -81,18 +82,18 @@ func (s *Space) Load(key string, v Value) { s.tree.Load(key, v) }
 // Set sets key to v, wherever it falls in the order.
 func (s *Space) Set(key string, v Value) { s.tree.Set(key, v) }
 
-// Put sets key to data as the write of the entry at index, if cond holds
-// for the key now (else ErrPreconditionFailed, with the key's current
-// value). It returns the key's new value, and whether the key existed
-// before. The condition is checked here, when the entry applies,
+// Put sets key to data as the write of the entry at index, attached to
+// lease (0: none), if cond holds for the key now (else
+// ErrPreconditionFailed, with the key's current value). It returns the
+// key's new value, and whether the key existed before. The condition is checked here, when the entry applies,
 // against the state every entry before it left: only the log order decides
 // between racing writes, and every member decides alike.
-func (s *Space) Put(index uint64, key, data string, cond Condition) (v Value, existed bool, err error) {
+func (s *Space) Put(index uint64, key, data string, cond Condition, lease uint64) (v Value, existed bool, err error) {
 	cur, exists := s.tree.Get(key)
 	if !cond.Holds(cur.Version, exists) {
 		return cur, exists, ErrPreconditionFailed
 	}
-	v = Value{Data: data, Version: Version{CreateIndex: index, ModIndex: index}}
+	v = Value{Data: data, Version: Version{CreateIndex: index, ModIndex: index}, Lease: lease}
 	if exists {
 		v.CreateIndex = cur.CreateIndex
 	}
@@ -104,7 +105,7 @@ func (s *Space) Put(index uint64, key, data string, cond Condition) (v Value, ex
 // it now and it exists: ErrPreconditionFailed (with the current value) or
 // ErrKeyNotFound if not. It returns the key as it was deleted, as etcd's
 // delete events show it (no data, ModIndex the delete's, CreateIndex the
-// key's), and whether it existed.
+// key's, its lease), and whether it existed.
 func (s *Space) Delete(index uint64, key string, cond Condition) (v Value, existed bool, err error) {
 	cur, exists := s.tree.Get(key)
 	if !cond.Holds(cur.Version, exists) {

@@ -32,7 +32,7 @@ func TestPutVersions(t *testing.T) {
 	s := New()
 	put := func(index uint64, data string, wantExisted bool, want Version) {
 		t.Helper()
-		v, existed, err := s.Put(index, "k", data, Condition{})
+		v, existed, err := s.Put(index, "k", data, Condition{}, 0)
 		if err != nil || existed != wantExisted || v != (Value{Data: data, Version: want}) {
 			t.Fatalf("Put(%d, %q) = %+v, existed %v, %v; want %+v, existed %v", index, data, v, existed, err, Value{Data: data, Version: want}, wantExisted)
 		}
@@ -105,7 +105,7 @@ func TestWriteConditions(t *testing.T) {
 				var existed bool
 				var err error
 				if op == "put" {
-					v, existed, err = s.Put(7, "k", "new", tc.cond)
+					v, existed, err = s.Put(7, "k", "new", tc.cond, 0)
 				} else {
 					v, existed, err = s.Delete(7, "k", tc.cond)
 				}
@@ -154,7 +154,7 @@ func listKeys(page []Listed) []string {
 func TestList(t *testing.T) {
 	s := New()
 	for i, k := range []string{"a", "a/1", "a/2", "a/3", "a/3/x", "a0", "b", "b/1"} {
-		s.Put(uint64(i+1), k, "v"+k, Condition{})
+		s.Put(uint64(i+1), k, "v"+k, Condition{}, 0)
 	}
 	for _, tc := range []struct {
 		prefix, after string
@@ -193,13 +193,13 @@ func TestList(t *testing.T) {
 func TestCopyIsolated(t *testing.T) {
 	s := New()
 	for i := range 1000 { // enough keys for a tree of several levels
-		s.Put(uint64(i+1), fmt.Sprintf("k%04d", i), "v", Condition{})
+		s.Put(uint64(i+1), fmt.Sprintf("k%04d", i), "v", Condition{}, 0)
 	}
 	c := s.Copy()
-	s.Put(2000, "k0000", "changed", Condition{})
+	s.Put(2000, "k0000", "changed", Condition{}, 0)
 	s.Delete(2001, "k0500", Condition{})
-	s.Put(2002, "new", "v", Condition{})
-	c.Put(3000, "k0999", "copy's", Condition{})
+	s.Put(2002, "new", "v", Condition{}, 0)
+	c.Put(3000, "k0999", "copy's", Condition{}, 0)
 	if v, _ := c.Get("k0000"); v.Data != "v" || v.ModIndex != 1 {
 		t.Errorf("the copy's k0000 after the space changed it: %+v", v)
 	}

@@ -16,6 +16,7 @@ type View struct {
 	ModIndex    uint64  `json:"modIndex,omitempty"`
 	Value       *string `json:"value,omitempty"`
 	ValueBase64 *string `json:"valueBase64,omitempty"`
+	Lease       uint64  `json:"lease,omitempty"` // the lease the key lives by
 }
 
 // ViewOf is key as a listing or an event shows it: its name only if
@@ -26,7 +27,7 @@ func ViewOf(key string, v Value, namesOnly, withValue bool) View {
 	if namesOnly {
 		return view
 	}
-	view.CreateIndex, view.ModIndex = v.CreateIndex, v.ModIndex
+	view.CreateIndex, view.ModIndex, view.Lease = v.CreateIndex, v.ModIndex, v.Lease
 	if withValue {
 		text, b64 := TextOrBase64(v.Data)
 		if b64 == "" {

@@ -1,7 +1,9 @@
-// Package limits bounds what a client or a peer that makes no progress can
-// hold of a member: startServer serves the client port, and the raft node
-// the peer port, with NewServer, and a request body that does not arrive
-// in time fails with ErrBodyTimeout.
+// Package limits bounds what clients and peers can hold of a member: how
+// many client connections it accepts at once (ListenClients, which
+// startServer listens with), and how long a connection that makes no
+// progress may hold it (NewServer, which serves the client port and the
+// peer port; a request body that does not arrive in time fails with
+// ErrBodyTimeout).
 package limits
 
 import (
@@ -9,9 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/pkg/v3/runtime"
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 )
@@ -116,4 +122,43 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		b.ctl.SetReadDeadline(time.Time{})
 	}
 	return n, err
+}
+
+// ReservedFDs is how many file descriptors client connections leave to the
+// member itself, as etcd's reservedInternalFDNum does: the WAL's files
+// (the one written, the next one preallocated), snapshot files being
+// written and read, the data dir scans that purge old files, the peer
+// listener, and rafthttp's connections, two streams and a few pipeline
+// and snapshot connections to every peer. Out of descriptors, the member
+// could not cut a WAL file or save a snapshot, and would stop.
+const ReservedFDs = 150
+
+// ListenClients listens for clients on addr, accepting at most as many
+// connections at a time as the file descriptor limit leaves beyond
+// ReservedFDs. Clients beyond that wait in the kernel's accept queue until
+// a connection closes, which Conn bounds. With tlsInfo (nil for
+// plain http) it serves TLS, as etcd's client listener does: the limit
+// counts connections before their handshake, which etcd's TLS listener
+// runs apart from Accept and gives up on after 10 seconds.
+func ListenClients(addr string, tlsInfo *transport.TLSInfo) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if limit, err := runtime.FDLimit(); err == nil { // else no limit to keep within on this system
+		if limit <= ReservedFDs {
+			ln.Close()
+			return nil, fmt.Errorf("the file descriptor limit (ulimit -n) is %d: raftkv needs more than %d", limit, ReservedFDs)
+		}
+		ln = transport.LimitListener(ln, int(limit-ReservedFDs))
+	}
+	if tlsInfo == nil {
+		return ln, nil
+	}
+	tln, err := transport.NewTLSListener(ln, tlsInfo)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("client TLS: %w", err)
+	}
+	return tln, nil
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -93,6 +94,20 @@ func AddContextOf(cc *raftpb.ConfChange) (AddContext, error) {
 	c.ID = cc.GetNodeId()
 	c.IsLearner = cc.GetType() == raftpb.ConfChangeAddLearnerNode
 	return c, nil
+}
+
+// Describe says, for the log, what cc did to table, which took it.
+func Describe(cc *raftpb.ConfChange, table *Table) string {
+	switch m, _ := table.Lookup(cc.GetNodeId()); {
+	case cc.GetType() == raftpb.ConfChangeRemoveNode:
+		return "member removed from the cluster"
+	case IsPromotion(cc):
+		return "member promoted from learner to voter"
+	case m.IsLearner:
+		return fmt.Sprintf("member added to the cluster as a learner at %s", strings.Join(m.PeerURLs, ","))
+	default:
+		return fmt.Sprintf("member added to the cluster at %s", strings.Join(m.PeerURLs, ","))
+	}
 }
 
 // IsPromotion reports whether cc makes a learner a voter.

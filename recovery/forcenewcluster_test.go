@@ -43,7 +43,7 @@ func TestConfiguredIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := []*raftpb.Entry{
-		kvEntry(10, codec.EncodeWrite(1, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{})),
+		kvEntry(10, codec.EncodeWrite(1, true, "k", []byte("v"), keyspace.Condition{}, idempotency.Key{}, 0)),
 		kvConfEntry(t, 11, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(uint64(5))}),
 		kvConfEntry(t, 12, &raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode.Enum(), NodeId: new(uint64(3))}),
 		{Index: new(uint64(13)), Term: new(uint64(1)), Type: raftpb.EntryConfChangeV2.Enum(), Data: v2Data},

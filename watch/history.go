@@ -48,6 +48,9 @@ type Event struct {
 	Delete bool
 	Key    string
 	Value  keyspace.Value // for a delete: no data, ModIndex the delete's, CreateIndex the key's
+	// Reason is why a lease's delete happened (lease.Revoked or
+	// lease.Expired); "" for a DELETE.
+	Reason string
 }
 
 // History is the events a member applied, oldest first, and the

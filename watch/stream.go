@@ -23,6 +23,11 @@ import (
 //	event: put
 //	data: {"key":"app/a","createIndex":40,"modIndex":42,"value":"v"}
 //
+// A key deleted because its lease ended names the lease and why:
+//
+//	event: delete
+//	data: {"key":"services/web/1","createIndex":50,"modIndex":61,"lease":49,"reason":"expired"}
+//
 // The id is the change's raft index, so a client that reconnects with
 // Last-Event-ID (or ?from) resumes after it, on any member. When this member
 // cannot deliver the next change in order, the stream ends with
@@ -211,13 +216,20 @@ func watchStart(r *http.Request) (*uint64, error) {
 	return from, nil
 }
 
+// eventView is the data of an event: the key as a listing shows it, and,
+// for a delete that ended a lease, the lease and why.
+type eventView struct {
+	keyspace.View
+	Reason string `json:"reason,omitempty"`
+}
+
 // writeEvent appends e as one Server-Sent Event.
 func writeEvent(b *strings.Builder, e Event) {
 	kind := "put"
 	if e.Delete {
 		kind = "delete"
 	}
-	data, _ := json.Marshal(keyspace.ViewOf(e.Key, e.Value, false, !e.Delete)) // strings and numbers: cannot fail
+	data, _ := json.Marshal(eventView{View: keyspace.ViewOf(e.Key, e.Value, false, !e.Delete), Reason: e.Reason}) // strings and numbers: cannot fail
 	fmt.Fprintf(b, "id: %d\nevent: %s\ndata: %s\n\n", e.Index, kind, data)
 }
 
