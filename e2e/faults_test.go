@@ -572,11 +572,39 @@ func (p *peerProxy) forward(c net.Conn) {
 		return
 	}
 	defer p.untrack(up)
+	if from == "" {
+		// rafthttp's prober names no caller, and its HTTP transport
+		// reuses the connection for pipeline messages, which do: forward
+		// this one request only, so that a connection that carries raft
+		// messages always names its caller and a cut holds.
+		forwardOne(c, br, up)
+		return
+	}
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(up, br); closeWrite(up); done <- struct{}{} }()
 	go func() { io.Copy(c, up); closeWrite(c); done <- struct{}{} }()
 	<-done
 	<-done
+}
+
+// forwardOne forwards one request from br to up and its answer back to c,
+// each marked as the last on its connection.
+func forwardOne(c net.Conn, br *bufio.Reader, up net.Conn) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	req.Close = true
+	if err := req.Write(up); err != nil {
+		return
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(up), req)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	resp.Close = true
+	resp.Write(c)
 }
 
 // peekCaller finds the end of the request header in br without consuming

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	b64 "encoding/base64"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -193,8 +195,10 @@ func (a *API) List(w http.ResponseWriter, r *http.Request) {
 	if !a.onLeader(w, r) {
 		return
 	}
+	leases := a.cluster.Leases()
+	slices.SortFunc(leases, func(x, y Info) int { return cmp.Compare(x.ID, y.ID) })
 	views := []view{}
-	for _, info := range a.cluster.Leases() {
+	for _, info := range leases {
 		views = append(views, a.viewOf(info))
 	}
 	api.WriteJSON(w, http.StatusOK, views)

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"raftkv/api"
 	"raftkv/idempotency"
 	"raftkv/metrics"
 )
@@ -86,11 +87,14 @@ func NewLessor(srv Server, origin Origin, now func() time.Time, tick time.Durati
 }
 
 // renewalOf returns the process's record of lease id in term, resetting
-// its expiring flag in a new term: an expiry proposed in an earlier term
+// every expiring flag in a new term: an expiry proposed in an earlier term
 // has applied, or never will, by the time a new leader reads the state.
+// The caller must have checked that term is not older than l.term (stale):
+// a keepalive or a scan that began in an earlier term, before this member
+// lost and regained leadership, must not clear the flags of this one.
 // l.mu must be held.
 func (l *Lessor) renewalOf(id, term uint64) *renewal {
-	if term != l.term {
+	if term > l.term {
 		for _, r := range l.renewals {
 			r.expiring = false
 		}
@@ -118,6 +122,10 @@ func (l *Lessor) KeepAlive(ctx context.Context, id uint64) (Info, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		l.mu.Lock()
+		if l.stale(term) {
+			l.mu.Unlock()
+			return Info{}, fmt.Errorf("%w: this member stopped leading in term %d", api.ErrNoLeader, term)
+		}
 		r := l.renewalOf(id, term)
 		now := l.now()
 		switch {
@@ -199,10 +207,11 @@ func (l *Lessor) Run() {
 func (l *Lessor) scan(term uint64, leases []Info) (windows, expiries []uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.stale(term) {
+		return nil, nil
+	}
 	now := l.now()
-	live := make(map[uint64]bool, len(leases))
 	for _, info := range leases {
-		live[info.ID] = true
 		r := l.renewalOf(info.ID, term)
 		if r.expiring {
 			continue
@@ -222,13 +231,23 @@ func (l *Lessor) scan(term uint64, leases []Info) (windows, expiries []uint64) {
 			windows = append(windows, info.ID)
 		}
 	}
-	for id := range l.renewals {
-		if !live[id] {
-			delete(l.renewals, id)
+	if len(l.renewals) > len(leases) { // some leases have ended
+		live := make(map[uint64]bool, len(leases))
+		for _, info := range leases {
+			live[info.ID] = true
+		}
+		for id := range l.renewals {
+			if !live[id] {
+				delete(l.renewals, id)
+			}
 		}
 	}
 	return windows, expiries
 }
+
+// stale reports whether term is older than the newest term this process
+// has led in. l.mu must be held.
+func (l *Lessor) stale(term uint64) bool { return term < l.term }
 
 // proposeWindows commits one window for ids; if it fails, they are due
 // again.
@@ -279,7 +298,7 @@ func (l *Lessor) expire(term uint64, ids []uint64) {
 func (l *Lessor) unmark(term uint64, ids []uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if term != l.term {
+	if term > l.term {
 		return
 	}
 	for _, id := range ids {

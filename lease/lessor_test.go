@@ -225,3 +225,30 @@ func TestLessorExpiringRefused(t *testing.T) {
 		t.Fatalf("keepalive in a new term: %v", err)
 	}
 }
+
+// TestLessorStaleTerm: a keepalive or a scan that began in an earlier term,
+// before this member lost and regained leadership, neither answers nor
+// clears the expiring marks of the current term.
+func TestLessorStaleTerm(t *testing.T) {
+	clock := newFakeClock()
+	self := Origin{Member: 1, Nonce: 1}
+	s := newFakeServer(t, self, clock)
+	l := NewLessor(s, self, clock.now, 100*time.Millisecond, zap.NewNop(), nil)
+	s.table.Grant(5, 2*time.Second)
+	clock.advance(3 * time.Second)
+	s.term = 3
+	if _, expire := l.scan(s.term, s.Leases()); len(expire) != 1 {
+		t.Fatalf("scan in term 3 found %v expired, want [5]", expire)
+	}
+	s.term = 2 // a keepalive that read its term before leadership moved on
+	if _, err := l.KeepAlive(context.Background(), 5); err == nil {
+		t.Fatal("a keepalive in an earlier term was answered")
+	}
+	if windows, expire := l.scan(2, s.Leases()); len(windows)+len(expire) != 0 {
+		t.Fatalf("a scan in an earlier term proposed windows %v, expiries %v", windows, expire)
+	}
+	s.term = 3
+	if _, err := l.KeepAlive(context.Background(), 5); !errors.Is(err, ErrExpiring) {
+		t.Fatalf("keepalive in term 3 after the stale ones: %v, want ErrExpiring (the mark kept)", err)
+	}
+}
